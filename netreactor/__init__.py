@@ -1,0 +1,25 @@
+"""netreactor: event-driven reactor networking on epoll, in the style of gnet.
+
+    import netreactor as nr
+
+    class Echo(nr.EventHandler):
+        def on_traffic(self, conn):
+            conn.write(conn.read())
+
+    nr.run(Echo(), "tcp://127.0.0.1:9000")
+"""
+
+from .conn import Conn
+from .engine import Engine, gil_enabled, run
+from .errors import (BufferOverflowError, ClosedError, EngineStoppedError, NetreactorError,
+                     PeerClosedError)
+from .handler import Action, EventHandler
+from .options import Options
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Action", "EventHandler", "Conn", "Engine", "Options", "run", "gil_enabled",
+    "NetreactorError", "ClosedError", "PeerClosedError", "BufferOverflowError", "EngineStoppedError",
+    "__version__",
+]

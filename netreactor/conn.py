@@ -1,0 +1,652 @@
+"""One stream connection (TCP or Unix): inbound and outbound buffers, the
+read/write API handed to handlers, and the per-connection half of the I/O path.
+
+Threading: every method belongs to the loop that owns the connection, except
+:meth:`Conn.async_write`, :meth:`Conn.async_writev`, :meth:`Conn.wake` and
+:meth:`Conn.close`, which may be called from any thread and run on that loop.
+
+The layer between the socket and the buffers is the three methods
+``_recv``-side code in :meth:`Conn._read_once`, :meth:`Conn._flush` and
+:meth:`Conn._close_now`; a TLS connection subclasses :class:`Conn` and puts an
+``ssl.SSLObject`` there, leaving the handler API untouched.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from typing import TYPE_CHECKING, Any, Callable, Iterable, List, Optional, Union
+
+from .errors import BufferOverflowError, ClosedError, PeerClosedError
+from .handler import Action
+from .pollers import EDGE, ERROR, HANGUP, READABLE, WRITABLE
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .eventloop import EventLoop
+
+__all__ = ["Conn"]
+
+Buffer = Union[bytes, bytearray, memoryview]
+Callback = Callable[["Conn", Optional[BaseException]], Any]
+
+_IN_EV = READABLE | ERROR | HANGUP
+_OUT_EV = WRITABLE | ERROR | HANGUP
+# sendmsg() takes at most IOV_MAX buffers per call.
+_IOV_MAX = 1024
+_EMPTY = b""
+_get_ident = threading.get_ident
+
+
+def _owned(data: Buffer) -> Union[bytes, memoryview]:
+    """Bytes we may keep after write() returns: immutable data as is, mutable data copied."""
+    if type(data) is bytes:
+        return data
+    if isinstance(data, memoryview):
+        if data.readonly and data.c_contiguous:
+            return data.cast("B") if data.format != "B" or data.ndim != 1 else data
+        return data.tobytes()
+    if isinstance(data, (bytes, bytearray)):
+        return bytes(data)
+    raise TypeError(f"data must be bytes, bytearray or memoryview, not {type(data).__name__}")
+
+
+class Conn:
+    """A connection, as handlers see it.
+
+    Reading (loop thread only). Everything returned is ``bytes`` that stays valid
+    after the callback returns.
+
+    * :meth:`read` ``(n=-1)`` — up to ``n`` bytes (all when ``n < 0``), consumed.
+    * :meth:`peek` ``(n=-1)`` — the same without consuming.
+    * :meth:`discard` ``(n=-1)`` — drop up to ``n`` bytes, return how many.
+    * :meth:`next` ``(n)`` — exactly ``n`` bytes, consumed; ``None`` and nothing
+      consumed when fewer than ``n`` are buffered (wait for the next ``on_traffic``).
+
+    Whatever ``on_traffic`` leaves unconsumed is kept and offered again, with the
+    new data appended, on the next ``on_traffic``.
+
+    Writing (loop thread only): :meth:`write`/:meth:`writev` queue data and return
+    the byte count accepted (0 if the connection is closed or closing — never an
+    exception). Writes made during one callback are sent together, with one
+    ``send``/``sendmsg``, when the callback returns; writes made elsewhere on the
+    loop thread are sent at the end of the current loop iteration, or at once by
+    :meth:`flush`. Order is always preserved.
+    """
+
+    __slots__ = (
+        "_loop", "_sock", "fd", "_handler", "context",
+        "_in", "_ipos", "_iend", "_block",
+        "_out", "_out_bytes", "_flush_pending", "_events", "_paused", "_closing",
+        "_close_err", "_raddr", "_laddr", "_tcp",
+    )
+
+    def __init__(self, loop: "EventLoop", sock: socket.socket, remote_addr: Any = None) -> None:
+        self._loop = loop
+        self._sock: Optional[socket.socket] = sock
+        #: The socket's file descriptor (kept after close, for logging).
+        self.fd: int = sock.fileno()
+        self._handler = loop.handler
+        #: Free slot for the handler's per-connection state.
+        self.context: Any = None
+        self._in: Any = _EMPTY
+        self._ipos = 0
+        self._iend = 0
+        self._block: Optional[bytearray] = None
+        self._out: List[Any] = []
+        self._out_bytes = 0
+        self._flush_pending = False
+        self._events = 0
+        self._paused = False
+        self._closing = False
+        self._close_err: Optional[BaseException] = None
+        self._raddr = remote_addr
+        self._laddr = None
+        self._tcp = sock.family != socket.AF_UNIX
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def inbound_buffered(self) -> int:
+        """Bytes received and not yet consumed."""
+        return self._iend - self._ipos
+
+    def read(self, n: int = -1) -> bytes:
+        """Consume and return up to ``n`` buffered bytes (all of them when ``n < 0``)."""
+        pos = self._ipos
+        end = self._iend
+        stop = end if n < 0 or pos + n >= end else pos + n
+        # A whole bytes object slices to itself: the common case copies nothing.
+        data = bytes(self._in[pos:stop])
+        if stop == end:
+            self._consumed_all()
+        else:
+            self._ipos = stop
+        return data
+
+    def peek(self, n: int = -1) -> bytes:
+        """Return up to ``n`` buffered bytes (all when ``n < 0``) without consuming them."""
+        pos = self._ipos
+        end = self._iend
+        stop = end if n < 0 or pos + n >= end else pos + n
+        return bytes(self._in[pos:stop])
+
+    def discard(self, n: int = -1) -> int:
+        """Drop up to ``n`` buffered bytes (all when ``n < 0``); return how many were dropped."""
+        pos = self._ipos
+        end = self._iend
+        stop = end if n < 0 or pos + n >= end else pos + n
+        if stop == end:
+            self._consumed_all()
+        else:
+            self._ipos = stop
+        return stop - pos
+
+    def next(self, n: int) -> Optional[bytes]:
+        """Consume and return exactly ``n`` bytes, or ``None`` (consuming nothing) if fewer are buffered.
+
+        ``n < 0`` behaves like :meth:`read`.
+        """
+        if n < 0:
+            return self.read()
+        stop = self._ipos + n
+        if stop > self._iend:
+            return None
+        data = bytes(self._in[self._ipos:stop])
+        if stop == self._iend:
+            self._consumed_all()
+        else:
+            self._ipos = stop
+        return data
+
+    def _consumed_all(self) -> None:
+        self._ipos = self._iend = 0
+        self._in = _EMPTY
+        if self._block is not None:
+            self._loop.pool.put(self._block)
+            self._block = None
+
+    # ------------------------------------------------------------------ writing
+
+    @property
+    def outbound_buffered(self) -> int:
+        """Bytes queued and not yet accepted by the kernel."""
+        return self._out_bytes
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection is closed or closing (no more writes accepted)."""
+        return self._sock is None or self._closing
+
+    def write(self, data: Buffer) -> int:
+        """Queue ``data`` for sending; return the bytes accepted (0 if closed or closing).
+
+        ``bytes`` are queued without copying; a ``bytearray`` or writable
+        ``memoryview`` is copied, so the caller may reuse it at once.
+        """
+        if self._sock is None or self._closing:
+            return 0
+        if type(data) is not bytes:
+            data = _owned(data)
+        n = len(data)
+        if not n:
+            return 0
+        self._out.append(data)
+        self._out_bytes += n
+        if not self._flush_pending:
+            self._flush_pending = True
+            self._loop._dirty.append(self)
+        if self._out_bytes > self._loop.write_high_water:
+            self._over_high_water()
+            if self._sock is None:
+                return 0
+        return n
+
+    def writev(self, buffers: Iterable[Buffer]) -> int:
+        """Queue several buffers, in order; they go out with one ``sendmsg``. Returns bytes accepted."""
+        total = 0
+        for data in buffers:
+            n = self.write(data)
+            if not n and self._sock is None:
+                break
+            total += n
+        return total
+
+    def flush(self) -> None:
+        """Send queued data now instead of when the callback returns.
+
+        What the kernel does not take stays queued and is sent when the socket is
+        writable. An error closes the connection (and ``on_close`` reports it).
+        """
+        if self._out and self._sock is not None:
+            self._flush()
+
+    def _over_high_water(self) -> None:
+        loop = self._loop
+        if self._out_bytes > loop.write_buffer_cap:
+            self._close_now(BufferOverflowError(
+                f"outbound buffer of fd {self.fd} passed write_buffer_cap "
+                f"({loop.write_buffer_cap} bytes): the peer is not reading"))
+        elif not self._paused:
+            # Stop reading a peer that does not read our replies: what it sends
+            # stays in the kernel and its window closes.
+            self._paused = True
+            self._update_events()
+
+    def _flush(self) -> None:
+        out = self._out
+        try:
+            if len(out) == 1:
+                sent = self._sock.send(out[0])
+            else:
+                sent = self._sock.sendmsg(out if len(out) <= _IOV_MAX else out[:_IOV_MAX])
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self._close_now(exc)
+            return
+        left = self._out_bytes - sent
+        self._out_bytes = left
+        if not left:
+            out.clear()
+            if self._events & WRITABLE or self._paused or self._closing:
+                self._drained()
+            return
+        # Drop what went out; the first partly sent buffer becomes a view of its tail.
+        i = 0
+        while sent:
+            size = len(out[i])
+            if sent >= size:
+                sent -= size
+                i += 1
+            else:
+                out[i] = memoryview(out[i])[sent:]
+                sent = 0
+        if i:
+            del out[:i]
+        if self._paused and left <= self._loop.write_low_water:
+            self._paused = False
+        self._update_events()
+
+    def _drained(self) -> None:
+        """Everything queued went out: finish a pending close, resume reading, stop watching writability."""
+        if self._closing:
+            self._close_now(self._close_err)
+            return
+        self._paused = False
+        self._update_events()
+
+    # ------------------------------------------------------------------ events
+
+    def _wanted_events(self) -> int:
+        events = 0
+        if not (self._paused or self._closing):
+            events = READABLE
+        if self._out_bytes:
+            events |= WRITABLE
+        return events
+
+    def _update_events(self) -> None:
+        events = self._wanted_events()
+        if events != self._events and self._sock is not None:
+            self._events = events
+            self._loop.poller.modify(self.fd, events)
+
+    def _io(self, ev: int) -> None:
+        """The loop reports ``ev`` (epoll bits) for this connection."""
+        if ev & _OUT_EV and self._out:
+            self._flush()
+        if ev & _IN_EV and self._events & READABLE:
+            self._read_once()
+
+    def _read_once(self) -> bool:
+        """One recv and one ``on_traffic``; True if the socket may have more to read."""
+        if self._iend:
+            if not self._recv_more():
+                return False
+        else:
+            try:
+                data = self._sock.recv(self._loop.read_buffer_cap)
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError as exc:
+                self._close_now(exc)
+                return False
+            if not data:
+                self._on_eof()
+                return False
+            self._in = data
+            self._iend = len(data)
+        self._traffic()
+        return self._sock is not None
+
+    def _open(self) -> None:
+        """Register with the loop and run ``on_open`` (on the loop's thread)."""
+        loop = self._loop
+        self._events = self._wanted_events()
+        loop._table[self.fd] = self
+        loop.poller.register(self.fd, self._events)
+        loop.conn_count += 1
+        self._flush_pending = True
+        try:
+            action = self._handler.on_open(self)
+        except Exception as exc:
+            self._handler_failed(exc, "on_open")
+            return
+        self._after_callback(action)
+
+    def _traffic(self) -> None:
+        """Run ``on_traffic`` and what follows it."""
+        self._flush_pending = True  # writes inside the callback are flushed by _after_callback
+        try:
+            action = self._handler.on_traffic(self)
+        except Exception as exc:
+            self._handler_failed(exc, "on_traffic")
+            return
+        self._after_callback(action)
+
+    def _after_callback(self, action: Any) -> None:
+        """Keep unconsumed input, apply the callback's action, send what it wrote."""
+        self._flush_pending = False
+        if self._iend and self._sock is not None:
+            self._keep_inbound()
+        if action:
+            self._apply(action)
+        if self._out and self._sock is not None:
+            self._flush()
+
+    def _keep_inbound(self) -> None:
+        """The handler left data unconsumed: keep only that, as compactly as the size allows."""
+        pos, end = self._ipos, self._iend
+        if self._block is None:
+            if pos:
+                self._in = self._in[pos:end]  # exact-size bytes; the rest is freed
+                self._ipos, self._iend = 0, end - pos
+        elif end - pos < self._loop.read_buffer_cap:
+            # A block that now holds little is returned; the remainder becomes plain bytes.
+            self._in = bytes(self._in[pos:end])
+            self._ipos, self._iend = 0, end - pos
+            self._loop.pool.put(self._block)
+            self._block = None
+
+    def _recv_more(self) -> bool:
+        """Read with unconsumed data already held; the new bytes are appended to it."""
+        loop = self._loop
+        held = self._iend - self._ipos
+        room = min(loop.read_buffer_cap, loop.inbound_buffer_cap - held)
+        if room <= 0:
+            self._close_now(BufferOverflowError(
+                f"inbound buffer of fd {self.fd} passed inbound_buffer_cap "
+                f"({loop.inbound_buffer_cap} bytes): the handler is not consuming"))
+            return False
+        try:
+            if self._block is None and held < loop.read_buffer_cap:
+                data = self._sock.recv(room)
+                if data:
+                    self._in = self._in[self._ipos:self._iend] + data
+                    self._ipos, self._iend = 0, held + len(data)
+                n = len(data)
+            else:
+                if self._block is None or len(self._block) - self._iend < room:
+                    self._move_to_block(held + room)
+                n = self._sock.recv_into(self._in[self._iend:self._iend + room])
+                self._iend += n
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as exc:
+            self._close_now(exc)
+            return False
+        if not n:
+            self._on_eof()
+            return False
+        return True
+
+    def _move_to_block(self, need: int) -> None:
+        """Move held data to the front of a pooled block with room for ``need`` bytes."""
+        pool = self._loop.pool
+        held = self._iend - self._ipos
+        block = pool.get(need)  # power-of-two classes make growth geometric
+        view = memoryview(block)
+        view[:held] = self._in[self._ipos:self._iend]
+        if self._block is not None:
+            pool.put(self._block)
+        self._block = block
+        self._in = view
+        self._ipos, self._iend = 0, held
+
+    def _on_eof(self) -> None:
+        # Half-close from the peer: what it sent was delivered; what we owe it is
+        # flushed before the connection closes.
+        self._begin_close(PeerClosedError())
+
+    # ------------------------------------------------------------------ actions & closing
+
+    def _apply(self, action: Any) -> None:
+        if action == Action.CLOSE:
+            self._begin_close(None)
+        elif action == Action.SHUTDOWN:
+            self._loop.request_shutdown()
+
+    def _handler_failed(self, exc: BaseException, where: str) -> None:
+        self._loop.logger.error(
+            "handler %s.%s raised; closing connection fd=%d",
+            type(self._handler).__name__, where, self.fd, exc_info=exc,
+        )
+        self._close_now(exc)
+
+    def _begin_close(self, err: Optional[BaseException]) -> None:
+        """Close after flushing what is queued (bounded by ``shutdown_timeout``)."""
+        if self._sock is None or self._closing:
+            return
+        if not self._out_bytes:
+            self._close_now(err)
+            return
+        self._closing = True
+        self._close_err = err
+        self._update_events()
+        self._loop.call_later(self._loop.linger_timeout, self._linger_expired)
+
+    def _linger_expired(self) -> None:
+        if self._sock is not None:
+            self._close_now(self._close_err)
+
+    def _close_now(self, err: Optional[BaseException]) -> None:
+        """Close at once: unregister, close the socket, drop buffers, call ``on_close``."""
+        sock = self._sock
+        if sock is None:
+            return
+        self._sock = None
+        self._closing = True
+        loop = self._loop
+        loop._forget(self)
+        try:
+            sock.close()
+        except OSError:
+            pass
+        self._out.clear()
+        self._out_bytes = 0
+        self._ipos = self._iend = 0
+        self._in = _EMPTY
+        if self._block is not None:
+            loop.pool.put(self._block)
+            self._block = None
+        try:
+            action = self._handler.on_close(self, err)
+        except Exception as exc:
+            loop.logger.error("handler %s.on_close raised", type(self._handler).__name__, exc_info=exc)
+            return
+        if action == Action.SHUTDOWN:
+            loop.request_shutdown()
+
+    # ------------------------------------------------------------------ any-thread API
+
+    def _on_loop_thread(self) -> bool:
+        return self._loop._thread_id == _get_ident()
+
+    def _loop_gone(self, callback: Optional[Callback]) -> bool:
+        """The owning loop has finished: nothing will run there any more."""
+        if not self._loop.finished:
+            return False
+        self._notify(callback, ClosedError())
+        return True
+
+    def close(self, callback: Optional[Callback] = None) -> None:
+        """Close gracefully: stop reading, flush what is queued, then close.
+
+        Safe from any thread. ``on_close`` receives ``None``. ``callback(conn, err)``
+        runs on the loop afterwards; ``err`` is :class:`ClosedError` if the
+        connection was already closed.
+        """
+        if callback is None and self._on_loop_thread():
+            self._begin_close(None)
+        elif not self._loop_gone(callback):
+            self._loop.call_soon_threadsafe(self._close_task, callback)
+
+    def _close_task(self, callback: Optional[Callback]) -> None:
+        err = ClosedError() if self._sock is None or self._closing else None
+        self._begin_close(None)
+        self._notify(callback, err)
+
+    def async_write(self, data: Buffer, callback: Optional[Callback] = None) -> None:
+        """Write from any thread. ``callback(conn, err)`` runs on the loop once the data is
+        sent or queued (``err`` None), or with the error (:class:`ClosedError` if closed)."""
+        if not self._loop_gone(callback):
+            self._loop.call_soon_threadsafe(self._async_write_task, (_owned(data),), callback)
+
+    def async_writev(self, buffers: Iterable[Buffer], callback: Optional[Callback] = None) -> None:
+        """:meth:`writev` from any thread; see :meth:`async_write`."""
+        if not self._loop_gone(callback):
+            self._loop.call_soon_threadsafe(
+                self._async_write_task, tuple(_owned(b) for b in buffers), callback)
+
+    def _async_write_task(self, buffers: tuple, callback: Optional[Callback]) -> None:
+        if self._sock is None or self._closing:
+            self._notify(callback, ClosedError())
+            return
+        for data in buffers:
+            self.write(data)
+        if self._out and self._sock is not None:
+            self._flush()
+        self._notify(callback, ClosedError("connection closed while writing") if self._sock is None else None)
+
+    def wake(self, callback: Optional[Callback] = None) -> None:
+        """From any thread: run ``on_traffic`` for this connection on its loop, even with
+        nothing new buffered; then ``callback(conn, err)`` (``ClosedError`` if closed)."""
+        if not self._loop_gone(callback):
+            self._loop.call_soon_threadsafe(self._wake_task, callback)
+
+    def _wake_task(self, callback: Optional[Callback]) -> None:
+        if self._sock is None or self._closing:
+            self._notify(callback, ClosedError())
+            return
+        self._traffic()
+        self._notify(callback, None)
+
+    def _notify(self, callback: Optional[Callback], err: Optional[BaseException]) -> None:
+        if callback is None:
+            return
+        try:
+            callback(self, err)
+        except Exception as exc:
+            self._loop.logger.error("callback %r raised", callback, exc_info=exc)
+
+    # ------------------------------------------------------------------ addresses & options
+
+    @property
+    def local_addr(self) -> Any:
+        """Local address: ``(host, port)`` for TCP, the path for Unix; None if unknown."""
+        if self._laddr is None and self._sock is not None:
+            try:
+                self._laddr = self._sock.getsockname()
+            except OSError:
+                pass
+        return self._laddr
+
+    @property
+    def remote_addr(self) -> Any:
+        """Peer address: ``(host, port)`` for TCP, the peer's path (often ``''``) for Unix."""
+        if self._raddr is None and self._sock is not None:
+            try:
+                self._raddr = self._sock.getpeername()
+            except OSError:
+                pass
+        return self._raddr
+
+    def _require_sock(self) -> socket.socket:
+        if self._sock is None:
+            raise ClosedError()
+        return self._sock
+
+    def set_no_delay(self, enabled: bool = True) -> None:
+        """TCP_NODELAY on or off (TCP only; ignored on Unix sockets)."""
+        sock = self._require_sock()
+        if self._tcp:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(bool(enabled)))
+
+    def set_keep_alive(self, enabled: bool = True, idle: Optional[float] = None,
+                       interval: Optional[float] = None, count: Optional[int] = None) -> None:
+        """SO_KEEPALIVE, with the idle time, probe interval (seconds) and probe count where the OS has them."""
+        sock = self._require_sock()
+        if not self._tcp:
+            return
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, int(bool(enabled)))
+        if not enabled:
+            return
+        for opt, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval), ("TCP_KEEPCNT", count)):
+            if value is not None and hasattr(socket, opt):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), max(1, int(value)))
+
+    def set_linger(self, seconds: Optional[int]) -> None:
+        """SO_LINGER: None restores the default; 0 makes close() send a reset."""
+        import struct
+
+        sock = self._require_sock()
+        value = struct.pack("ii", 0, 0) if seconds is None else struct.pack("ii", 1, int(seconds))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, value)
+
+    def set_read_buffer(self, size: int) -> None:
+        """SO_RCVBUF in bytes."""
+        self._require_sock().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, int(size))
+
+    def set_write_buffer(self, size: int) -> None:
+        """SO_SNDBUF in bytes."""
+        self._require_sock().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, int(size))
+
+    def __repr__(self) -> str:
+        state = "closed" if self._sock is None else ("closing" if self._closing else "open")
+        return f"<Conn fd={self.fd} {state} in={self.inbound_buffered} out={self._out_bytes}>"
+
+
+class EdgeConn(Conn):
+    """A connection registered edge-triggered: each wake drains reads until ``EAGAIN``,
+    at most ``loop.read_budget`` reads; a connection with more to read is revisited
+    on the next iteration, so one busy peer cannot starve the others."""
+
+    __slots__ = ()
+
+    def _wanted_events(self) -> int:
+        # Registered once for both directions: edges cost nothing while nothing changes.
+        return READABLE | WRITABLE | EDGE
+
+    def _update_events(self) -> None:
+        pass
+
+    def _io(self, ev: int) -> None:
+        if ev & _OUT_EV and self._out:
+            self._flush()
+        if ev & _IN_EV:
+            self._drain()
+
+    def _drain(self) -> None:
+        if self._paused or self._closing:
+            return  # _flush() puts us back on the ready list once drained
+        for _ in range(self._loop.read_budget):
+            if not self._read_once() or self._paused or self._closing:
+                return
+        self._loop._ready.append(self)
+
+    def _flush(self) -> None:
+        was_paused = self._paused
+        super()._flush()
+        if was_paused and not self._paused and self._sock is not None:
+            # No new edge will come for data already waiting in the kernel.
+            self._loop._ready.append(self)

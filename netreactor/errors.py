@@ -1,0 +1,37 @@
+"""Exceptions netreactor raises, or hands to ``on_close`` and callbacks."""
+
+from __future__ import annotations
+
+__all__ = [
+    "NetreactorError",
+    "ClosedError",
+    "PeerClosedError",
+    "BufferOverflowError",
+    "EngineStoppedError",
+]
+
+
+class NetreactorError(Exception):
+    """Base class of netreactor's own errors."""
+
+
+class ClosedError(NetreactorError, ConnectionError):
+    """The connection is already closed; the operation did nothing."""
+
+    def __init__(self, msg: str = "connection is closed") -> None:
+        super().__init__(msg)
+
+
+class PeerClosedError(NetreactorError, ConnectionError):
+    """The peer closed its side of the connection (orderly EOF)."""
+
+    def __init__(self, msg: str = "connection closed by peer") -> None:
+        super().__init__(msg)
+
+
+class BufferOverflowError(NetreactorError, BufferError):
+    """A per-connection buffer passed its hard cap; the connection was closed."""
+
+
+class EngineStoppedError(NetreactorError, RuntimeError):
+    """The engine (or client) is stopped; the request cannot be served."""

@@ -1,0 +1,207 @@
+"""Listening sockets: binding them, and accepting on a loop.
+
+A :class:`Listener` is one bound socket. An :class:`Acceptor` is a listener's
+place in one loop's fd table; with ``reuse_port`` each loop has its own
+listener, and a Unix listener (which SO_REUSEPORT does not spread) is shared by
+every loop's acceptor, registered with ``EPOLLEXCLUSIVE`` so a new connection
+wakes one loop.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+from typing import Any, Callable, Optional
+
+from .address import Address
+from .pollers import EXCLUSIVE, READABLE
+
+__all__ = ["Listener", "Acceptor"]
+
+# Errors that mean "this one pending connection is gone", not "the listener is broken".
+_TRANSIENT_ACCEPT = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN,
+                     errno.ENOPROTOOPT, errno.EHOSTDOWN, errno.ENONET, errno.EHOSTUNREACH,
+                     errno.EOPNOTSUPP, errno.ENETUNREACH, errno.ETIMEDOUT}
+# Out of descriptors or memory: back off instead of spinning on a readable listener.
+_RESOURCE_ACCEPT = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+BACKOFF_MIN = 0.05
+BACKOFF_MAX = 1.0
+
+
+class Listener:
+    """A bound, listening, non-blocking socket for one address."""
+
+    def __init__(self, address: Address, options: Any, reuse_port: bool = False) -> None:
+        self.address = address
+        self.sock = _bind(address, options, reuse_port)
+        self._unix_inode: Optional[int] = None
+        if address.transport == "unix" and not address.path.startswith("@"):
+            self._unix_inode = os.stat(address.path).st_ino
+
+    @property
+    def is_tcp(self) -> bool:
+        return self.address.transport == "tcp"
+
+    def bound_address(self) -> str:
+        """The address actually bound (with the real port when port 0 was asked)."""
+        if self.address.transport == "unix":
+            return str(self.address)
+        host, port = self.sock.getsockname()[:2]
+        host = f"[{host}]" if ":" in host else host
+        return f"{self.address.scheme}://{host}:{port}"
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        if self._unix_inode is not None:
+            # Remove the socket file only if it is still ours (not re-created by another server).
+            try:
+                if os.stat(self.address.path).st_ino == self._unix_inode:
+                    os.unlink(self.address.path)
+            except OSError:
+                pass
+            self._unix_inode = None
+
+
+def _bind(address: Address, options: Any, reuse_port: bool) -> socket.socket:
+    if address.transport == "unix":
+        return _bind_unix(address, options)
+    host = address.host
+    family = address.family
+    if not host:
+        host = "::" if family == socket.AF_INET6 else "0.0.0.0"
+        family = family or socket.AF_INET
+    infos = socket.getaddrinfo(host, address.port, family or socket.AF_UNSPEC,
+                               socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    fam, type_, proto, _, sockaddr = infos[0]
+    sock = socket.socket(fam, type_, proto)
+    try:
+        if options.reuse_addr:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            if not hasattr(socket, "SO_REUSEPORT"):
+                raise ValueError("option 'reuse_port': SO_REUSEPORT is not available on this platform")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if fam == socket.AF_INET6 and address.scheme == "tcp6":
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        _apply_buffer_sizes(sock, options)
+        sock.bind(sockaddr)
+        sock.listen(options.backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _bind_unix(address: Address, options: Any) -> socket.socket:
+    path = address.path
+    if not path.startswith("@"):
+        _remove_stale_unix_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        _apply_buffer_sizes(sock, options)
+        sock.bind(address.sockaddr())
+        sock.listen(options.backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _remove_stale_unix_socket(path: str) -> None:
+    """A socket file nobody listens on is left by a crashed server: remove it.
+    A live one is EADDRINUSE; a non-socket file is never touched."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise FileExistsError(errno.EEXIST, f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)
+        return
+    except OSError:
+        return
+    finally:
+        probe.close()
+    raise OSError(errno.EADDRINUSE, f"unix socket {path} is in use by another server")
+
+
+def _apply_buffer_sizes(sock: socket.socket, options: Any) -> None:
+    # Set on the listener so accepted sockets inherit them (and TCP window scaling agrees).
+    if options.socket_recv_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, options.socket_recv_buffer)
+    if options.socket_send_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, options.socket_send_buffer)
+
+
+class Acceptor:
+    """A listener's entry in one loop: accepts until ``EAGAIN`` and hands each
+    connection to ``dispatch(sock, addr)``."""
+
+    __slots__ = ("loop", "listener", "fd", "_dispatch", "_shared", "_backoff", "_paused", "_stopped")
+
+    def __init__(self, loop: Any, listener: Listener, dispatch: Callable[[socket.socket, Any], None],
+                 shared: bool = False) -> None:
+        self.loop = loop
+        self.listener = listener
+        self.fd = listener.sock.fileno()
+        self._dispatch = dispatch
+        self._shared = shared
+        self._backoff = 0.0
+        self._paused = False
+        self._stopped = False
+
+    def start(self) -> None:
+        self.loop.add(self.fd, self, READABLE | (EXCLUSIVE if self._shared else 0))
+
+    def stop(self) -> None:
+        if not self._paused:
+            self.loop.remove(self.fd)
+        self._paused = True
+        self._stopped = True
+
+    def _io(self, ev: int) -> None:
+        accept = self.listener.sock.accept
+        dispatch = self._dispatch
+        while True:
+            try:
+                sock, addr = accept()
+            except (BlockingIOError, InterruptedError):
+                self._backoff = 0.0
+                return
+            except OSError as exc:
+                if exc.errno in _TRANSIENT_ACCEPT:
+                    continue
+                if exc.errno in _RESOURCE_ACCEPT:
+                    self._pause(exc)
+                    return
+                raise
+            dispatch(sock, addr)
+
+    def _pause(self, exc: OSError) -> None:
+        # The pending connection stays in the backlog; polling the listener now
+        # would spin. Stop watching it, and look again after a growing delay.
+        self._backoff = min(BACKOFF_MAX, max(BACKOFF_MIN, self._backoff * 2))
+        self.loop.logger.warning(
+            "accept on %s failed (%s); pausing accepts for %.2fs",
+            self.listener.address, os.strerror(exc.errno or 0), self._backoff,
+        )
+        self.loop.remove(self.fd)
+        self._paused = True
+        self.loop.call_later(self._backoff, self._resume)
+
+    def _resume(self) -> None:
+        if self._paused and not self._stopped:
+            self._paused = False
+            self.start()

@@ -1,0 +1,158 @@
+"""Engine options: defaults, documentation and up-front validation.
+
+Every option is checked before anything is bound; a wrong value is a
+``ValueError`` naming the option and what it accepts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from dataclasses import dataclass, field, fields
+from typing import Any, Dict, Mapping, Optional
+
+__all__ = ["Options", "LOAD_BALANCERS", "POLLERS"]
+
+LOAD_BALANCERS = ("round-robin", "least-connections", "source-addr-hash")
+POLLERS = ("auto", "epoll", "selectors")
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+@dataclass
+class Options:
+    """All options of :func:`netreactor.run` / :class:`netreactor.Engine`, with defaults."""
+
+    #: Number of event loops (threads). See the README on threads versus processes.
+    loops: int = 1
+    #: One worker process per CPU (GIL builds) or one loop per CPU (free-threaded builds).
+    multicore: bool = False
+    #: How the main reactor spreads new connections over loops.
+    lb: str = "round-robin"
+    #: Each loop owns its own SO_REUSEPORT listener instead of a main reactor accepting.
+    reuse_port: bool = False
+    #: SO_REUSEADDR on listeners.
+    reuse_addr: bool = True
+    #: Call ``on_tick``.
+    ticker: bool = False
+    #: Bytes read from a socket per readable event.
+    read_buffer_cap: int = 64 * KiB
+    #: Hard cap of one connection's unconsumed inbound bytes; past it the connection is closed.
+    inbound_buffer_cap: int = 4 * MiB
+    #: Outbound bytes above which a connection stops being read (back-pressure).
+    write_high_water: int = 256 * KiB
+    #: Outbound bytes below which a paused connection is read again.
+    write_low_water: int = 64 * KiB
+    #: Hard cap of one connection's queued outbound bytes; past it the connection is closed.
+    write_buffer_cap: int = 8 * MiB
+    #: TCP_NODELAY on accepted TCP connections.
+    tcp_no_delay: bool = True
+    #: Keep-alive idle seconds on accepted TCP connections (None: off).
+    tcp_keepalive: Optional[float] = None
+    #: SO_RCVBUF / SO_SNDBUF in bytes (None: kernel default).
+    socket_recv_buffer: Optional[int] = None
+    socket_send_buffer: Optional[int] = None
+    #: Edge-triggered epoll (drain reads until EAGAIN, with a per-wake budget).
+    edge_triggered: bool = False
+    #: Worker processes (None or 1: serve in this process).
+    workers: Optional[int] = None
+    #: Pin worker i to CPU i (workers only).
+    cpu_affinity: bool = False
+    #: Logger to use instead of ``logging.getLogger("netreactor")``.
+    logger: Optional[Any] = None
+    #: Poller backend: "epoll" (Linux), "selectors" (portable) or "auto".
+    poller: str = "auto"
+    #: Seconds a graceful shutdown waits for pending output before closing anyway.
+    shutdown_timeout: float = 5.0
+    #: listen() backlog.
+    backlog: int = 4096
+    #: Extra fields other components read (never user-facing).
+    _extra: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_kwargs(cls, kwargs: Mapping[str, Any]) -> "Options":
+        """Build and validate options from keyword arguments."""
+        names = [f.name for f in fields(cls) if not f.name.startswith("_")]
+        for key in kwargs:
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f"; accepted options: {', '.join(names)}"
+                raise ValueError(f"unknown option {key!r}{hint}")
+        opts = cls(**kwargs)
+        opts.validate()
+        return opts
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first option whose value is wrong."""
+        _int("loops", self.loops, 1, 4096)
+        for name in ("multicore", "reuse_port", "reuse_addr", "ticker", "tcp_no_delay",
+                     "edge_triggered", "cpu_affinity"):
+            _bool(name, getattr(self, name))
+        _choice("lb", self.lb, LOAD_BALANCERS)
+        _choice("poller", self.poller, POLLERS)
+        _int("read_buffer_cap", self.read_buffer_cap, 512, 64 * MiB)
+        _int("inbound_buffer_cap", self.inbound_buffer_cap, 512, 1 << 40)
+        _int("write_buffer_cap", self.write_buffer_cap, 1, 1 << 40)
+        _int("write_high_water", self.write_high_water, 1, 1 << 40)
+        _int("write_low_water", self.write_low_water, 0, 1 << 40)
+        if self.write_low_water > self.write_high_water:
+            raise ValueError(
+                f"option 'write_low_water' ({self.write_low_water}) must not exceed "
+                f"'write_high_water' ({self.write_high_water})"
+            )
+        if self.write_high_water > self.write_buffer_cap:
+            raise ValueError(
+                f"option 'write_high_water' ({self.write_high_water}) must not exceed "
+                f"'write_buffer_cap' ({self.write_buffer_cap})"
+            )
+        if self.tcp_keepalive is not None:
+            _positive_seconds("tcp_keepalive", self.tcp_keepalive, allow_none=True)
+        for name in ("socket_recv_buffer", "socket_send_buffer"):
+            value = getattr(self, name)
+            if value is not None:
+                _int(name, value, 1, 1 << 31)
+        if self.workers is not None:
+            _int("workers", self.workers, 1, 1024)
+        _positive_seconds("shutdown_timeout", self.shutdown_timeout, zero_ok=True)
+        _int("backlog", self.backlog, 1, 1 << 20)
+        if self.logger is not None and not all(
+            hasattr(self.logger, m) for m in ("debug", "info", "warning", "error", "exception")
+        ):
+            raise ValueError(
+                f"option 'logger' must be a logging.Logger (or LoggerAdapter), got {type(self.logger).__name__}"
+            )
+        if self.edge_triggered and self.poller == "selectors":
+            raise ValueError(
+                "option 'edge_triggered' needs the epoll poller; poller='selectors' is level-triggered only"
+            )
+
+    def get_logger(self) -> logging.Logger:
+        return self.logger if self.logger is not None else logging.getLogger("netreactor")
+
+
+def _int(name: str, value: Any, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"option {name!r} must be an integer in {lo}..{hi}, got {value!r}")
+    if not lo <= value <= hi:
+        raise ValueError(f"option {name!r} must be in {lo}..{hi}, got {value}")
+
+
+def _bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"option {name!r} must be True or False, got {value!r}")
+
+
+def _choice(name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"option {name!r} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}")
+
+
+def _positive_seconds(name: str, value: Any, zero_ok: bool = False, allow_none: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+    if ok and (value > 0 or (zero_ok and value == 0)) and value != float("inf"):
+        return
+    want = "a number of seconds >= 0" if zero_ok else "a number of seconds > 0"
+    if allow_none:
+        want += " or None"
+    raise ValueError(f"option {name!r} must be {want}, got {value!r}")
