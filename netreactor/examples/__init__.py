@@ -1,0 +1,33 @@
+"""Built-in example servers, runnable with ``netreactor example NAME``.
+
+Each entry maps a name to ``"module:factory"``; the factory takes no
+arguments and returns an :class:`netreactor.EventHandler`. Modules are imported
+only when their example is run, so a heavy example costs the others nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable, Dict
+
+from ..handler import EventHandler
+
+__all__ = ["EXAMPLES", "DESCRIPTIONS", "load_example"]
+
+EXAMPLES: Dict[str, str] = {
+    "echo": "netreactor.examples.echo:Echo",
+}
+
+DESCRIPTIONS: Dict[str, str] = {
+    "echo": "TCP/Unix echo server: writes back every byte it receives",
+}
+
+
+def load_example(name: str) -> Callable[[], EventHandler]:
+    """Return the handler factory of example ``name``; ``ValueError`` if there is none."""
+    try:
+        target = EXAMPLES[name]
+    except KeyError:
+        raise ValueError(f"unknown example {name!r}; available: {', '.join(sorted(EXAMPLES))}") from None
+    module_name, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
