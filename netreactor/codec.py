@@ -516,49 +516,49 @@ class _DelimiterDecoder(_BufferedDecoder):
 
     def _split_many(self, data: bytes, scan: int) -> List[bytes]:
         delims = self._delims
+        dlens = [len(d) for d in delims]
+        keeps = [0] * len(delims) if self._strip else dlens
         maxd = self._maxd
         maxlen = self._max
-        strip = self._strip
         frames: List[bytes] = []
         append = frames.append
         find = data.find
         end = len(data)
+        near_end = end - maxd
         none = end + 1  # "no further match": sorts after every real position
         pos = 0
-        # Next match of each delimiter at or after the position it was
-        # searched from. Only a match that pos has passed is searched again,
-        # so each delimiter scans the data once (a rare delimiter is not
-        # searched to the end of the data for every frame), and min() picks
-        # the earliest; index() returns the first of equal positions, which
-        # is the longest delimiter since _delims is sorted longest first.
+        # nexts[k]: the next match of delims[k] at or after the position it
+        # was searched from. Only a match that pos has passed is searched
+        # again, so each delimiter scans the data once (a rare delimiter is
+        # not searched to the end of the data for every frame). min() picks
+        # the earliest match; index() the first of equal ones, which is the
+        # longest delimiter since _delims is sorted longest first.
         nexts = [find(d, scan) for d in delims]
         nexts = [none if j < 0 else j for j in nexts]
         while True:
             best = min(nexts)
             k = nexts.index(best)
             if best < pos:
+                # Overlapped by the delimiter just used (b"\n" in b"\r\n").
                 j = find(delims[k], pos)
-                nexts[k] = none if j < 0 else j
+                nexts[k] = j if j >= 0 else none
                 continue
             if best == none:
                 break
-            # The latest start that would still beat the match found (or,
-            # past the limit, still give a valid frame). A delimiter that is
-            # incomplete at the end of the data and starts there may win once
-            # more bytes come: wait for them rather than guess.
-            lim = best if best - pos <= maxlen else pos + maxlen
-            if lim > end - maxd and self._pending(data, pos, lim, end):
-                break
-            if best - pos > maxlen:
-                self._too_long(best - pos, frames)
-            stop = best + len(delims[k])
-            append(data[pos:best] if strip else data[pos:stop])
-            pos = stop
-            # Search on for the delimiter just used now; another one that
-            # overlapped it (b"\n" inside b"\r\n") is left behind pos and
-            # searched again by the test above.
+            if best - pos > maxlen or best > near_end:
+                # The latest start that would still beat this match (or,
+                # past the limit, still give a valid frame): a delimiter
+                # incomplete at the end of the data that starts there may win
+                # once more bytes come, so wait for them rather than guess.
+                lim = best if best - pos <= maxlen else pos + maxlen
+                if lim > near_end and self._pending(data, pos, lim, end):
+                    break
+                if best - pos > maxlen:
+                    self._too_long(best - pos, frames)
+            append(data[pos : best + keeps[k]])
+            pos = best + dlens[k]
             j = find(delims[k], pos)
-            nexts[k] = none if j < 0 else j
+            nexts[k] = j if j >= 0 else none
         self._keep_tail(data, pos, frames)
         return frames
 

@@ -421,9 +421,11 @@ class Conn:
     # ------------------------------------------------------------------ actions & closing
 
     def _apply(self, action: Any) -> None:
-        if action == Action.CLOSE:
+        # Identity, not equality: a callback that happens to return an int (say,
+        # what write() returned) must not close its connection by accident.
+        if action is Action.CLOSE:
             self._begin_close(None)
-        elif action == Action.SHUTDOWN:
+        elif action is Action.SHUTDOWN:
             self._loop.request_shutdown()
 
     def _handler_failed(self, exc: BaseException, where: str) -> None:
@@ -474,7 +476,7 @@ class Conn:
         except Exception as exc:
             loop.logger.error("handler %s.on_close raised", type(self._handler).__name__, exc_info=exc)
             return
-        if action == Action.SHUTDOWN:
+        if action is Action.SHUTDOWN:
             loop.request_shutdown()
 
     # ------------------------------------------------------------------ any-thread API

@@ -199,7 +199,7 @@ class Engine:
                 self._primary = self._loops[0]
             self._bind(main_reactor)
             action = self.handler.on_boot(self)
-            if action == Action.SHUTDOWN:
+            if action is Action.SHUTDOWN:
                 self.logger.info("on_boot returned SHUTDOWN; not serving")
                 return
             with self._lock:
@@ -401,7 +401,7 @@ class Engine:
             delay, action = _parse_tick(result)
         except ValueError as exc:
             self.logger.error("on_tick returned %r: %s; ticking again in %ss", result, exc, DEFAULT_TICK)
-        if action == Action.SHUTDOWN:
+        if action is Action.SHUTDOWN:
             self.stop()
             return
         self._primary.call_later(delay, self._tick)

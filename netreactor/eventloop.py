@@ -114,7 +114,9 @@ class EventLoop:
         (self._urgent if urgent else self._tasks).append((callback, args))
         # The loop clears the flag before it drains the queues, so a task queued
         # after the drain always finds the flag clear and wakes the loop again.
-        if not self._wake_pending and self._thread_id != threading.get_ident():
+        # The loop's own thread wakes it too: a signal handler runs there while
+        # the loop sleeps in poll().
+        if not self._wake_pending:
             self._wake_pending = True
             self._waker.wake()
 
