@@ -99,6 +99,8 @@ def _split_host_port(text: str, rest: str) -> Tuple[str, int]:
         host, after = rest[1:end], rest[end + 1 :]
         if not after.startswith(":"):
             raise ValueError(f"address {text!r}: missing ':port' after IPv6 host [{host}]")
+        if ":" not in host:
+            raise ValueError(f"address {text!r}: brackets are only for IPv6 addresses, got [{host}]")
         port_text = after[1:]
     else:
         host, sep, port_text = rest.rpartition(":")
@@ -106,7 +108,7 @@ def _split_host_port(text: str, rest: str) -> Tuple[str, int]:
             raise ValueError(f"address {text!r} has no port; expected host:port, e.g. '127.0.0.1:9000'")
         if ":" in host:
             raise ValueError(f"address {text!r}: IPv6 hosts must be bracketed, e.g. 'tcp6://[::1]:9000'")
-    if not port_text.isdigit():
+    if not (port_text.isascii() and port_text.isdigit()):
         raise ValueError(f"address {text!r}: port {port_text!r} is not a number in 0..65535")
     port = int(port_text)
     if not 0 <= port <= 65535:
@@ -119,7 +121,7 @@ def _check_host(text: str, host: str, family: Optional[int]) -> Optional[int]:
         ip = ipaddress.ip_address(host)
     except ValueError:
         # A name; resolution happens at bind/dial time. Reject what can never be a name.
-        if any(c.isspace() for c in host) or len(host) > 253:
+        if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in host) or len(host) > 253:
             raise ValueError(f"address {text!r}: {host!r} is neither an IP address nor a host name") from None
         return family
     ip_family = socket.AF_INET if ip.version == 4 else socket.AF_INET6

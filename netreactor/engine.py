@@ -96,6 +96,8 @@ class Engine:
         self._all_loops: List[EventLoop] = []  # plus the main reactor, if any
         self._acceptors: List[Acceptor] = []
         self._primary: Optional[EventLoop] = None
+        # Address index -> listener bound beforehand by a worker supervisor (netreactor.workers).
+        self._prebound: dict = {}
 
     # ------------------------------------------------------------------ public API
 
@@ -158,8 +160,13 @@ class Engine:
             if self._state != "new":
                 raise RuntimeError("an engine can be run once")
             self._state = "booting"
+        from .workers import supervise, worker_count  # lazy: workers imports this module
+
         try:
-            self._serve()
+            if worker_count(self.options) > 1:
+                supervise(self)  # forks workers, each of which calls _serve()
+            else:
+                self._serve()
         except BaseException as exc:
             if not self._booted.is_set():
                 self._boot_error = exc
@@ -223,8 +230,9 @@ class Engine:
 
     def _bind(self, main_reactor: bool) -> None:
         opts = self.options
-        for addr in self._addresses:
-            if opts.reuse_port and addr.transport != "unix":
+        for index, addr in enumerate(self._addresses):
+            prebound = self._prebound.pop(index, None)
+            if opts.reuse_port and addr.transport != "unix" and prebound is None:
                 # One SO_REUSEPORT listener per loop; the first one fixes the port when 0 was asked.
                 first = Listener(addr, opts, reuse_port=True)
                 self._listeners.append(first)
@@ -237,7 +245,7 @@ class Engine:
                 for loop, lst in zip(self._loops, self._listeners[-len(self._loops):]):
                     self._acceptors.append(Acceptor(loop, lst, self._local_dispatch(loop, lst)))
             else:
-                lst = Listener(addr, opts, reuse_port=opts.reuse_port)
+                lst = prebound if prebound is not None else Listener(addr, opts, reuse_port=opts.reuse_port)
                 self._listeners.append(lst)
                 self._bound.append(lst)
                 if main_reactor:
@@ -290,7 +298,7 @@ class Engine:
         except OSError:
             sock.close()  # the peer is already gone
             return
-        conn = (EdgeConn if loop.edge_triggered else Conn)(loop, sock, addr if tcp else None)
+        conn = (EdgeConn if loop.edge_triggered else Conn)(loop, sock.detach())
         conn._open()
 
     # ------------------------------------------------------------------ running & stopping
@@ -308,6 +316,8 @@ class Engine:
         for t in threads:
             t.start()
         restore = self._install_signals()
+        # Logged once SIGINT/SIGTERM are handled, so whoever reads it may stop us gracefully.
+        self.logger.info("serving %s on %d loop(s)", ", ".join(self.addresses), len(self._loops))
         try:
             self._loop_main(self._primary)
         finally:
@@ -415,9 +425,13 @@ def _parse_tick(result: Any):
         if len(result) != 2:
             raise ValueError("expected seconds or (seconds, Action)")
         result, action = result
-        action = Action.NONE if action is None else Action(action)
-    if isinstance(result, bool) or not isinstance(result, (int, float)) or result != result:
-        raise ValueError("the delay must be a number of seconds")
+        if action is None:
+            action = Action.NONE
+        elif not isinstance(action, Action):
+            raise ValueError(f"expected an Action, got {action!r}")
+    if (isinstance(result, bool) or not isinstance(result, (int, float)) or result != result
+            or result == float("inf")):
+        raise ValueError("the delay must be a finite number of seconds")
     return max(0.0, float(result)), action
 
 

@@ -24,6 +24,8 @@ __all__ = ["EventLoop", "TimerHandle"]
 TASK_BUDGET = 256
 #: Edge-triggered reads per connection per wake-up.
 READ_BUDGET = 16
+#: Longest single poll() sleep, in seconds; a later timer just takes several.
+MAX_POLL_TIMEOUT = 3600.0
 
 
 class TimerHandle:
@@ -44,13 +46,17 @@ class TimerHandle:
 class _WakerEntry:
     """The waker's slot in the fd table: readable means "tasks were queued"."""
 
-    __slots__ = ("waker",)
+    __slots__ = ("loop",)
 
-    def __init__(self, waker: Any) -> None:
-        self.waker = waker
+    def __init__(self, loop: "EventLoop") -> None:
+        self.loop = loop
 
     def _io(self, ev: int) -> None:
-        self.waker.drain()
+        self.loop._waker.drain()
+        # Cleared after the drain, before this iteration runs its tasks: a task
+        # queued from now on finds the flag clear and wakes the loop again, and
+        # one queued before is run by this iteration.
+        self.loop._wake_pending = False
 
 
 class EventLoop:
@@ -85,7 +91,7 @@ class EventLoop:
         self._ready: List[Any] = []   # edge-triggered connections with reads left over
         self._waker = Waker()
         self._wake_pending = False
-        self._table[self._waker.fd] = _WakerEntry(self._waker)
+        self._table[self._waker.fd] = _WakerEntry(self)
         poller.register(self._waker.fd, READABLE)
 
         self._running = False
@@ -112,10 +118,9 @@ class EventLoop:
     def call_soon_threadsafe(self, callback: Callable[..., Any], *args: Any, urgent: bool = False) -> None:
         """Queue ``callback(*args)`` from any thread and wake the loop. Urgent tasks run first."""
         (self._urgent if urgent else self._tasks).append((callback, args))
-        # The loop clears the flag before it drains the queues, so a task queued
-        # after the drain always finds the flag clear and wakes the loop again.
-        # The loop's own thread wakes it too: a signal handler runs there while
-        # the loop sleeps in poll().
+        # Only the first task since the loop last drained the waker pays for a
+        # wake-up (see _WakerEntry). The loop's own thread wakes it too: a signal
+        # handler runs there while the loop sleeps in poll().
         if not self._wake_pending:
             self._wake_pending = True
             self._waker.wake()
@@ -170,7 +175,8 @@ class EventLoop:
                 if urgent or tasks or self._ready or self._dirty:
                     timeout = 0.0
                 elif timers:
-                    timeout = max(0.0, timers[0][0] - monotonic())
+                    # Capped: epoll and select reject timeouts past ~24.8 days.
+                    timeout = min(max(0.0, timers[0][0] - monotonic()), MAX_POLL_TIMEOUT)
                 else:
                     timeout = -1.0
                 for fd, ev in poll(timeout):
@@ -199,7 +205,7 @@ class EventLoop:
     def _run_ready(self) -> None:
         ready, self._ready = self._ready, []
         for conn in ready:
-            if conn._sock is not None:
+            if conn._alive:
                 conn._drain()
 
     def _flush_dirty(self) -> None:
@@ -207,7 +213,7 @@ class EventLoop:
         for conn in dirty:
             if conn._flush_pending:
                 conn._flush_pending = False
-                if conn._out and conn._sock is not None:
+                if conn._out:
                     conn._flush()
 
     def _run_timers(self) -> None:
@@ -219,7 +225,6 @@ class EventLoop:
                 self._call(handle.callback, handle.args)
 
     def _run_tasks(self) -> None:
-        self._wake_pending = False
         urgent = self._urgent
         while urgent:
             callback, args = urgent.popleft()
@@ -249,7 +254,10 @@ class EventLoop:
         callback given to ``async_write``/``wake``/``close`` learns its outcome."""
         self._thread_id = threading.get_ident()
         self.finished = True
-        while self._urgent or self._tasks:
+        # Bounded: a task that keeps re-queuing itself must not hang shutdown.
+        for _ in range(100):
+            if not (self._urgent or self._tasks):
+                break
             self._run_tasks()
 
     def close(self) -> None:
