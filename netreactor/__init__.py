@@ -9,17 +9,19 @@
     nr.run(Echo(), "tcp://127.0.0.1:9000")
 """
 
+from . import codec
 from .conn import Conn
 from .engine import Engine, gil_enabled, run
 from .errors import (BufferOverflowError, ClosedError, EngineStoppedError, NetreactorError,
                      PeerClosedError)
+from .framed import FramedHandler
 from .handler import Action, EventHandler
 from .options import Options
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Action", "EventHandler", "Conn", "Engine", "Options", "run", "gil_enabled",
+    "Action", "EventHandler", "FramedHandler", "codec", "Conn", "Engine", "Options", "run", "gil_enabled",
     "NetreactorError", "ClosedError", "PeerClosedError", "BufferOverflowError", "EngineStoppedError",
     "__version__",
 ]

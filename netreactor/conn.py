@@ -88,7 +88,7 @@ class Conn:
         "_loop", "_alive", "fd", "_handler", "context",
         "_in", "_ipos", "_iend", "_block",
         "_out", "_out_bytes", "_flush_pending", "_events", "_reading", "_paused", "_closing",
-        "_close_err", "_raddr", "_laddr",
+        "_close_err", "_raddr", "_laddr", "_framing",
     )
 
     def __init__(self, loop: "EventLoop", fd: int) -> None:
@@ -116,6 +116,8 @@ class Conn:
         self._close_err: Optional[BaseException] = None
         self._raddr: Any = None
         self._laddr: Any = None
+        #: Per-connection decoder of a FramedHandler (None until its first read).
+        self._framing: Any = None
 
     # ------------------------------------------------------------------ reading
 
@@ -532,6 +534,7 @@ class Conn:
         self._out_bytes = 0
         self._ipos = self._iend = 0
         self._in = _EMPTY
+        self._framing = None
         if self._block is not None:
             loop.pool.put(self._block)
             self._block = None
