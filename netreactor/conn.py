@@ -208,24 +208,21 @@ class Conn:
         """
         if self._closing:  # also set once closed
             return 0
-        if type(data) is not bytes:
+        if data.__class__ is not bytes:
             data = _owned(data)
-        n = len(data)
-        if not n:
-            return 0
         out = self._out
         if out is None:
             self._out = [data]
         else:
             out.append(data)
+        n = len(data)
         self._out_bytes += n
         if not self._flush_pending:
             self._flush_pending = True
             self._loop._dirty.append(self)
-        if self._out_bytes > self._loop.write_high_water:
-            self._over_high_water()
-            if not self._alive:
-                return 0
+        # The high-water mark and the hard cap are checked where output can
+        # pile up: in _flush, when the kernel did not take everything. Every
+        # write is followed by a flush attempt in the same loop iteration.
         return n
 
     def writev(self, buffers: Iterable[Buffer]) -> int:
@@ -253,11 +250,10 @@ class Conn:
             self._close_now(BufferOverflowError(
                 f"outbound buffer of fd {self.fd} passed write_buffer_cap "
                 f"({loop.write_buffer_cap} bytes): the peer is not reading"))
-        elif not self._paused:
+        else:
             # Stop reading a peer that does not read our replies: what it sends
             # stays in the kernel and its window closes.
             self._paused = True
-            self._update_events()
 
     def _flush(self) -> None:
         out = self._out
@@ -277,7 +273,7 @@ class Conn:
             self._out = None
             # Paused reading and pending closes always have WRITABLE registered
             # (they only happen with output queued), so one test covers all three.
-            if self._events & WRITABLE:
+            if self._events != READABLE:
                 self._drained()
             return
         # Drop what went out; the first partly sent buffer becomes a view of its tail.
@@ -292,7 +288,11 @@ class Conn:
                 sent = 0
         if i:
             del out[:i]
-        if self._paused and left <= self._loop.write_low_water:
+        if left > self._loop.write_high_water:
+            self._over_high_water()
+            if not self._alive:
+                return
+        elif self._paused and left <= self._loop.write_low_water:
             self._paused = False
         self._update_events()
 
