@@ -1,0 +1,160 @@
+"""Echo servers compared by ``bench/echo.py``, one KIND per process.
+
+    python3 bench/servers.py KIND --port P [--host 127.0.0.1] [--cpu N]
+    python3 bench/servers.py KIND --unix PATH [--cpu N]
+    python3 bench/servers.py --check KIND      # exit 0 if KIND can run here
+
+KINDs:
+
+* ``asyncio``    -- asyncio Protocol API on the default (selector/epoll) loop.
+* ``uvloop``     -- the very same Protocol on uvloop (skipped if not installed).
+* ``netreactor`` -- this project, through its public contract only.
+
+Each server is the idiomatic few lines a user would write, with two settings
+made explicit so the comparison is fair:
+
+* ``TCP_NODELAY`` on every accepted TCP connection (netreactor does this by
+  default; asyncio and uvloop do it too nowadays, we set it in
+  ``connection_made`` anyway so the benchmark does not depend on that).
+* A listen backlog of 1024 for asyncio/uvloop instead of their default 100,
+  since the load generator opens thousands of connections.  (It also throttles
+  its connects, so this mostly matters for robustness.)
+
+The process runs until it is killed (SIGTERM/SIGKILL from the harness).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import socket
+import sys
+
+KINDS = ("netreactor", "uvloop", "asyncio")
+
+# The package uses a flat layout: make ``import netreactor`` find the source
+# tree this file belongs to (bench/ is sys.path[0] when run as a script).
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(1, REPO_ROOT)
+
+
+# --------------------------------------------------------------------------
+# asyncio / uvloop: the Protocol API (callbacks, no task per connection)
+# --------------------------------------------------------------------------
+class EchoProtocol(asyncio.Protocol):
+    """Echo every chunk back as it arrives."""
+
+    def connection_made(self, transport):
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.transport = transport
+
+    def data_received(self, data):
+        self.transport.write(data)
+
+
+async def _serve_protocol(host: str, port: int, unix: str | None) -> None:
+    loop = asyncio.get_running_loop()
+    if unix:
+        server = await loop.create_unix_server(EchoProtocol, unix, backlog=1024)
+    else:
+        server = await loop.create_server(
+            EchoProtocol, host, port, backlog=1024, reuse_address=True
+        )
+    async with server:
+        await server.serve_forever()
+
+
+def serve_asyncio(host: str, port: int, unix: str | None) -> None:
+    asyncio.run(_serve_protocol(host, port, unix))
+
+
+def serve_uvloop(host: str, port: int, unix: str | None) -> None:
+    import uvloop
+
+    if hasattr(uvloop, "run"):  # uvloop >= 0.18
+        uvloop.run(_serve_protocol(host, port, unix))
+    else:
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        asyncio.run(_serve_protocol(host, port, unix))
+
+
+# --------------------------------------------------------------------------
+# netreactor: public contract only (EventHandler, Conn.read/write, run)
+# --------------------------------------------------------------------------
+def serve_netreactor(host: str, port: int, unix: str | None) -> None:
+    import netreactor as nr
+
+    class Echo(nr.EventHandler):
+        def on_traffic(self, conn):
+            conn.write(conn.read())
+
+    addr = f"unix://{unix}" if unix else f"tcp://{host}:{port}"
+    nr.run(Echo(), addr)
+
+
+SERVE = {"asyncio": serve_asyncio, "uvloop": serve_uvloop, "netreactor": serve_netreactor}
+
+
+def check(kind: str) -> str | None:
+    """Return None if ``kind`` can run in this interpreter, else the reason."""
+    if kind == "asyncio":
+        return None
+    if kind == "uvloop":
+        try:
+            import uvloop  # noqa: F401
+        except ImportError as e:
+            return f"uvloop is not installed ({e}); pip install uvloop"
+        return None
+    if kind == "netreactor":
+        try:
+            import netreactor as nr
+        except Exception as e:  # any import-time failure means "not ready"
+            return f"import netreactor failed: {type(e).__name__}: {e}"
+        missing = [n for n in ("run", "EventHandler") if not hasattr(nr, n)]
+        if missing:
+            return f"netreactor has no {', '.join(missing)} yet"
+        return None
+    return f"unknown server kind {kind!r} (choose from {', '.join(KINDS)})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("kind", choices=KINDS)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--unix", default=None, help="serve on this unix socket path instead")
+    ap.add_argument("--cpu", type=int, default=None, help="pin the process to this CPU")
+    ap.add_argument("--check", action="store_true", help="only check that KIND can run")
+    args = ap.parse_args(argv)
+
+    reason = check(args.kind)
+    if args.check or reason:
+        if reason:
+            print(reason, file=sys.stderr)
+            return 3
+        return 0
+    if not args.unix and not args.port:
+        ap.error("--port or --unix is required")
+
+    if args.cpu is not None:
+        # Pin before the loop starts so every thread it creates inherits it.
+        os.sched_setaffinity(0, {args.cpu})
+    # Thousands of idle connections need thousands of fds.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+    try:
+        SERVE[args.kind](args.host, args.port, args.unix)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
