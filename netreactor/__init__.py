@@ -10,6 +10,7 @@
 """
 
 from . import codec
+from .client import Client
 from .conn import Conn
 from .engine import Engine, gil_enabled, run
 from .errors import (BufferOverflowError, ClosedError, EngineStoppedError, NetreactorError,
@@ -21,7 +22,7 @@ from .options import Options
 __version__ = "0.1.0"
 
 __all__ = [
-    "Action", "EventHandler", "FramedHandler", "codec", "Conn", "Engine", "Options", "run", "gil_enabled",
+    "Action", "EventHandler", "FramedHandler", "codec", "Conn", "Client", "Engine", "Options", "run", "gil_enabled",
     "NetreactorError", "ClosedError", "PeerClosedError", "BufferOverflowError", "EngineStoppedError",
     "__version__",
 ]

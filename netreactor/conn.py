@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, Optio
 
 from .errors import BufferOverflowError, ClosedError, PeerClosedError
 from .handler import Action
+from .inbound import Inbound
 from .pollers import EDGE, ERROR, HANGUP, READABLE, WRITABLE
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -61,7 +62,7 @@ def _owned(data: Buffer) -> Union[bytes, memoryview]:
     raise TypeError(f"data must be bytes, bytearray or memoryview, not {type(data).__name__}")
 
 
-class Conn:
+class Conn(Inbound):
     """A connection, as handlers see it.
 
     Reading (loop thread only). Everything returned is ``bytes`` that stays valid
@@ -88,10 +89,10 @@ class Conn:
         "_loop", "_alive", "fd", "_handler", "context",
         "_in", "_ipos", "_iend", "_block",
         "_out", "_out_bytes", "_flush_pending", "_events", "_reading", "_paused", "_closing",
-        "_close_err", "_raddr", "_laddr", "_framing",
+        "_close_err", "_raddr", "_laddr", "_framing", "_held",
     )
 
-    def __init__(self, loop: "EventLoop", fd: int) -> None:
+    def __init__(self, loop: "EventLoop", fd: int, handler: Any = None) -> None:
         # The connection owns a bare, non-blocking fd rather than a socket
         # object: an idle connection is the handful of slots below and nothing
         # else (a socket.socket costs another ~110 bytes per connection).
@@ -99,7 +100,7 @@ class Conn:
         self._alive = True
         #: The socket's file descriptor (kept after close, for logging).
         self.fd: int = fd
-        self._handler = loop.handler
+        self._handler = loop.handler if handler is None else handler
         #: Free slot for the handler's per-connection state.
         self.context: Any = None
         self._in: Any = _EMPTY
@@ -118,75 +119,7 @@ class Conn:
         self._laddr: Any = None
         #: Per-connection decoder of a FramedHandler (None until its first read).
         self._framing: Any = None
-
-    # ------------------------------------------------------------------ reading
-
-    @property
-    def inbound_buffered(self) -> int:
-        """Bytes received and not yet consumed."""
-        return self._iend - self._ipos
-
-    def read(self, n: int = -1) -> bytes:
-        """Consume and return up to ``n`` buffered bytes (all of them when ``n < 0``)."""
-        pos = self._ipos
-        if n < 0 or pos + n >= self._iend:
-            data = self._in
-            if pos or self._block is not None:
-                data = bytes(data[pos:self._iend])
-                if self._block is not None:
-                    self._release_block()
-            # else: the bytes the socket read returned, whole — handed over without a copy
-            self._in = _EMPTY
-            self._ipos = self._iend = 0
-            return data
-        stop = pos + n
-        self._ipos = stop
-        return bytes(self._in[pos:stop])
-
-    def peek(self, n: int = -1) -> bytes:
-        """Return up to ``n`` buffered bytes (all when ``n < 0``) without consuming them."""
-        pos = self._ipos
-        end = self._iend
-        stop = end if n < 0 or pos + n >= end else pos + n
-        return bytes(self._in[pos:stop])
-
-    def discard(self, n: int = -1) -> int:
-        """Drop up to ``n`` buffered bytes (all when ``n < 0``); return how many were dropped."""
-        pos = self._ipos
-        end = self._iend
-        stop = end if n < 0 or pos + n >= end else pos + n
-        if stop == end:
-            self._consumed_all()
-        else:
-            self._ipos = stop
-        return stop - pos
-
-    def next(self, n: int) -> Optional[bytes]:
-        """Consume and return exactly ``n`` bytes, or ``None`` (consuming nothing) if fewer are buffered.
-
-        ``n < 0`` behaves like :meth:`read`.
-        """
-        if n < 0:
-            return self.read()
-        stop = self._ipos + n
-        if stop > self._iend:
-            return None
-        data = bytes(self._in[self._ipos:stop])
-        if stop == self._iend:
-            self._consumed_all()
-        else:
-            self._ipos = stop
-        return data
-
-    def _consumed_all(self) -> None:
-        self._ipos = self._iend = 0
-        self._in = _EMPTY
-        if self._block is not None:
-            self._release_block()
-
-    def _release_block(self) -> None:
-        self._loop.pool.put(self._block)
-        self._block = None
+        self._held = False  # reading paused by the handler (pause_reading)
 
     # ------------------------------------------------------------------ writing
 
@@ -292,8 +225,10 @@ class Conn:
             self._over_high_water()
             if not self._alive:
                 return
-        elif self._paused and left <= self._loop.write_low_water:
+        elif left <= self._loop.write_low_water:
             self._paused = False
+            if self._loop._drain_waiters:
+                self._notify_drained()
         self._update_events()
 
     def _drained(self) -> None:
@@ -303,12 +238,14 @@ class Conn:
             return
         self._paused = False
         self._update_events()
+        if self._loop._drain_waiters:
+            self._notify_drained()
 
     # ------------------------------------------------------------------ events
 
     def _wanted_events(self) -> int:
         events = 0
-        if not (self._paused or self._closing):
+        if not (self._paused or self._closing or self._held):
             events = READABLE
         if self._out_bytes:
             events |= WRITABLE
@@ -538,6 +475,8 @@ class Conn:
         if self._block is not None:
             loop.pool.put(self._block)
             self._block = None
+        if loop._drain_waiters:
+            loop._drain_waiters.pop(self, None)
         try:
             action = self._handler.on_close(self, err)
         except Exception as exc:
@@ -545,6 +484,42 @@ class Conn:
             return
         if action is Action.SHUTDOWN:
             loop.request_shutdown()
+
+    # ------------------------------------------------------------------ flow control
+
+    def pause_reading(self) -> None:
+        """Stop reading from the peer until :meth:`resume_reading` (loop thread).
+
+        What the peer sends waits in the kernel, and TCP flow control slows the
+        peer down: a proxy pauses its source while the destination is slow.
+        """
+        if not self._held:
+            self._held = True
+            self._update_events()
+
+    def resume_reading(self) -> None:
+        """Undo :meth:`pause_reading`."""
+        if self._held:
+            self._held = False
+            self._update_events()
+            self._loop._resumed(self)
+
+    def when_drained(self, callback: Callable[["Conn"], Any]) -> None:
+        """Run ``callback(conn)`` on the loop once queued output falls to the
+        low-water mark (at once, on the next loop iteration, if it already is).
+
+        Not called if the connection closes first.
+        """
+        if self._out_bytes <= self._loop.write_low_water:
+            self._loop.call_soon(callback, self)
+        else:
+            self._loop._drain_waiters.setdefault(self, []).append(callback)
+
+    def _notify_drained(self) -> None:
+        waiters = self._loop._drain_waiters.pop(self, None)
+        if waiters:
+            for callback in waiters:
+                self._loop.call_soon(callback, self)
 
     # ------------------------------------------------------------------ any-thread API
 
@@ -722,10 +697,10 @@ class EdgeConn(Conn):
             self._drain()
 
     def _drain(self) -> None:
-        if self._paused or self._closing:
+        if self._paused or self._closing or self._held:
             return  # _flush() puts us back on the ready list once drained
         for _ in range(self._loop.read_budget):
-            if not self._read_once() or self._paused or self._closing:
+            if not self._read_once() or self._paused or self._closing or self._held:
                 return
         self._loop._ready.append(self)
 

@@ -25,6 +25,7 @@ from typing import Any, List, Optional, Sequence
 from .address import Address, parse_address
 from .balancer import make_balancer
 from .conn import Conn, EdgeConn
+from .datagram import DatagramEndpoint
 from .errors import EngineStoppedError
 from .eventloop import EventLoop
 from .handler import Action, EventHandler
@@ -79,9 +80,6 @@ class Engine:
         self.handler = handler
         self.options = Options.from_kwargs(options)
         self._addresses = parse_addresses(addrs)
-        for addr in self._addresses:
-            if addr.transport == "udp":
-                raise ValueError(f"address '{addr}': UDP serving is not available in this version")
         self.logger = self.options.get_logger()
         self._lock = threading.Lock()
         self._state = "new"
@@ -94,7 +92,7 @@ class Engine:
         self._bound: List[Listener] = []         # one per address, in the order given
         self._loops: List[EventLoop] = []      # loops that own connections
         self._all_loops: List[EventLoop] = []  # plus the main reactor, if any
-        self._acceptors: List[Acceptor] = []
+        self._acceptors: List[Any] = []  # Acceptors and DatagramEndpoints: start()/stop() on their loop
         self._primary: Optional[EventLoop] = None
         # Address index -> listener bound beforehand by a worker supervisor (netreactor.workers).
         self._prebound: dict = {}
@@ -232,17 +230,14 @@ class Engine:
         opts = self.options
         for index, addr in enumerate(self._addresses):
             prebound = self._prebound.pop(index, None)
-            if opts.reuse_port and addr.transport != "unix" and prebound is None:
-                # One SO_REUSEPORT listener per loop; the first one fixes the port when 0 was asked.
-                first = Listener(addr, opts, reuse_port=True)
-                self._listeners.append(first)
-                self._bound.append(first)
-                if addr.port == 0:
-                    port = first.sock.getsockname()[1]
-                    addr = Address(addr.scheme, addr.transport, addr.family, addr.host, port)
-                for loop in self._loops[1:]:
-                    self._listeners.append(Listener(addr, opts, reuse_port=True))
-                for loop, lst in zip(self._loops, self._listeners[-len(self._loops):]):
+            if addr.transport == "udp":
+                # Every loop reads the address through its own socket; SO_REUSEPORT
+                # lets the kernel spread datagrams (and worker processes share it).
+                reuse = opts.reuse_port or len(self._loops) > 1
+                for loop, lst in zip(self._loops, self._bind_per_loop(addr, reuse, prebound)):
+                    self._acceptors.append(DatagramEndpoint(loop, lst.sock, self.handler, opts))
+            elif opts.reuse_port and addr.transport != "unix" and prebound is None:
+                for loop, lst in zip(self._loops, self._bind_per_loop(addr, True)):
                     self._acceptors.append(Acceptor(loop, lst, self._local_dispatch(loop, lst)))
             else:
                 lst = prebound if prebound is not None else Listener(addr, opts, reuse_port=opts.reuse_port)
@@ -256,6 +251,24 @@ class Engine:
                         self._acceptors.append(Acceptor(loop, lst, self._local_dispatch(loop, lst), shared))
         for acc in self._acceptors:
             acc.start()
+
+    def _bind_per_loop(self, addr: Address, reuse_port: bool,
+                       first: Optional[Listener] = None) -> List[Listener]:
+        """One socket per loop for ``addr``; the first (bound here unless a worker
+        supervisor bound it) fixes the port when 0 was asked."""
+        if first is None:
+            first = Listener(addr, self.options, reuse_port=reuse_port)
+        self._listeners.append(first)
+        self._bound.append(first)
+        if addr.port == 0:
+            port = first.sock.getsockname()[1]
+            addr = Address(addr.scheme, addr.transport, addr.family, addr.host, port)
+        out = [first]
+        for _ in self._loops[1:]:
+            lst = Listener(addr, self.options, reuse_port=reuse_port)
+            self._listeners.append(lst)
+            out.append(lst)
+        return out
 
     # ------------------------------------------------------------------ accepting
 
@@ -336,24 +349,8 @@ class Engine:
 
     def _shutdown_loop(self, loop: EventLoop) -> None:
         """On ``loop``: stop accepting, close every connection after flushing, then stop."""
-        if getattr(loop, "closing_down", False):
-            return
-        loop.closing_down = True
-        for acc in self._acceptors:
-            if acc.loop is loop:
-                acc.stop()
-        for conn in loop.connections():
-            conn._begin_close(None)
-        if loop.conn_count == 0:
-            loop.stop()
-            return
-        loop.on_empty = loop.stop
-        loop.call_later(self.options.shutdown_timeout + 0.1, self._force_close, loop)
-
-    def _force_close(self, loop: EventLoop) -> None:
-        for conn in loop.connections():
-            conn._close_now(None)
-        loop.stop()
+        loop.shutdown(self.options.shutdown_timeout,
+                      [acc for acc in self._acceptors if acc.loop is loop])
 
     def _close_leftovers(self) -> None:
         # A loop that crashed leaves connections behind; close them here so

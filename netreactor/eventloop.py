@@ -16,7 +16,7 @@ from time import monotonic
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from .buffers import BlockPool
-from .pollers import Poller, READABLE
+from .pollers import EDGE, Poller, READABLE
 
 __all__ = ["EventLoop", "TimerHandle"]
 
@@ -88,6 +88,7 @@ class EventLoop:
         self._timers: List[Tuple[float, int, TimerHandle]] = []
         self._timer_seq = itertools.count()
         self._dirty: List[Any] = []   # connections written to outside their own callback
+        self._drain_waiters: Dict[Any, List[Callable[..., Any]]] = {}  # Conn.when_drained
         self._ready: List[Any] = []   # edge-triggered connections with reads left over
         self._waker = Waker()
         self._wake_pending = False
@@ -146,9 +147,13 @@ class EventLoop:
         """A connection closes: drop it from the table (before its fd is closed)."""
         if self._table.pop(conn.fd, None) is not None:
             self.poller.unregister(conn.fd)
-            self.conn_count -= 1
-            if not self.conn_count and self.on_empty is not None:
-                self.on_empty()
+            self.conn_closed()
+
+    def conn_closed(self) -> None:
+        """One connection this loop owned is gone (stream or UDP session)."""
+        self.conn_count -= 1
+        if not self.conn_count and self.on_empty is not None:
+            self.on_empty()
 
     def connections(self) -> List[Any]:
         from .conn import Conn
@@ -201,6 +206,34 @@ class EventLoop:
         """Make :meth:`run` return after the current iteration (loop thread; use
         ``call_soon_threadsafe(loop.stop)`` from elsewhere)."""
         self._running = False
+
+    def _resumed(self, conn: Any) -> None:
+        """A connection's reading was resumed; edge-triggered ones must look again,
+        since no new edge comes for data already waiting in the kernel."""
+        if conn._events & EDGE:
+            self._ready.append(conn)
+
+    def shutdown(self, timeout: float, sources: List[Any] = ()) -> None:
+        """On the loop: stop ``sources`` (acceptors, datagram endpoints), close every
+        connection after flushing what it owes (at most ``timeout`` seconds), then
+        stop the loop. Calling it again does nothing."""
+        if self.closing_down:
+            return
+        self.closing_down = True
+        for source in sources:
+            source.stop()
+        for conn in self.connections():
+            conn._begin_close(None)
+        if self.conn_count <= 0:
+            self.stop()
+            return
+        self.on_empty = self.stop
+        self.call_later(timeout + 0.1, self._force_close)
+
+    def _force_close(self) -> None:
+        for conn in self.connections():
+            conn._close_now(None)
+        self.stop()
 
     def _run_ready(self) -> None:
         ready, self._ready = self._ready, []

@@ -10,9 +10,11 @@ wakes one loop.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import socket
 import stat
+import struct
 from typing import Any, Callable, Optional
 
 from .address import Address
@@ -45,6 +47,10 @@ class Listener:
     def is_tcp(self) -> bool:
         return self.address.transport == "tcp"
 
+    @property
+    def is_datagram(self) -> bool:
+        return self.address.transport == "udp"
+
     def bound_address(self) -> str:
         """The address actually bound (with the real port when port 0 was asked)."""
         if self.address.transport == "unix":
@@ -71,32 +77,78 @@ class Listener:
 def _bind(address: Address, options: Any, reuse_port: bool) -> socket.socket:
     if address.transport == "unix":
         return _bind_unix(address, options)
+    datagram = address.transport == "udp"
     host = address.host
     family = address.family
     if not host:
         host = "::" if family == socket.AF_INET6 else "0.0.0.0"
         family = family or socket.AF_INET
     infos = socket.getaddrinfo(host, address.port, family or socket.AF_UNSPEC,
-                               socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+                               socket.SOCK_DGRAM if datagram else socket.SOCK_STREAM, 0,
+                               socket.AI_PASSIVE)
     fam, type_, proto, _, sockaddr = infos[0]
+    multicast = datagram and ipaddress.ip_address(sockaddr[0]).is_multicast
     sock = socket.socket(fam, type_, proto)
     try:
-        if options.reuse_addr:
+        if options.reuse_addr or multicast:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
             if not hasattr(socket, "SO_REUSEPORT"):
                 raise ValueError("option 'reuse_port': SO_REUSEPORT is not available on this platform")
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if fam == socket.AF_INET6 and address.scheme == "tcp6":
+        if fam == socket.AF_INET6 and address.scheme in ("tcp6", "udp6"):
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         _apply_buffer_sizes(sock, options)
+        # Bound to the group address, a multicast socket receives that group only.
         sock.bind(sockaddr)
-        sock.listen(options.backlog)
+        if multicast:
+            join_multicast(sock, fam, sockaddr[0], options.multicast_interface)
+        if not datagram:
+            sock.listen(options.backlog)
         sock.setblocking(False)
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+def join_multicast(sock: socket.socket, family: int, group: str, interface: Optional[str]) -> None:
+    """Join ``group`` on ``interface`` (an IPv4 address or an interface name; None: the
+    kernel's choice) and receive our own group traffic too (as gnet does)."""
+    if family == socket.AF_INET:
+        iface = interface_ipv4(interface)
+        mreq = socket.inet_aton(group) + socket.inet_aton(iface)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
+        if interface:
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(iface))
+    else:
+        index = socket.if_nametoindex(interface) if interface else 0
+        mreq = socket.inet_pton(socket.AF_INET6, group) + struct.pack("@I", index)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, mreq)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 1)
+        if index:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
+
+
+def interface_ipv4(interface: Optional[str]) -> str:
+    """The IPv4 address for a multicast interface given as an address or a name."""
+    if not interface:
+        return "0.0.0.0"
+    try:
+        ipaddress.IPv4Address(interface)
+        return interface
+    except ValueError:
+        pass
+    import fcntl
+
+    # SIOCGIFADDR: the interface's IPv4 address, by name (Linux).
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        packed = fcntl.ioctl(probe.fileno(), 0x8915, struct.pack("256s", interface.encode()[:15]))
+    finally:
+        probe.close()
+    return socket.inet_ntoa(packed[20:24])
 
 
 def _bind_unix(address: Address, options: Any) -> socket.socket:

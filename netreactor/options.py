@@ -67,6 +67,12 @@ class Options:
     shutdown_timeout: float = 5.0
     #: listen() backlog.
     backlog: int = 4096
+    #: UDP: give each peer a persistent session closed after this many idle seconds (None: per-datagram).
+    udp_session_timeout: Optional[float] = None
+    #: UDP: most sessions at once; datagrams from new peers beyond it are dropped.
+    udp_max_sessions: int = 65536
+    #: UDP multicast: the interface to join on (an IPv4 address or an interface name).
+    multicast_interface: Optional[str] = None
     #: Extra fields other components read (never user-facing).
     _extra: Dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -116,6 +122,11 @@ class Options:
             _int("workers", self.workers, 1, 1024)
         _positive_seconds("shutdown_timeout", self.shutdown_timeout, zero_ok=True)
         _int("backlog", self.backlog, 1, 1 << 20)
+        if self.udp_session_timeout is not None:
+            _positive_seconds("udp_session_timeout", self.udp_session_timeout, allow_none=True)
+        _int("udp_max_sessions", self.udp_max_sessions, 1, 1 << 24)
+        if self.multicast_interface is not None:
+            _interface("multicast_interface", self.multicast_interface)
         if self.logger is not None and not all(
             hasattr(self.logger, m) for m in ("debug", "info", "warning", "error", "exception")
         ):
@@ -156,3 +167,23 @@ def _positive_seconds(name: str, value: Any, zero_ok: bool = False, allow_none: 
     if allow_none:
         want += " or None"
     raise ValueError(f"option {name!r} must be {want}, got {value!r}")
+
+
+def _interface(name: str, value: Any) -> None:
+    import ipaddress
+    import socket
+
+    if isinstance(value, str) and value:
+        try:
+            ipaddress.IPv4Address(value)
+            return
+        except ValueError:
+            pass
+        try:
+            socket.if_nametoindex(value)
+            return
+        except OSError:
+            pass
+    names = ", ".join(n for _, n in socket.if_nameindex()) if hasattr(socket, "if_nameindex") else ""
+    raise ValueError(f"option {name!r} must be an IPv4 address or an interface name "
+                     f"(here: {names}), got {value!r}")

@@ -277,6 +277,11 @@ def test_port_zero_may_repeat():
     nr.Engine(Handler(), "tcp://127.0.0.1:0", "tcp://127.0.0.1:0")
 
 
-def test_engine_rejects_udp_up_front():
-    with pytest.raises(ValueError, match="udp"):
-        nr.Engine(Handler(), "udp://127.0.0.1:0")
+def test_engine_accepts_udp_and_rejects_bad_udp_options_up_front():
+    nr.Engine(Handler(), "udp://127.0.0.1:0")  # constructing binds nothing
+    with pytest.raises(ValueError, match="udp_session_timeout"):
+        nr.Engine(Handler(), "udp://127.0.0.1:0", udp_session_timeout=0)
+    with pytest.raises(ValueError, match="udp_max_sessions"):
+        nr.Engine(Handler(), "udp://127.0.0.1:0", udp_max_sessions=0)
+    with pytest.raises(ValueError, match="multicast_interface"):
+        nr.Engine(Handler(), "udp://239.1.2.3:0", multicast_interface="no-such-interface0")

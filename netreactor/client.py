@@ -1,0 +1,395 @@
+"""Outbound connections with the same handler API as the server.
+
+    import netreactor as nr
+
+    class Greeter(nr.EventHandler):
+        def on_traffic(self, conn):
+            print(conn.read())
+
+    with nr.Client(Greeter()) as client:
+        conn = client.dial("tcp://127.0.0.1:9000", timeout=5)
+        conn.async_write(b"hello")
+
+A client runs its own event loops in threads, or shares a running engine's
+loops (``Client(handler, engine=engine)``), so that a proxy relays between an
+inbound and an outbound connection on one loop, without crossing threads
+(``dial_async(..., near=inbound_conn)``).
+
+``dial`` blocks the calling thread until the connection is open and
+``on_open`` has run; it refuses to run on one of the client's loop threads,
+where it would stall every connection of that loop. Callbacks use
+``dial_async``, which never blocks: name resolution of host names happens on a
+helper thread, the connect itself is non-blocking on the loop.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import errno
+import ipaddress
+import os
+import socket
+import threading
+from typing import Any, Callable, List, Optional, Set, Union
+
+from .address import Address, parse_address
+from .conn import Conn, EdgeConn
+from .datagram import DatagramConn, DatagramEndpoint
+from .engine import _check_handler
+from .errors import EngineStoppedError
+from .eventloop import EventLoop, TimerHandle
+from .handler import Action, EventHandler
+from .options import Options
+from .pollers import WRITABLE, new_poller
+
+__all__ = ["Client"]
+
+AnyConn = Union[Conn, DatagramConn]
+DialCallback = Callable[[Optional[AnyConn], Optional[BaseException]], Any]
+
+# Options that only make sense for a server.
+_SERVER_ONLY = ("lb", "reuse_port", "reuse_addr", "workers", "cpu_affinity", "multicore", "backlog",
+                "udp_session_timeout", "udp_max_sessions", "multicast_interface")
+_IN_PROGRESS = {errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK}
+
+
+class Client:
+    """Dial and adopt connections served by ``handler``.
+
+    Options are those of :class:`netreactor.Engine` that apply to connections
+    (``loops``, buffer caps and water marks, ``tcp_no_delay``, ``tcp_keepalive``,
+    socket buffer sizes, ``edge_triggered``, ``poller``, ``logger``,
+    ``shutdown_timeout``). ``engine=`` shares that engine's loops instead of
+    starting new ones (then ``loops`` and the poller are the engine's).
+    """
+
+    def __init__(self, handler: EventHandler, *, engine: Any = None, **options: Any) -> None:
+        _check_handler(handler)
+        for name in _SERVER_ONLY:
+            if name in options:
+                raise ValueError(f"option {name!r} does not apply to a Client")
+        self.handler = handler
+        self.options = Options.from_kwargs(options)
+        self.logger = self.options.get_logger()
+        self._engine = engine
+        self._loops: List[EventLoop] = []
+        self._threads: List[threading.Thread] = []
+        self._conns: Set[Any] = set()
+        self._endpoints: List[DatagramEndpoint] = []  # connected UDP sockets
+        self._lock = threading.Lock()
+        self._state = "new"
+        self._next = 0
+        self._resolver: Optional[concurrent.futures.ThreadPoolExecutor] = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> "Client":
+        """Start the client's loops (or attach to the engine's). Returns ``self``."""
+        with self._lock:
+            if self._state != "new":
+                raise RuntimeError("a client can be started once")
+            self._state = "running"
+        if self._engine is not None:
+            loops = list(self._engine._loops)
+            if not loops or any(lp.finished for lp in loops):
+                raise EngineStoppedError("the engine is not running")
+            self._loops = loops
+            return self
+        for i in range(self.options.loops):
+            loop = EventLoop(i, new_poller(self.options.poller), self.handler, self.options,
+                             self.logger, self._request_stop)
+            self._loops.append(loop)
+            started = threading.Event()
+            thread = threading.Thread(target=self._loop_main, args=(loop, started), daemon=True,
+                                      name=f"netreactor-client-loop-{i}")
+            self._threads.append(thread)
+            thread.start()
+            started.wait()
+        return self
+
+    def _loop_main(self, loop: EventLoop, started: threading.Event) -> None:
+        loop.call_soon(started.set)
+        if self.options.ticker and loop.index == 0:
+            loop.call_soon(self._tick, loop)
+        try:
+            loop.run()
+        except BaseException:
+            self.logger.exception("client event loop %d crashed", loop.index)
+
+    def _request_stop(self) -> None:
+        # Action.SHUTDOWN from a client callback: stop without waiting (we are on a loop thread).
+        threading.Thread(target=self.stop, name="netreactor-client-stop", daemon=True).start()
+
+    def stop(self, timeout: Optional[float] = None) -> None:
+        """Close every connection of this client (``on_close`` with ``None``, after
+        flushing what each owes) and stop the client's own loops. Idempotent."""
+        with self._lock:
+            if self._state != "running":
+                self._state = "stopped"
+                return
+            self._state = "stopped"
+        if self._engine is not None:
+            for conn in list(self._conns):
+                if conn._alive:
+                    conn.close()
+            return
+        for loop in self._loops:
+            endpoints = [ep for ep in self._endpoints if ep.loop is loop]
+            loop.call_soon_threadsafe(loop.shutdown, self.options.shutdown_timeout, endpoints, urgent=True)
+        current = threading.current_thread()
+        for thread in self._threads:
+            if thread is not current:
+                thread.join(timeout)
+        for loop in self._loops:
+            loop.finish()
+            loop.close()
+        if self._resolver is not None:
+            self._resolver.shutdown(wait=False)
+
+    def __enter__(self) -> "Client":
+        if self._state == "new":
+            self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ dialing
+
+    def dial(self, address: str, timeout: Optional[float] = None) -> AnyConn:
+        """Connect to ``address`` (``tcp://``, ``udp://``, ``unix://``...) and return the
+        connection once ``on_open`` has run. Raises ``ConnectionRefusedError``,
+        ``TimeoutError``, ``socket.gaierror``... with the address in the message.
+        Not for use on the client's loop threads (see :meth:`dial_async`)."""
+        if self._on_a_loop_thread():
+            raise RuntimeError("dial() would block the event loop; use dial_async() in callbacks")
+        future: "concurrent.futures.Future[AnyConn]" = concurrent.futures.Future()
+
+        def done(conn: Optional[AnyConn], err: Optional[BaseException]) -> None:
+            if err is not None:
+                future.set_exception(err)
+            else:
+                future.set_result(conn)
+
+        self.dial_async(address, done, timeout=timeout)
+        return future.result()
+
+    def dial_async(self, address: str, callback: DialCallback, timeout: Optional[float] = None,
+                   near: Optional[AnyConn] = None) -> None:
+        """Connect without blocking; ``callback(conn, err)`` runs on the connection's loop
+        after ``on_open`` (or with the error). ``near=conn`` puts the new connection on
+        ``conn``'s loop. A bad address raises ``ValueError`` here, at once."""
+        addr = parse_address(address)
+        if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+            raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+        self._require_running()
+        loop = near._loop if near is not None else self._pick_loop()
+        if addr.transport == "unix":
+            loop.call_soon_threadsafe(self._connect, loop, addr, address, socket.AF_UNIX,
+                                      addr.sockaddr(), timeout, callback)
+            return
+        literal = _ip_literal(addr)
+        if literal is not None:
+            family, sockaddr = literal
+            loop.call_soon_threadsafe(self._connect, loop, addr, address, family, sockaddr, timeout, callback)
+            return
+        # A host name: getaddrinfo blocks, so it runs on a helper thread.
+        if self._resolver is None:
+            self._resolver = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="netreactor-resolve")
+        self._resolver.submit(self._resolve, loop, addr, address, timeout, callback)
+
+    def _resolve(self, loop: EventLoop, addr: Address, address: str, timeout: Optional[float],
+                 callback: DialCallback) -> None:
+        kind = socket.SOCK_DGRAM if addr.transport == "udp" else socket.SOCK_STREAM
+        try:
+            infos = socket.getaddrinfo(addr.host, addr.port, addr.family or socket.AF_UNSPEC, kind)
+        except socket.gaierror as exc:
+            err = socket.gaierror(exc.errno, f"{exc.strerror} ({address})")
+            loop.call_soon_threadsafe(_report, self.logger, callback, None, err)
+            return
+        family, _, _, _, sockaddr = infos[0]
+        loop.call_soon_threadsafe(self._connect, loop, addr, address, family, sockaddr, timeout, callback)
+
+    def _connect(self, loop: EventLoop, addr: Address, address: str, family: int, sockaddr: Any,
+                 timeout: Optional[float], callback: DialCallback) -> None:
+        """On the loop: a non-blocking connect; completion is a writable socket."""
+        if loop.closing_down or self._state != "running":
+            _report(self.logger, callback, None, EngineStoppedError(f"client stopped; not dialing {address}"))
+            return
+        kind = socket.SOCK_DGRAM if addr.transport == "udp" else socket.SOCK_STREAM
+        try:
+            sock = socket.socket(family, kind)
+        except OSError as exc:
+            _report(self.logger, callback, None, _with_address(exc, address))
+            return
+        sock.setblocking(False)
+        err = sock.connect_ex(sockaddr)
+        if err == 0 or kind == socket.SOCK_DGRAM:
+            if err:
+                sock.close()
+                _report(self.logger, callback, None, _with_address(OSError(err, os.strerror(err)), address))
+                return
+            self._adopt(loop, sock, callback)
+        elif err in _IN_PROGRESS and family != socket.AF_UNIX:
+            _Connector(self, loop, sock, address, timeout, callback).start()
+        else:
+            sock.close()
+            _report(self.logger, callback, None, _with_address(OSError(err, os.strerror(err)), address))
+
+    def enroll(self, sock: socket.socket) -> AnyConn:
+        """Adopt an already connected socket (stream or datagram); returns the connection
+        after ``on_open``. The client owns the socket from now on."""
+        self._require_running()
+        loop = self._pick_loop()
+        if loop._thread_id == threading.get_ident():
+            box: List[Any] = []
+            self._adopt(loop, sock, lambda c, e: box.append((c, e)))
+            conn, err = box[0]
+        else:
+            if self._on_a_loop_thread():
+                raise RuntimeError("enroll() from another loop's thread would block it")
+            future: "concurrent.futures.Future[Any]" = concurrent.futures.Future()
+            loop.call_soon_threadsafe(self._adopt, loop, sock, lambda c, e: future.set_result((c, e)))
+            conn, err = future.result()
+        if err is not None:
+            raise err
+        return conn
+
+    def _adopt(self, loop: EventLoop, sock: socket.socket, callback: DialCallback) -> None:
+        """On the loop: make ``sock`` a connection and run ``on_open``."""
+        try:
+            sock.setblocking(False)
+            if sock.type == socket.SOCK_DGRAM:
+                endpoint = DatagramEndpoint(loop, sock, self.handler, self.options, connected=True)
+                conn: Any = endpoint.peer
+                endpoint.start()
+                self._endpoints.append(endpoint)
+                loop.conn_count += 1
+                self._track(conn)
+                action = self.handler.on_open(conn)
+                if action is Action.CLOSE:
+                    endpoint.end(conn, None)
+                elif action is Action.SHUTDOWN:
+                    loop.request_shutdown()
+            else:
+                if sock.family != socket.AF_UNIX and self.options.tcp_no_delay:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                conn = (EdgeConn if loop.edge_triggered else Conn)(loop, sock.detach(), self.handler)
+                self._track(conn)
+                conn._open()
+        except OSError as exc:
+            sock.close()
+            _report(self.logger, callback, None, exc)
+            return
+        _report(self.logger, callback, conn, None)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _track(self, conn: Any) -> None:
+        conns = self._conns
+        if len(conns) > 64 and len(conns) & 63 == 0:  # drop closed ones now and then
+            for dead in [c for c in conns if not c._alive]:
+                conns.discard(dead)
+        conns.add(conn)
+
+    def _pick_loop(self) -> EventLoop:
+        loops = self._loops
+        self._next = (self._next + 1) % len(loops)
+        return loops[self._next]
+
+    def _require_running(self) -> None:
+        if self._state != "running":
+            raise EngineStoppedError("the client is not running; call start() first"
+                                     if self._state == "new" else "the client is stopped")
+
+    def _on_a_loop_thread(self) -> bool:
+        me = threading.get_ident()
+        return any(loop._thread_id == me for loop in self._loops)
+
+    def _tick(self, loop: EventLoop) -> None:
+        from .engine import DEFAULT_TICK, _parse_tick
+
+        if self._state != "running":
+            return
+        try:
+            delay, action = _parse_tick(self.handler.on_tick())
+        except Exception:
+            self.logger.exception("handler %s.on_tick raised", type(self.handler).__name__)
+            delay, action = DEFAULT_TICK, Action.NONE
+        if action is Action.SHUTDOWN:
+            self._request_stop()
+            return
+        loop.call_later(delay, self._tick, loop)
+
+
+class _Connector:
+    """A connect in progress: its fd waits for writability in the loop's table."""
+
+    __slots__ = ("client", "loop", "sock", "fd", "address", "callback", "timer")
+
+    def __init__(self, client: Client, loop: EventLoop, sock: socket.socket, address: str,
+                 timeout: Optional[float], callback: DialCallback) -> None:
+        self.client = client
+        self.loop = loop
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.address = address
+        self.callback = callback
+        self.timer: Optional[TimerHandle] = None
+        if timeout is not None:
+            self.timer = loop.call_later(timeout, self._timed_out, timeout)
+
+    def start(self) -> None:
+        self.loop.add(self.fd, self, WRITABLE)
+
+    def _finish(self) -> None:
+        self.loop.remove(self.fd)
+        if self.timer is not None:
+            self.timer.cancel()
+
+    def _io(self, ev: int) -> None:
+        self._finish()
+        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self.sock.close()
+            _report(self.client.logger, self.callback, None,
+                    _with_address(OSError(err, os.strerror(err)), self.address))
+            return
+        self.client._adopt(self.loop, self.sock, self.callback)
+
+    def _close_now(self, err: Optional[BaseException]) -> None:
+        # The loop's last resort after an internal error.
+        self._finish()
+        self.sock.close()
+
+    def _timed_out(self, timeout: float) -> None:
+        self.timer = None
+        self._finish()
+        self.sock.close()
+        _report(self.client.logger, self.callback, None,
+                TimeoutError(errno.ETIMEDOUT, f"connecting to {self.address} timed out after {timeout}s"))
+
+
+def _ip_literal(addr: Address) -> Optional[tuple]:
+    host = addr.host or ("::1" if addr.family == socket.AF_INET6 else "127.0.0.1")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if ip.version == 4:
+        return socket.AF_INET, (host, addr.port)
+    return socket.AF_INET6, (host, addr.port, 0, 0)
+
+
+def _with_address(exc: OSError, address: str) -> OSError:
+    """The same kind of error (OSError picks the subclass from errno), naming the address."""
+    if exc.errno is None:
+        return exc
+    return OSError(exc.errno, f"{os.strerror(exc.errno)} ({address})")
+
+
+def _report(logger: Any, callback: DialCallback, conn: Optional[AnyConn], err: Optional[BaseException]) -> None:
+    try:
+        callback(conn, err)
+    except Exception as exc:
+        logger.error("dial callback %r raised", callback, exc_info=exc)

@@ -1,0 +1,351 @@
+"""UDP: datagram endpoints on a loop, and the connection object handlers see.
+
+Each datagram is one ``on_traffic``. By default the connection handed to the
+handler stands for that one datagram: ``read()`` returns exactly the datagram,
+``write()`` replies to its sender, ``send_to()`` sends anywhere, and what the
+handler leaves unread is dropped (datagram boundaries are kept). Such a
+connection may be kept and written to later (``async_write`` from a worker
+thread, say); it has no ``on_open``/``on_close`` and its ``context`` starts
+empty with every datagram.
+
+With ``udp_session_timeout=SECONDS`` a peer gets a *session* instead: one
+persistent connection per peer address, with ``on_open`` at its first
+datagram, its own ``context``, and ``on_close`` after it has been idle for the
+timeout (``err`` is a ``TimeoutError``), after ``close()`` (``err`` None), or
+at shutdown. ``udp_max_sessions`` bounds how many exist at once; datagrams
+from new peers beyond it are dropped, so a flood of sources costs bounded
+memory.
+
+A send that fails (full socket buffer, unreachable peer, datagram too large)
+costs that datagram only: ``write`` returns 0 and the loop goes on. ICMP errors
+reported on the socket (``ECONNREFUSED`` after replying to a closed port) are
+ignored the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from time import monotonic
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Optional, Tuple, Union
+
+from .errors import ClosedError
+from .handler import Action
+from .inbound import Inbound
+from .pollers import READABLE
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .eventloop import EventLoop
+
+__all__ = ["DatagramConn", "DatagramEndpoint", "MAX_DATAGRAM"]
+
+#: Largest UDP payload over IPv4 (65,535 minus IP and UDP headers).
+MAX_DATAGRAM = 65507
+#: Datagrams read per readiness event before other sockets get a turn.
+DATAGRAM_BUDGET = 64
+_RECV_SIZE = 65536
+_EMPTY = b""
+
+Buffer = Union[bytes, bytearray, memoryview]
+Callback = Callable[["DatagramConn", Optional[BaseException]], Any]
+
+
+class DatagramConn(Inbound):
+    """A UDP peer as handlers see it: the read API over one datagram, ``write`` to
+    reply, ``send_to`` to send anywhere. Writes go out at once, one datagram each."""
+
+    __slots__ = ("_loop", "_endpoint", "fd", "_handler", "context", "_in", "_ipos", "_iend",
+                 "_block", "_raddr", "_alive", "_last", "_session")
+
+    def __init__(self, endpoint: "DatagramEndpoint", remote_addr: Any, session: bool = False) -> None:
+        self._loop = endpoint.loop
+        self._endpoint = endpoint
+        #: The UDP socket's file descriptor (shared by every peer of the endpoint).
+        self.fd: int = endpoint.fd
+        self._handler = endpoint.handler
+        #: Free slot for the handler's state (per datagram, or per session).
+        self.context: Any = None
+        self._in: Any = _EMPTY
+        self._ipos = 0
+        self._iend = 0
+        self._block = None
+        self._raddr = remote_addr
+        self._alive = True
+        self._last = 0.0
+        self._session = session
+
+    # ------------------------------------------------------------------ writing
+
+    @property
+    def outbound_buffered(self) -> int:
+        """Always 0: datagrams are sent at once or dropped."""
+        return 0
+
+    @property
+    def closed(self) -> bool:
+        return not self._alive
+
+    def write(self, data: Buffer) -> int:
+        """Send ``data`` as one datagram to this peer; the bytes sent, or 0 if it was dropped."""
+        if not self._alive:
+            return 0
+        return self._endpoint.send(data, self._raddr)
+
+    def writev(self, buffers: Iterable[Buffer]) -> int:
+        """Send the buffers joined as one datagram."""
+        return self.write(b"".join(buffers))
+
+    def send_to(self, data: Buffer, addr: Any) -> int:
+        """Send ``data`` as one datagram to ``addr`` (a ``(host, port)`` tuple)."""
+        return self._endpoint.send(data, addr)
+
+    def flush(self) -> None:
+        """Nothing to do: datagrams are never queued."""
+
+    # ------------------------------------------------------------------ any-thread API
+
+    def _on_loop(self, task: Callable[..., None], *args: Any) -> None:
+        if self._loop.finished:
+            task(*args)  # nothing runs there any more; tasks see the closed state
+        else:
+            self._loop.call_soon_threadsafe(task, *args)
+
+    def async_write(self, data: Buffer, callback: Optional[Callback] = None) -> None:
+        """Send from any thread; ``callback(conn, err)`` runs on the loop afterwards."""
+        self._on_loop(self._async_write_task, bytes(data), callback)
+
+    def async_writev(self, buffers: Iterable[Buffer], callback: Optional[Callback] = None) -> None:
+        self._on_loop(self._async_write_task, b"".join(buffers), callback)
+
+    def _async_write_task(self, data: bytes, callback: Optional[Callback]) -> None:
+        if not self._alive or self._loop.finished:
+            err: Optional[BaseException] = ClosedError()
+        else:
+            err = None if self.write(data) or not data else OSError("datagram dropped")
+        _notify(self, callback, err)
+
+    def wake(self, callback: Optional[Callback] = None) -> None:
+        """Run ``on_traffic`` for this peer on the loop (with nothing to read)."""
+        self._on_loop(self._wake_task, callback)
+
+    def _wake_task(self, callback: Optional[Callback]) -> None:
+        if not self._alive or self._loop.finished:
+            _notify(self, callback, ClosedError())
+            return
+        self._endpoint.dispatch(self, _EMPTY)
+        _notify(self, callback, None)
+
+    def close(self, callback: Optional[Callback] = None) -> None:
+        """End a session (``on_close`` with ``None``); for a per-datagram
+        connection, just stop accepting writes. Safe from any thread."""
+        self._on_loop(self._close_task, callback)
+
+    def _close_task(self, callback: Optional[Callback]) -> None:
+        err = None if self._alive else ClosedError()
+        self._endpoint.end(self, None)
+        _notify(self, callback, err)
+
+    # ------------------------------------------------------------------ addresses
+
+    @property
+    def local_addr(self) -> Any:
+        return self._endpoint.local_addr
+
+    @property
+    def remote_addr(self) -> Any:
+        return self._raddr
+
+    def __repr__(self) -> str:
+        kind = "session" if self._session else "datagram"
+        return f"<DatagramConn {kind} fd={self.fd} peer={self._raddr} in={self.inbound_buffered}>"
+
+
+def _notify(conn: DatagramConn, callback: Optional[Callback], err: Optional[BaseException]) -> None:
+    if callback is None:
+        return
+    try:
+        callback(conn, err)
+    except Exception as exc:
+        conn._loop.logger.error("callback %r raised", callback, exc_info=exc)
+
+
+class DatagramEndpoint:
+    """A bound (or connected) UDP socket on one loop, dispatching datagrams.
+
+    ``connected_conn`` makes it a client endpoint: one peer, ``send``/``recv``.
+    """
+
+    def __init__(self, loop: "EventLoop", sock: Any, handler: Any, options: Any,
+                 connected: bool = False) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.handler = handler
+        self.local_addr = sock.getsockname()
+        self.logger: logging.Logger = loop.logger
+        self._connected = connected
+        self._timeout: Optional[float] = options.udp_session_timeout
+        self._max_sessions: int = options.udp_max_sessions
+        self._sessions: Dict[Any, DatagramConn] = {}
+        self._sweeper = None
+        self._stopped = False
+        self._full_warned = False
+        #: Datagrams dropped on send (full buffer, unreachable peer...).
+        self.send_errors = 0
+        #: The one connection of a connected (client) endpoint.
+        self.peer: Optional[DatagramConn] = None
+        if connected:
+            self.peer = DatagramConn(self, sock.getpeername(), session=True)
+
+    def start(self) -> None:
+        self.loop.add(self.fd, self, READABLE)
+        if self._timeout is not None and not self._connected:
+            self._sweeper = self.loop.call_later(self._sweep_interval(), self._sweep)
+
+    def stop(self) -> None:
+        """Stop receiving; end every session (``on_close`` with ``None``)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.loop.remove(self.fd)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for conn in list(self._sessions.values()):
+            self.end(conn, None)
+        if self.peer is not None:
+            self.end(self.peer, None)
+
+    # ------------------------------------------------------------------ receiving
+
+    def _io(self, ev: int) -> None:
+        sock = self.sock
+        for _ in range(DATAGRAM_BUDGET):
+            try:
+                if self._connected:
+                    data, addr = sock.recv(_RECV_SIZE), None
+                else:
+                    data, addr = sock.recvfrom(_RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                # An ICMP error queued on the socket (e.g. ECONNREFUSED after a
+                # reply to a closed port): it concerns one earlier datagram only.
+                continue
+            if self._connected:
+                conn = self.peer
+                if conn is None or not conn._alive:
+                    continue
+            elif self._timeout is None:
+                conn = DatagramConn(self, addr)
+            else:
+                conn = self._session_for(addr)
+                if conn is None:
+                    continue
+            self.dispatch(conn, data)
+
+    def dispatch(self, conn: DatagramConn, data: bytes) -> None:
+        """One ``on_traffic`` for ``conn`` with ``data`` as its datagram."""
+        conn._in = data
+        conn._ipos = 0
+        conn._iend = len(data)
+        if conn._session:
+            conn._last = monotonic()
+        try:
+            action = self.handler.on_traffic(conn)
+        except Exception as exc:
+            self.logger.error("handler %s.on_traffic raised (datagram from %s)",
+                              type(self.handler).__name__, conn._raddr, exc_info=exc)
+            if conn._session:
+                self.end(conn, exc)
+            return
+        finally:
+            conn._in = _EMPTY  # what was not read of a datagram is dropped
+            conn._ipos = conn._iend = 0
+        if action is Action.CLOSE:
+            self.end(conn, None)
+        elif action is Action.SHUTDOWN:
+            self.loop.request_shutdown()
+
+    # ------------------------------------------------------------------ sessions
+
+    def _session_for(self, addr: Any) -> Optional[DatagramConn]:
+        conn = self._sessions.get(addr)
+        if conn is not None:
+            return conn
+        if len(self._sessions) >= self._max_sessions:
+            if not self._full_warned:
+                self._full_warned = True
+                self.logger.warning("udp %s: %d sessions open (udp_max_sessions); dropping datagrams "
+                                    "from new peers", self.local_addr, self._max_sessions)
+            return None
+        conn = DatagramConn(self, addr, session=True)
+        conn._last = monotonic()
+        self._sessions[addr] = conn
+        self.loop.conn_count += 1
+        try:
+            action = self.handler.on_open(conn)
+        except Exception as exc:
+            self.logger.error("handler %s.on_open raised", type(self.handler).__name__, exc_info=exc)
+            self.end(conn, exc)
+            return None
+        if action is Action.CLOSE:
+            self.end(conn, None)
+            return None
+        if action is Action.SHUTDOWN:
+            self.loop.request_shutdown()
+        return conn
+
+    def end(self, conn: DatagramConn, err: Optional[BaseException]) -> None:
+        """Close ``conn``: a session gets ``on_close``; a per-datagram conn just stops writing."""
+        if not conn._alive:
+            return
+        conn._alive = False
+        if not conn._session:
+            return
+        if conn is not self.peer:
+            if self._sessions.pop(conn._raddr, None) is None:
+                return
+            self._full_warned = False
+        else:
+            self.loop.remove(self.fd)
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+        try:
+            action = self.handler.on_close(conn, err)
+        except Exception as exc:
+            self.logger.error("handler %s.on_close raised", type(self.handler).__name__, exc_info=exc)
+            action = None
+        self.loop.conn_closed()
+        if action is Action.SHUTDOWN:
+            self.loop.request_shutdown()
+
+    def _sweep_interval(self) -> float:
+        return max(0.01, min(1.0, self._timeout / 4))
+
+    def _sweep(self) -> None:
+        if self._stopped:
+            return
+        deadline = monotonic() - self._timeout
+        idle = [c for c in self._sessions.values() if c._last <= deadline]
+        for conn in idle:
+            self.end(conn, TimeoutError(f"udp session with {conn._raddr} idle for {self._timeout}s"))
+        self._sweeper = self.loop.call_later(self._sweep_interval(), self._sweep)
+
+    # ------------------------------------------------------------------ sending
+
+    def send(self, data: Buffer, addr: Any) -> int:
+        """One datagram; the bytes sent, or 0 when it was dropped (counted in ``send_errors``)."""
+        try:
+            if self._connected and (addr is None or addr == self.peer._raddr):
+                return self.sock.send(data)
+            return self.sock.sendto(data, addr)
+        except OSError:
+            # Full buffer, unreachable or refused peer, oversized datagram: this
+            # datagram is lost, nothing else is. (A malformed address is a
+            # handler bug and raises.)
+            self.send_errors += 1
+            return 0
+
+    def connections(self) -> Tuple[DatagramConn, ...]:
+        return tuple(self._sessions.values())
