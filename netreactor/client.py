@@ -38,7 +38,7 @@ from .datagram import DatagramConn, DatagramEndpoint
 from .engine import _check_handler
 from .errors import EngineStoppedError
 from .eventloop import EventLoop, TimerHandle
-from .handler import Action, EventHandler
+from .handler import Action, EventHandler, report
 from .options import Options
 from .pollers import WRITABLE, new_poller
 
@@ -214,27 +214,27 @@ class Client:
                  timeout: Optional[float], callback: DialCallback) -> None:
         """On the loop: a non-blocking connect; completion is a writable socket."""
         if loop.closing_down or self._state != "running":
-            _report(self.logger, callback, None, EngineStoppedError(f"client stopped; not dialing {address}"))
+            report(self.logger, callback, None, EngineStoppedError(f"client stopped; not dialing {address}"))
             return
         kind = socket.SOCK_DGRAM if addr.transport == "udp" else socket.SOCK_STREAM
         try:
             sock = socket.socket(family, kind)
         except OSError as exc:
-            _report(self.logger, callback, None, _with_address(exc, address))
+            report(self.logger, callback, None, _with_address(exc, address))
             return
         sock.setblocking(False)
         err = sock.connect_ex(sockaddr)
         if err == 0 or kind == socket.SOCK_DGRAM:
             if err:
                 sock.close()
-                _report(self.logger, callback, None, _with_address(OSError(err, os.strerror(err)), address))
+                report(self.logger, callback, None, _with_address(OSError(err, os.strerror(err)), address))
                 return
             self._adopt(loop, sock, callback)
         elif err in _IN_PROGRESS and family != socket.AF_UNIX:
             _Connector(self, loop, sock, address, timeout, callback).start()
         else:
             sock.close()
-            _report(self.logger, callback, None, _with_address(OSError(err, os.strerror(err)), address))
+            report(self.logger, callback, None, _with_address(OSError(err, os.strerror(err)), address))
 
     def enroll(self, sock: socket.socket) -> AnyConn:
         """Adopt an already connected socket (stream or datagram); returns the connection
@@ -279,9 +279,9 @@ class Client:
                 conn._open()
         except OSError as exc:
             sock.close()
-            _report(self.logger, callback, None, exc)
+            report(self.logger, callback, None, exc)
             return
-        _report(self.logger, callback, conn, None)
+        report(self.logger, callback, conn, None)
 
     # ------------------------------------------------------------------ helpers
 
@@ -352,7 +352,7 @@ class _Connector:
         err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             self.sock.close()
-            _report(self.client.logger, self.callback, None,
+            report(self.client.logger, self.callback, None,
                     _with_address(OSError(err, os.strerror(err)), self.address))
             return
         self.client._adopt(self.loop, self.sock, self.callback)
@@ -366,7 +366,7 @@ class _Connector:
         self.timer = None
         self._finish()
         self.sock.close()
-        _report(self.client.logger, self.callback, None,
+        report(self.client.logger, self.callback, None,
                 TimeoutError(errno.ETIMEDOUT, f"connecting to {self.address} timed out after {timeout}s"))
 
 
@@ -386,10 +386,3 @@ def _with_address(exc: OSError, address: str) -> OSError:
     if exc.errno is None:
         return exc
     return OSError(exc.errno, f"{os.strerror(exc.errno)} ({address})")
-
-
-def _report(logger: Any, callback: DialCallback, conn: Optional[AnyConn], err: Optional[BaseException]) -> None:
-    try:
-        callback(conn, err)
-    except Exception as exc:
-        logger.error("dial callback %r raised", callback, exc_info=exc)

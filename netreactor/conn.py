@@ -6,7 +6,7 @@ Threading: every method belongs to the loop that owns the connection, except
 :meth:`Conn.close`, which may be called from any thread and run on that loop.
 
 The layer between the socket and the buffers is small on purpose: the reads in
-:meth:`Conn._io` / :meth:`Conn._read_once` / :meth:`Conn._recv_more`, the
+:meth:`Conn._io` / :meth:`Conn._recv_more`, the
 writes in :meth:`Conn._flush`, and :meth:`Conn._close_now`. A TLS connection
 subclasses :class:`Conn` and puts an ``ssl.SSLObject`` with memory BIOs there,
 leaving the handler API untouched.
@@ -22,7 +22,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, Optional, Union
 
 from .errors import BufferOverflowError, ClosedError, PeerClosedError
-from .handler import Action
+from .handler import Action, report
 from .inbound import Inbound
 from .pollers import EDGE, ERROR, HANGUP, READABLE, WRITABLE
 
@@ -258,32 +258,34 @@ class Conn(Inbound):
             self._reading = bool(events & READABLE)
             self._loop.poller.modify(self.fd, events)
 
-    def _io(self, ev: int) -> None:
-        """The loop reports ``ev`` (epoll bits) for this connection.
+    def _io(self, ev: int) -> bool:
+        """The loop reports ``ev`` (epoll bits) for this connection: flush if
+        writable, then one read and one ``on_traffic``. Returns True when data
+        was read and the connection is still open (it may have more to read).
 
-        This is the hot path, so :meth:`_read_once` and :meth:`_traffic` are
-        written out inline here; a change to either belongs here too.
+        This is the hot path, so :meth:`_traffic` is written out inline at its
+        end; a change to one belongs in the other too.
         """
         if self._out and ev & _OUT_EV:
             self._flush()
             if ev == WRITABLE:
-                return
+                return False
         if not self._reading:
-            return
+            return False
         if self._iend:
             if not self._recv_more():
-                return
+                return False
         else:
             try:
                 data = _read(self.fd, self._loop.read_buffer_cap)
             except (BlockingIOError, InterruptedError):
-                return
+                return False
             except OSError as exc:
                 self._close_now(exc)
-                return
+                return False
             if not data:
                 self._on_eof()
-                return
+                return False
             self._in = data
             self._iend = len(data)
         self._flush_pending = True
@@ -291,7 +293,7 @@ class Conn(Inbound):
             action = self._handler.on_traffic(self)
         except Exception as exc:
             self._handler_failed(exc, "on_traffic")
-            return
+            return False
         self._flush_pending = False
         # Closing empties both buffers, so neither test needs a closed check.
         if self._iend:
@@ -300,26 +302,6 @@ class Conn(Inbound):
             self._apply(action)
         if self._out:
             self._flush()
-
-    def _read_once(self) -> bool:
-        """One recv and one ``on_traffic``; True if the socket may have more to read."""
-        if self._iend:
-            if not self._recv_more():
-                return False
-        else:
-            try:
-                data = _read(self.fd, self._loop.read_buffer_cap)
-            except (BlockingIOError, InterruptedError):
-                return False
-            except OSError as exc:
-                self._close_now(exc)
-                return False
-            if not data:
-                self._on_eof()
-                return False
-            self._in = data
-            self._iend = len(data)
-        self._traffic()
         return self._alive
 
     def _open(self) -> None:
@@ -586,12 +568,7 @@ class Conn(Inbound):
         self._notify(callback, None)
 
     def _notify(self, callback: Optional[Callback], err: Optional[BaseException]) -> None:
-        if callback is None:
-            return
-        try:
-            callback(self, err)
-        except Exception as exc:
-            self._loop.logger.error("callback %r raised", callback, exc_info=exc)
+        report(self._loop.logger, callback, self, err)
 
     # ------------------------------------------------------------------ addresses & options
 
@@ -699,8 +676,9 @@ class EdgeConn(Conn):
     def _drain(self) -> None:
         if self._paused or self._closing or self._held:
             return  # _flush() puts us back on the ready list once drained
+        read_once = Conn._io  # the level-triggered path, one read per call
         for _ in range(self._loop.read_budget):
-            if not self._read_once() or self._paused or self._closing or self._held:
+            if not read_once(self, READABLE) or self._paused or self._closing or self._held:
                 return
         self._loop._ready.append(self)
 

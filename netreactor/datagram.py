@@ -29,7 +29,7 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Optional, Tuple, Union
 
 from .errors import ClosedError
-from .handler import Action
+from .handler import Action, report
 from .inbound import Inbound
 from .pollers import READABLE
 
@@ -160,12 +160,7 @@ class DatagramConn(Inbound):
 
 
 def _notify(conn: DatagramConn, callback: Optional[Callback], err: Optional[BaseException]) -> None:
-    if callback is None:
-        return
-    try:
-        callback(conn, err)
-    except Exception as exc:
-        conn._loop.logger.error("callback %r raised", callback, exc_info=exc)
+    report(conn._loop.logger, callback, conn, err)
 
 
 class DatagramEndpoint:

@@ -16,10 +16,14 @@ __all__ = ["EXAMPLES", "DESCRIPTIONS", "load_example"]
 
 EXAMPLES: Dict[str, str] = {
     "echo": "netreactor.examples.echo:Echo",
+    "redis": "netreactor.examples.redis:RedisExample",
+    "http": "netreactor.examples.http:HTTPExample",
 }
 
 DESCRIPTIONS: Dict[str, str] = {
     "echo": "TCP/Unix echo server: writes back every byte it receives",
+    "redis": "Redis-compatible (RESP2) in-memory key-value server: works with redis-cli and redis-benchmark",
+    "http": "HTTP/1.1 server: GET /plaintext, GET /json, POST /echo (keep-alive, pipelining, chunked bodies)",
 }
 
 
