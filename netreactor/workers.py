@@ -1,0 +1,723 @@
+"""Worker processes: multi-core serving under a supervisor.
+
+CPython's GIL keeps one process's loops on one core at a time, so real
+multi-core serving is N worker processes, each a whole engine, under a
+supervisor -- the gunicorn/uvicorn habit. ``run(..., workers=N)`` (or
+``multicore=True`` on a GIL build) turns :meth:`Engine.run` into that
+supervisor; see :func:`supervise`.
+
+How it works
+------------
+
+* **Process creation: plain ``os.fork()``.** The supervisor runs on the main
+  thread and starts no thread and no event loop of its own, so forking it is
+  safe, and the handler object the user built is simply inherited by every
+  worker (nothing has to be pickled, and ``on_boot`` runs in each worker on
+  its own copy). ``multiprocessing`` would add a helper thread or pickling
+  for nothing. Each child runs the engine and leaves with ``os._exit()``, so
+  it never returns into the caller's stack. Signals are blocked around
+  ``fork()`` so that none reaches a child before it has dropped the
+  supervisor's handlers and wake-up fd.
+* **Listening sockets are bound by the supervisor and inherited** (nginx does
+  the same with ``reuseport``). For TCP and UDP, worker slot *i* gets its own
+  SO_REUSEPORT socket, so the kernel spreads connections (datagrams) over the
+  workers; a worker with several loops binds extra SO_REUSEPORT UDP sockets
+  for its other loops itself.
+  For a Unix address, SO_REUSEPORT does not spread, so one socket is shared by
+  all workers (each registers it with ``EPOLLEXCLUSIVE``). Because the
+  supervisor keeps every socket open, a worker that dies or is replaced drops
+  nothing: connections queued on its socket wait there for the next worker of
+  that slot. That is what lets SIGHUP roll the workers without refusing or
+  resetting a single connection, and keeps the port reserved at all times.
+  (The supervisor never accepts on them.)
+* **Restarts.** A worker that dies unexpectedly is started again. A death
+  within :data:`CRASH_WINDOW` seconds of the start is an *immediate crash*;
+  the restart then waits ``BACKOFF_BASE * 2**(k-1)`` seconds for the k-th in
+  a row, and after :data:`CRASH_LIMIT` of them in a row the supervisor gives
+  up: it stops the other workers and :func:`supervise` raises
+  :class:`SupervisorError` with the last worker's error.
+* **Signals to the supervisor.** SIGTERM/SIGINT: stop every worker gracefully
+  (SIGTERM, which each worker's engine turns into a graceful stop), wait up
+  to ``shutdown_timeout`` + :data:`KILL_GRACE` seconds, then SIGKILL what is
+  left; a second SIGINT kills at once. SIGHUP: restart the workers one by
+  one; each replacement is started and must report ready before the worker
+  it replaces is stopped. The replacements are forked from the supervisor,
+  so they start from fresh state with the same code: SIGHUP does not reload
+  modules (restart the supervisor to deploy new code).
+* **Worker -> supervisor.** A pipe per worker carries ``ready`` once the
+  engine is bound and booted, and ``error <text>`` when it fails. The exit
+  code says why a worker ended: :data:`EXIT_OK` (stopped by a signal, or the
+  supervisor went away), :data:`EXIT_FAILED`, or :data:`EXIT_SHUTDOWN` (the
+  application stopped its engine: ``Action.SHUTDOWN``, ``engine.stop()``),
+  which stops the whole server, as it would in a single process.
+* **Supervisor -> worker: the lifeline.** Every worker holds the read end of
+  one pipe whose write end only the supervisor holds. When the supervisor
+  dies, however it dies, the pipe reports EOF and each worker stops
+  gracefully. A small thread per worker blocks on it (it holds no GIL while
+  blocked, so it costs the event loops nothing).
+* **Logs say which worker speaks**: every engine log line of a worker starts
+  with ``[worker I pid P]``, and the supervisor's with ``[supervisor pid P]``.
+  Handler code can ask :func:`current_worker`.
+* ``cpu_affinity=True`` pins worker *i* to the *i*-th CPU this process may use
+  (``os.sched_getaffinity``), before its loops start, so every loop thread of
+  the worker inherits the pin.
+
+Linux is the target (SO_REUSEPORT balancing, EPOLLEXCLUSIVE); other POSIX
+systems fork and supervise the same way but may not spread TCP connections.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import select
+import selectors
+import signal
+import sys
+import threading
+from time import monotonic
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
+
+from .engine import gil_enabled
+from .errors import NetreactorError
+from .listener import Listener
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .engine import Engine
+    from .options import Options
+
+__all__ = [
+    "WorkerInfo", "SupervisorError", "current_worker", "worker_count", "supervise",
+    "CRASH_WINDOW", "CRASH_LIMIT", "BACKOFF_BASE", "BACKOFF_MAX", "KILL_GRACE",
+    "EXIT_OK", "EXIT_FAILED", "EXIT_SHUTDOWN",
+]
+
+#: A worker that dies sooner than this (seconds) after it was started crashed "immediately".
+CRASH_WINDOW = 2.0
+#: Immediate crashes in a row (of one worker slot) after which the supervisor gives up.
+CRASH_LIMIT = 5
+#: Delay before restarting after the first immediate crash; doubles with each one in a row.
+BACKOFF_BASE = 0.1
+#: Longest restart delay.
+BACKOFF_MAX = 5.0
+#: Seconds, beyond ``shutdown_timeout``, a stopping worker gets before SIGKILL.
+KILL_GRACE = 2.0
+
+#: Worker exit codes (the supervisor reads them).
+EXIT_OK = 0        # stopped by a signal, or because the supervisor went away
+EXIT_FAILED = 1    # an exception (boot failure, crashed loop); its text went up the status pipe
+EXIT_SHUTDOWN = 3  # the application stopped the engine: stop the whole server
+
+# Longest the supervisor sleeps: it also polls Engine.stop() called from another thread.
+_POLL = 0.25
+# The worker's watcher polls for "booted" this often until it is (then only blocks).
+_BOOT_POLL = 0.02
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD)
+
+
+class SupervisorError(NetreactorError, RuntimeError):
+    """The supervisor gave up: a worker kept crashing right after it started."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerInfo:
+    """Who this worker is (see :func:`current_worker`)."""
+
+    #: Slot number, 0 .. count-1; a restarted worker keeps its slot's number.
+    index: int
+    #: Number of worker slots.
+    count: int
+    #: This process's id.
+    pid: int
+    #: How many workers this slot had before this one (0 for the first).
+    generation: int
+
+
+_current: Optional[WorkerInfo] = None
+
+
+def current_worker() -> Optional[WorkerInfo]:
+    """This process's :class:`WorkerInfo` inside a worker; ``None`` elsewhere."""
+    return _current
+
+
+def _cpus() -> List[int]:
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def worker_count(options: "Options") -> int:
+    """Worker processes these options ask for; 1 means "serve in this process".
+
+    ``workers`` wins when given; otherwise ``multicore`` on a GIL build asks for
+    one worker per CPU this process may run on. (On a free-threaded build
+    ``multicore`` means one loop per CPU in one process; the engine does that.)
+    """
+    if options.workers is not None:
+        return options.workers
+    if options.multicore and gil_enabled():
+        return len(_cpus())
+    return 1
+
+
+def supervise(engine: "Engine") -> None:
+    """Serve ``engine`` with worker processes until stopped (called by :meth:`Engine.run`).
+
+    Binds every address first (so a busy port is an ``OSError`` here, before
+    any worker exists), starts the workers, restarts those that die, rolls
+    them on SIGHUP, and stops them all on SIGTERM/SIGINT, on
+    :meth:`Engine.stop`, or when a worker's application shuts down. Returns
+    after a graceful stop; raises :class:`SupervisorError` after giving up.
+    Must run on the main thread (it owns signals and forks).
+    """
+    if not hasattr(os, "fork"):
+        raise RuntimeError("worker processes need os.fork(); use workers=None on this platform")
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("an engine with worker processes must run on the main thread "
+                           "(use run(), not start(): the supervisor owns signals and forks)")
+    _Supervisor(engine, worker_count(engine.options)).run()
+
+
+class _Prefixed(logging.LoggerAdapter):
+    """Prefix every message with who speaks: ``[worker 2 pid 1234] ...``."""
+
+    def process(self, msg: Any, kwargs: Any) -> Any:
+        return f"[{self.extra['who']}] {msg}", kwargs
+
+
+class _InheritedListener(Listener):
+    """A listening socket the supervisor bound and owns. The worker closes only
+    its own descriptor and never unlinks a Unix socket file."""
+
+    def __init__(self, origin: Listener) -> None:  # noqa: super().__init__ would bind
+        self.address = origin.address
+        self.sock = origin.sock
+        self._unix_inode = None
+
+
+class _Worker:
+    """The supervisor's record of one worker process."""
+
+    __slots__ = ("slot", "pid", "status_fd", "started", "ready", "retiring", "kill_at",
+                 "killed", "error", "buf")
+
+    def __init__(self, slot: int, pid: int, status_fd: int) -> None:
+        self.slot = slot
+        self.pid = pid
+        self.status_fd = status_fd
+        self.started = monotonic()
+        self.ready = False
+        self.retiring = False     # we asked it to stop: its exit is expected
+        self.kill_at = 0.0        # SIGKILL deadline once retiring
+        self.killed = False
+        self.error = ""           # last "error" line it sent
+        self.buf = b""
+
+
+class _Slot:
+    """Worker number ``index``: its listening sockets and the process serving them."""
+
+    __slots__ = ("index", "listeners", "current", "successor", "crashes", "restart_at",
+                 "generation")
+
+    def __init__(self, index: int, listeners: List[Listener]) -> None:
+        self.index = index
+        self.listeners = listeners                  # aligned with the engine's addresses
+        self.current: Optional[_Worker] = None      # the worker serving this slot
+        self.successor: Optional[_Worker] = None    # its replacement during a SIGHUP roll
+        self.crashes = 0                            # immediate crashes in a row
+        self.restart_at: Optional[float] = None     # when to start a worker again
+        self.generation = 0                         # workers started so far
+
+
+class _Supervisor:
+    def __init__(self, engine: "Engine", count: int) -> None:
+        self.engine = engine
+        self.opts = engine.options
+        self.count = count
+        self.base_log = engine.logger
+        self.log = _Prefixed(engine.logger, {"who": f"supervisor pid {os.getpid()}"})
+        self.cpus = _cpus()
+        self.slots: List[_Slot] = []
+        self.bound: List[Listener] = []        # every socket bound here; closed at the end
+        self.workers: Dict[int, _Worker] = {}  # live worker processes by pid
+        self.stopping: Optional[str] = None    # why we stop, once we do
+        self.failure: Optional[str] = None     # the give-up message
+        self.roll: List[int] = []              # slots still to restart on SIGHUP
+        self.announced = False
+        self.sel: Optional[selectors.BaseSelector] = None
+        self.wake_r = self.wake_w = -1         # signal wake-up pipe
+        self.life_r = self.life_w = -1         # the lifeline (see module docstring)
+        self.saved_signals: Dict[int, Any] = {}
+        self.saved_wakeup: Optional[int] = None
+
+    # ------------------------------------------------------------------ main
+
+    def run(self) -> None:
+        if self.opts.cpu_affinity and not hasattr(os, "sched_setaffinity"):
+            raise ValueError("option 'cpu_affinity' needs os.sched_setaffinity (Linux)")
+        try:
+            self._bind()
+            addrs = ", ".join(lst.bound_address() for lst in self.slots[0].listeners)
+            self.log.info("listening on %s; starting %d workers", addrs, self.count)
+            try:
+                self._setup()
+                self.engine._state = "running"
+                for slot in self.slots:
+                    slot.current = self._spawn(slot)
+                self._loop()
+            finally:
+                self._kill_all()
+                self._teardown()
+        finally:
+            for lst in self.bound:
+                lst.close()
+        if self.failure:
+            raise SupervisorError(self.failure)
+        self.log.info("stopped")
+
+    def _bind(self) -> None:
+        """Bind every address for every slot, before any worker exists."""
+        addrs = list(self.engine._addresses)
+        per_slot: List[List[Listener]] = [[] for _ in range(self.count)]
+        for addr in addrs:
+            if addr.transport == "unix":
+                lst = Listener(addr, self.opts)
+                self.bound.append(lst)
+                for lsts in per_slot:
+                    lsts.append(lst)
+                continue
+            for lsts in per_slot:
+                lst = Listener(addr, self.opts, reuse_port=True)
+                self.bound.append(lst)
+                lsts.append(lst)
+                if addr.port == 0:  # the first socket picks the port; the others join it
+                    addr = dataclasses.replace(addr, port=lst.sock.getsockname()[1])
+        self.slots = [_Slot(i, lsts) for i, lsts in enumerate(per_slot)]
+
+    def _setup(self) -> None:
+        self.sel = selectors.DefaultSelector()
+        self.wake_r, self.wake_w = os.pipe()
+        self.life_r, self.life_w = os.pipe()
+        for fd in (self.wake_r, self.wake_w):
+            os.set_blocking(fd, False)
+        self.sel.register(self.wake_r, selectors.EVENT_READ, None)
+        # The handlers do nothing: the signal number written to the wake-up
+        # pipe is the whole message, read and acted on in _read_signals().
+        self.saved_wakeup = signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        for sig in _SIGNALS:
+            self.saved_signals[sig] = signal.signal(sig, _ignore_signal)
+
+    def _teardown(self) -> None:
+        for sig, old in self.saved_signals.items():
+            try:
+                signal.signal(sig, old if old is not None else signal.SIG_DFL)
+            except (ValueError, OSError, TypeError):
+                pass
+        if self.saved_wakeup is not None:
+            signal.set_wakeup_fd(self.saved_wakeup)
+        if self.sel is not None:
+            self.sel.close()
+        for fd in (self.wake_r, self.wake_w, self.life_r, self.life_w):
+            if fd >= 0:
+                os.close(fd)
+
+    def _loop(self) -> None:
+        while True:
+            # Signals first: a Ctrl-C reaches the workers too, and their exits
+            # must be read knowing that we are stopping.
+            self._read_signals()
+            if self.engine._stop_requested and not self.stopping:
+                self._begin_stop("stop() was called")
+            self._reap()
+            now = monotonic()
+            if self.stopping and not self.workers:
+                return
+            self._enforce_deadlines(now)
+            if not self.stopping:
+                self._start_due(now)
+                self._advance_roll()
+            for key, _ in self.sel.select(self._timeout(monotonic())):
+                if key.data is not None:
+                    self._read_status(key.data)
+
+    def _timeout(self, now: float) -> float:
+        timeout = _POLL
+        for slot in self.slots:
+            if slot.restart_at is not None and not self.stopping:
+                timeout = min(timeout, slot.restart_at - now)
+        for w in self.workers.values():
+            if w.retiring and not w.killed:
+                timeout = min(timeout, w.kill_at - now)
+        return max(0.0, timeout)
+
+    # ------------------------------------------------------------------ signals
+
+    def _read_signals(self) -> None:
+        try:
+            data = os.read(self.wake_r, 512)
+        except BlockingIOError:
+            return
+        for signum in data:
+            if signum in (signal.SIGINT, signal.SIGTERM):
+                name = signal.Signals(signum).name
+                if not self.stopping:
+                    self._begin_stop(f"received {name}")
+                elif signum == signal.SIGINT:
+                    self.log.warning("second SIGINT: killing the workers now")
+                    for w in self.workers.values():
+                        self._kill(w)
+            elif signum == signal.SIGHUP:
+                self._begin_roll()
+
+    # ------------------------------------------------------------------ workers
+
+    def _spawn(self, slot: _Slot) -> Optional[_Worker]:
+        """Fork a worker for ``slot``; None if fork failed (a restart is scheduled)."""
+        status_r, status_w = os.pipe()
+        _flush_output()
+        # Blocked across fork: a signal must not reach the child while it still
+        # has our handlers and wake-up fd (it would land in *our* wake-up pipe).
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            os.close(status_r)
+            os.close(status_w)
+            self.log.error("cannot start worker %d: %s", slot.index, exc)
+            self._crashed(slot, f"fork failed: {exc}", immediate=True)
+            return None
+        if pid == 0:  # the child: never returns
+            code = EXIT_FAILED
+            try:
+                os.close(status_r)
+                code = self._worker_main(slot, status_w, old_mask)
+            except BaseException as exc:  # set-up failed before the engine ran (e.g. affinity)
+                _send(status_w, "error " + _one_line(exc))
+                code = EXIT_FAILED
+            finally:
+                _flush_output()
+                os._exit(code)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        os.close(status_w)
+        os.set_blocking(status_r, False)
+        w = _Worker(slot.index, pid, status_r)
+        self.workers[pid] = w
+        self.sel.register(status_r, selectors.EVENT_READ, w)
+        slot.generation += 1
+        slot.restart_at = None
+        self.log.debug("started worker %d (pid %d)", slot.index, pid)
+        return w
+
+    def _read_status(self, w: _Worker) -> None:
+        while True:
+            try:
+                chunk = os.read(w.status_fd, 4096)
+            except BlockingIOError:
+                return
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self.sel.unregister(w.status_fd)
+                os.close(w.status_fd)
+                w.status_fd = -1
+                return
+            w.buf += chunk
+            while b"\n" in w.buf:
+                line, w.buf = w.buf.split(b"\n", 1)
+                text = line.decode("utf-8", "replace")
+                if text == "ready":
+                    w.ready = True
+                    self._announce()
+                elif text.startswith("error "):
+                    w.error = text[6:]
+
+    def _announce(self) -> None:
+        if self.announced or self.stopping:
+            return
+        if all(s.current is not None and s.current.ready for s in self.slots):
+            self.announced = True
+            pids = ", ".join(str(s.current.pid) for s in self.slots)
+            addrs = ", ".join(lst.bound_address() for lst in self.slots[0].listeners)
+            self.log.info("all %d workers ready on %s (pids %s)", self.count, addrs, pids)
+
+    def _reap(self) -> None:
+        for pid, w in list(self.workers.items()):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # reaped by someone else: we cannot know how it ended
+                done, status = pid, 0
+            if done == 0:
+                continue
+            del self.workers[pid]
+            if w.status_fd >= 0:  # what it said just before exiting is in the pipe
+                self._read_status(w)
+                if w.status_fd >= 0:
+                    self.sel.unregister(w.status_fd)
+                    os.close(w.status_fd)
+                    w.status_fd = -1
+            self._exited(w, os.waitstatus_to_exitcode(status))
+
+    def _exited(self, w: _Worker, code: int) -> None:
+        slot = self.slots[w.slot]
+        was_successor = slot.successor is w
+        if slot.current is w:
+            slot.current = None
+        if was_successor:
+            slot.successor = None
+        how = _describe_exit(code, w.error)
+        who = f"worker {w.slot} (pid {w.pid})"
+        if w.retiring or self.stopping:
+            self.log.info("%s %s", who, "stopped" if code == EXIT_OK else how)
+            return
+        if code == EXIT_SHUTDOWN:
+            self.log.info("%s: the application shut its engine down; stopping all workers", who)
+            self._begin_stop("a worker's application shut down")
+            return
+        if code == EXIT_OK:
+            # Stopped by a signal someone else sent: not a crash; replace it at once.
+            self.log.warning("%s stopped on a signal the supervisor did not send; starting a new one",
+                             who)
+            self._schedule(slot, 0.0)
+            return
+        uptime = monotonic() - w.started
+        immediate = uptime < CRASH_WINDOW
+        self.log.warning("%s %s after %.2f s", who, how, uptime)
+        if was_successor and slot.current is not None:
+            self.log.error("replacement for worker %d failed; keeping pid %d and abandoning the "
+                           "restart of the remaining workers", w.slot, slot.current.pid)
+            self.roll.clear()
+            if immediate:
+                slot.crashes += 1
+            return
+        self._crashed(slot, how, immediate)
+
+    def _crashed(self, slot: _Slot, how: str, immediate: bool) -> None:
+        if not immediate:
+            slot.crashes = 0  # it ran for a while: not a crash loop
+            self._schedule(slot, 0.0)
+            return
+        slot.crashes += 1
+        if slot.crashes >= CRASH_LIMIT:
+            self.failure = (f"worker {slot.index} crashed {slot.crashes} times in a row, each within "
+                            f"{CRASH_WINDOW:g} s of starting; giving up. Last time it {how}")
+            self.log.error("%s", self.failure)
+            self._begin_stop("giving up")
+            return
+        self._schedule(slot, min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (slot.crashes - 1)))
+
+    def _schedule(self, slot: _Slot, delay: float) -> None:
+        if slot.current is None and slot.successor is None:
+            slot.restart_at = monotonic() + delay
+            if delay:
+                self.log.info("restarting worker %d in %.2f s", slot.index, delay)
+
+    def _start_due(self, now: float) -> None:
+        for slot in self.slots:
+            if slot.restart_at is not None and slot.restart_at <= now and slot.current is None:
+                slot.restart_at = None
+                slot.current = self._spawn(slot)
+
+    def _retire(self, w: _Worker) -> None:
+        """Ask ``w`` to stop gracefully; SIGKILL it if it is still there at the deadline."""
+        if w.retiring:
+            return
+        w.retiring = True
+        w.kill_at = monotonic() + self.opts.shutdown_timeout + KILL_GRACE
+        try:
+            os.kill(w.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    def _kill(self, w: _Worker) -> None:
+        w.retiring = True
+        w.killed = True
+        try:
+            os.kill(w.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def _enforce_deadlines(self, now: float) -> None:
+        for w in self.workers.values():
+            if w.retiring and not w.killed and w.kill_at <= now:
+                self.log.warning("worker %d (pid %d) did not stop within %.1f s; killing it",
+                                 w.slot, w.pid, self.opts.shutdown_timeout + KILL_GRACE)
+                self._kill(w)
+
+    def _begin_stop(self, reason: str) -> None:
+        self.stopping = reason
+        self.roll.clear()
+        for slot in self.slots:
+            slot.restart_at = None
+        if self.workers:
+            self.log.info("%s: stopping %d worker(s)", reason, len(self.workers))
+        for w in list(self.workers.values()):
+            self._retire(w)
+
+    def _kill_all(self) -> None:
+        """Last resort on the way out (an exception in the supervisor): no orphans."""
+        for w in list(self.workers.values()):
+            self._kill(w)
+            try:
+                os.waitpid(w.pid, 0)
+            except ChildProcessError:
+                pass
+            if w.status_fd >= 0:
+                os.close(w.status_fd)
+        self.workers.clear()
+
+    # ------------------------------------------------------------------ SIGHUP
+
+    def _begin_roll(self) -> None:
+        if self.stopping:
+            return
+        if self.roll:
+            self.log.info("SIGHUP: a restart is already under way")
+            return
+        self.roll = [s.index for s in self.slots]
+        self.log.info("SIGHUP: restarting %d workers one by one", len(self.roll))
+
+    def _advance_roll(self) -> None:
+        if not self.roll:
+            return
+        while self.roll:
+            slot = self.slots[self.roll[0]]
+            if slot.successor is not None:
+                if not slot.successor.ready:
+                    return  # the old worker serves until its replacement is ready
+                old, slot.current, slot.successor = slot.current, slot.successor, None
+                if old is not None:
+                    self._retire(old)
+                self.roll.pop(0)
+                continue
+            if slot.current is None:  # dead and due to restart anyway
+                self.roll.pop(0)
+                continue
+            slot.successor = self._spawn(slot)
+            if slot.successor is None:  # fork failed: give up this roll
+                self.roll.clear()
+            return
+        pids = ", ".join(str(s.current.pid) if s.current else "-" for s in self.slots)
+        self.log.info("restarted all %d workers (pids %s)", self.count, pids)
+
+    # ------------------------------------------------------------------ the child
+
+    def _worker_main(self, slot: _Slot, status_w: int, old_mask: Any) -> int:
+        """Run in the forked child: become worker ``slot.index``; return the exit code."""
+        global _current
+        # Drop the supervisor's signal set-up before anything can deliver a signal.
+        # SIGTERM/SIGINT stop the engine gracefully from the start (the engine
+        # installs the same handlers once serving, and puts these back after).
+        signal.set_wakeup_fd(-1)
+        engine = self.engine
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda signum, frame: engine.stop())
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # SIGHUP is for the supervisor
+        # Our own wake-up pipe records which signals reach the engine's handlers,
+        # to tell "stopped by a signal" from "the application shut down".
+        sig_r, sig_w = os.pipe()
+        os.set_blocking(sig_r, False)
+        os.set_blocking(sig_w, False)
+        signal.set_wakeup_fd(sig_w, warn_on_full_buffer=False)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+        # Close what belongs to the supervisor and to the other slots.
+        self.sel.close()
+        for fd in (self.wake_r, self.wake_w, self.life_w):
+            os.close(fd)
+        for w in self.workers.values():
+            if w.status_fd >= 0:
+                os.close(w.status_fd)
+        mine = {id(lst) for lst in slot.listeners}
+        for lst in self.bound:
+            if id(lst) not in mine:
+                lst.sock.close()  # our copy only; never Listener.close(), which unlinks
+
+        if self.opts.cpu_affinity:
+            os.sched_setaffinity(0, {self.cpus[slot.index % len(self.cpus)]})
+        pid = os.getpid()
+        _current = WorkerInfo(slot.index, self.count, pid, slot.generation)
+        log = _Prefixed(self.base_log, {"who": f"worker {slot.index} pid {pid}"})
+        engine.logger = log
+        engine._prebound = {i: _InheritedListener(lst) for i, lst in enumerate(slot.listeners)}
+
+        orphaned = threading.Event()
+        threading.Thread(target=_watch, args=(engine, self.life_r, status_w, orphaned, log),
+                         name="netreactor-worker-watch", daemon=True).start()
+        try:
+            engine._serve()
+        except BaseException as exc:
+            text = _one_line(exc)
+            # The traceback once per crash streak; the repeats say the same.
+            log.error("failed: %s", text, exc_info=exc if slot.crashes == 0 else None)
+            _send(status_w, "error " + text)
+            return EXIT_FAILED
+        try:
+            received = os.read(sig_r, 512)
+        except BlockingIOError:
+            received = b""
+        if orphaned.is_set() or signal.SIGTERM in received or signal.SIGINT in received:
+            return EXIT_OK
+        return EXIT_SHUTDOWN
+
+
+def _watch(engine: "Engine", life_fd: int, status_fd: int, orphaned: threading.Event,
+           log: logging.LoggerAdapter) -> None:
+    """Worker thread: report "ready" once booted, and stop the engine when the
+    supervisor's end of the lifeline closes (the supervisor is gone)."""
+    poller = select.poll()
+    poller.register(life_fd, select.POLLIN)
+    ready = False
+    while True:
+        if not ready and engine._booted.is_set():
+            ready = True
+            _send(status_fd, "ready")
+        try:
+            events = poller.poll(None if ready else _BOOT_POLL * 1000)
+        except InterruptedError:
+            continue
+        if events:
+            orphaned.set()
+            log.warning("the supervisor is gone; stopping")
+            engine.stop()
+            return
+
+
+def _send(fd: int, line: str) -> None:
+    try:
+        os.write(fd, (line.replace("\n", " ") + "\n").encode("utf-8", "replace"))
+    except OSError:  # the supervisor is gone; the lifeline will stop us
+        pass
+
+
+def _ignore_signal(signum: int, frame: Any) -> None:
+    """Installed so that the signal reaches the wake-up pipe; the loop acts on it."""
+
+
+def _flush_output() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _describe_exit(code: int, error: str) -> str:
+    """``killed by SIGKILL``, ``exited with code 1``, ``failed: ValueError: x (exit code 1)``."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"was killed by {name}"
+    return f"failed: {error} (exit code {code})" if error else f"exited with code {code}"
+
