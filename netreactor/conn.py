@@ -467,6 +467,14 @@ class Conn(Inbound):
         if action is Action.SHUTDOWN:
             loop.request_shutdown()
 
+    # ------------------------------------------------------------------ timers
+
+    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> Any:
+        """Run ``callback(*args)`` on this connection's loop after ``delay`` seconds
+        (loop thread); returns a handle whose ``cancel()`` drops it. For idle and
+        read timeouts: check ``conn.closed`` in the callback."""
+        return self._loop.call_later(delay, callback, *args)
+
     # ------------------------------------------------------------------ flow control
 
     def pause_reading(self) -> None:

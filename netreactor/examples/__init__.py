@@ -18,12 +18,16 @@ EXAMPLES: Dict[str, str] = {
     "echo": "netreactor.examples.echo:Echo",
     "redis": "netreactor.examples.redis:RedisExample",
     "http": "netreactor.examples.http:HTTPExample",
+    "udp-echo": "netreactor.examples.udp_echo:UDPEcho",
+    "push": "netreactor.examples.push:PushOnTick",
 }
 
 DESCRIPTIONS: Dict[str, str] = {
     "echo": "TCP/Unix echo server: writes back every byte it receives",
     "redis": "Redis-compatible (RESP2) in-memory key-value server: works with redis-cli and redis-benchmark",
     "http": "HTTP/1.1 server: GET /plaintext, GET /json, POST /echo (keep-alive, pipelining, chunked bodies)",
+    "udp-echo": "UDP echo server: sends every datagram back to its sender (give --listen udp://127.0.0.1:9000)",
+    "push": "pushes a 'tick N TIME' line to every client each second (give --ticker)",
 }
 
 
