@@ -81,7 +81,9 @@ class Engine:
         self.options = Options.from_kwargs(options)
         self._addresses = parse_addresses(addrs)
         self.logger = self.options.get_logger()
-        self._lock = threading.Lock()
+        # Reentrant: the SIGINT/SIGTERM handler calls stop() on the main thread,
+        # which may be inside stop() already when the signal lands.
+        self._lock = threading.RLock()
         self._state = "new"
         self._stop_requested = False
         self._booted = threading.Event()
