@@ -50,6 +50,7 @@ class FramedHandler(EventHandler):
                 f"set the class attribute 'codec' or pass codec=..., got {self.codec!r}")
         # Bound once: on_traffic runs for every read.
         self._encode = self.codec.encode
+        self._encode_many = self.codec.encode_many
         self._new_decoder = self.codec.decoder
 
     def on_frame(self, conn: Conn, frame: bytes) -> FrameResult:
@@ -58,35 +59,52 @@ class FramedHandler(EventHandler):
         return None
 
     def send(self, conn: Conn, payload: Union[bytes, bytearray, memoryview]) -> int:
-        """Encode ``payload`` as one frame and write it (any frame, any time on the loop)."""
+        """Encode ``payload`` as one frame and write it (any time, on the loop).
+
+        Inside ``on_frame`` the frame joins the replies being gathered, so it
+        keeps its place among them."""
+        state = conn._framing
+        if state is not None and state[1] is not None:
+            state[1].append(bytes(payload))
+            return len(payload)
         return conn.write(self._encode(payload))
 
     def on_traffic(self, conn: Conn) -> Optional[Action]:
-        decoder = conn._framing
-        if decoder is None:
-            decoder = conn._framing = self._new_decoder()
+        state = conn._framing
+        if state is None:
+            # [decoder, replies being gathered during a delivery (or None)]
+            state = conn._framing = [self._new_decoder(), None]
         try:
-            frames: List[bytes] = decoder.feed(conn.read())
+            frames: List[bytes] = state[0].feed(conn.read())
         except FrameError as exc:
             # Frames that preceded the bad one are the peer's real requests.
-            action = self._deliver(conn, exc.frames)
+            action = self._deliver(conn, state, exc.frames)
             conn._begin_close(exc)  # replies already written still go out first
             return action
-        return self._deliver(conn, frames)
+        return self._deliver(conn, state, frames)
 
-    def _deliver(self, conn: Conn, frames: List[bytes]) -> Optional[Action]:
+    def _deliver(self, conn: Conn, state: list, frames: List[bytes]) -> Optional[Action]:
         on_frame = self.on_frame
-        encode = self._encode
-        write = conn.write
-        for frame in frames:
-            result = on_frame(conn, frame)
-            if result is None:
-                continue
-            if isinstance(result, Action):
-                if result is not Action.NONE:
-                    return result
-                continue
-            # Written at once, so replies and send() calls keep their order; the
-            # connection gathers everything written in this callback into one writev.
-            write(encode(result))
-        return None
+        replies: List[bytes] = []
+        state[1] = replies
+        action = None
+        try:
+            for frame in frames:
+                result = on_frame(conn, frame)
+                if result.__class__ is bytes:
+                    replies.append(result)
+                elif result is None:
+                    continue
+                elif isinstance(result, Action):
+                    if result is not Action.NONE:
+                        action = result
+                        break
+                else:
+                    replies.append(bytes(result))
+        finally:
+            state[1] = None
+            # One encode pass and one write for the whole burst, also when a
+            # later on_frame raised: the replies before it were owed.
+            if replies:
+                conn.write(self._encode_many(replies))
+        return action

@@ -778,3 +778,15 @@ def test_docs_handler_example_runs() -> None:
     assert blocks
     for i, block in enumerate(blocks):
         exec(compile(block, f"{DOCS.name}[engine block {i}]", "exec"), {"__name__": "codecs_md"})
+
+
+@pytest.mark.parametrize("codec", [LengthFieldCodec(4), LengthFieldCodec(2, byteorder="little"),
+                                   LengthFieldCodec(3), LengthFieldCodec(1), LineCodec(), FixedLengthCodec(3)])
+def test_encode_many_equals_encoding_one_by_one(codec):
+    payloads = [b"abc", b"xyz", b"123"] if isinstance(codec, FixedLengthCodec) else [b"", b"a", b"hello" * 50]
+    assert codec.encode_many(payloads) == b"".join(codec.encode(p) for p in payloads)
+
+
+def test_encode_many_refuses_what_encode_refuses():
+    with pytest.raises(ValueError, match="does not fit"):
+        LengthFieldCodec(1).encode_many([b"ok", b"x" * 300])
