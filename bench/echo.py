@@ -9,8 +9,9 @@ CPU; the C load generator (``bench/loadgen.c``, compiled on demand into
 ``bench/_build/``) runs pinned to the other CPU, and so does this harness,
 which mostly sleeps.  The main figure is the *server's* CPU time per echoed
 message -- utime+stime from ``/proc/PID/stat`` over the measured window divided
-by the messages echoed in that window -- in microseconds.  Throughput is shown
-beside it.  On a shared, noisy machine only ratios within one run mean much,
+by the messages echoed in that window -- in microseconds (per frame for the
+framed scenario, per whole connection for the short-connection one).
+Throughput is shown beside it.  On a shared, noisy machine only ratios within one run mean much,
 so all servers run in the same invocation, interleaved round by round
 (A B C, B C A, ...), and the median of the rounds is reported.
 
@@ -61,18 +62,22 @@ HOST = "127.0.0.1"  # the only target this benchmark ever loads
 
 DEFAULT_SERVERS = ("netreactor", "uvloop", "asyncio")
 IDLE_TARGET_BYTES = 400  # netreactor's goal for memory per idle connection
+FRAMED_TARGET_RATIO = 0.8  # issue 3: netreactor <= 0.8x uvloop's CPU per frame
 
 
 @dataclass(frozen=True)
 class Scenario:
-    """One workload: what the load generator does."""
+    """One workload: what the load generator does, and what the servers speak."""
 
     name: str
-    mode: str  # pingpong | pipeline | idle
+    mode: str  # pingpong | pipeline | idle | short
     conns: int
     depth: int = 1
     size: int = 64
     about: str = ""
+    proto: str = "echo"     # servers.py --proto: echo | framed
+    frame_header: int = 0   # loadgen --frame-header: length-field bytes at each message's start
+    unit: str = "msg"       # what the CPU figure is per: msg | frame | conn
 
 
 SCENARIOS = {
@@ -81,10 +86,17 @@ SCENARIOS = {
         Scenario("pingpong-50", "pingpong", 50, 1, 64, "64 B ping-pong, 50 connections"),
         Scenario("pipeline-50", "pipeline", 50, 16, 64,
                  "64 B messages pipelined 16 deep, 50 connections"),
+        Scenario("framed-50", "pipeline", 50, 16, 68,
+                 "4-byte length + 64 B payload frames, 16 in flight, 50 connections",
+                 proto="framed", frame_header=4, unit="frame"),
         Scenario("pingpong-1000", "pingpong", 1000, 1, 64, "64 B ping-pong, 1,000 connections"),
+        Scenario("short-50", "short", 50, 1, 64,
+                 "connect, one 64 B echo, close; 50 concurrent clients", unit="conn"),
         Scenario("idle", "idle", 9000, 1, 1, "memory per idle connection (--idle-conns, 9,000)"),
     )
 }
+# Scenarios the pure-Python fallback generator cannot drive (C-only options).
+C_ONLY_SCENARIOS = {"framed-50", "short-50"}
 
 
 @dataclass
@@ -173,10 +185,12 @@ def free_port() -> int:
 class ServerProc:
     """An echo server subprocess (``servers.py KIND``), killed on exit."""
 
-    def __init__(self, kind: str, port: int, cpu: int | None):
+    def __init__(self, kind: str, port: int, cpu: int | None, proto: str = "echo"):
         self.kind, self.port = kind, port
         self.log = tempfile.NamedTemporaryFile(prefix=f"echo-{kind}-", suffix=".log", delete=False)
         cmd = [sys.executable, SERVERS_PY, kind, "--host", HOST, "--port", str(port)]
+        if proto != "echo":
+            cmd += ["--proto", proto]
         if cpu is not None:
             cmd += ["--cpu", str(cpu)]
         self.proc = _spawn(cmd, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
@@ -325,6 +339,7 @@ class Ctx:
     profile: Profile
     idle_conns: int
     spin: bool = False
+    short_close: str = "eof"
 
 
 def _loadgen_argv(ctx: Ctx, sc: Scenario, port: int, conns: int) -> list[str]:
@@ -334,6 +349,14 @@ def _loadgen_argv(ctx: Ctx, sc: Scenario, port: int, conns: int) -> list[str]:
         "--warmup", str(ctx.profile.warmup), "--duration", str(ctx.profile.duration),
         "--hold", "--hold-timeout", "120", "--connect-timeout", "90",
     ]
+    if sc.frame_header:
+        argv += ["--frame-header", str(sc.frame_header)]
+    if sc.mode == "short":
+        argv += ["--close", ctx.short_close]
+        if ctx.short_close == "fin":
+            # Our side then holds TIME_WAIT for 60 s per connection: spread the
+            # sources over 127.0.0.2-250 so no ephemeral port range runs dry.
+            argv += ["--src-addrs", "249"]
     if ctx.gen_cpu is not None:
         argv += ["--cpu", str(ctx.gen_cpu)]
     if ctx.spin:
@@ -345,9 +368,9 @@ def run_throughput(ctx: Ctx, kind: str, sc: Scenario) -> dict:
     """Ping-pong / pipeline run: server CPU per message and throughput."""
     port = free_port()
     cpus = [c for c in (ctx.server_cpu, ctx.gen_cpu) if c is not None]
-    with ServerProc(kind, port, ctx.server_cpu) as srv:
+    with ServerProc(kind, port, ctx.server_cpu, sc.proto) as srv:
         srv.wait_ready()
-        _one_echo(port)
+        _one_echo(port, sc)
         pids = _procstat.process_tree(srv.pid)  # workers, if the server has any
         lg = LoadgenProc(_loadgen_argv(ctx, sc, port, sc.conns))
         try:
@@ -376,8 +399,8 @@ def run_throughput(ctx: Ctx, kind: str, sc: Scenario) -> dict:
         foreign_srv = max(0.0, (busy1[ctx.server_cpu] - busy0[ctx.server_cpu] - cpu) / window)
         gen_used = res["gen_cpu_frac"] * res["elapsed"]
         foreign_gen = max(0.0, (busy1[ctx.gen_cpu] - busy0[ctx.gen_cpu] - gen_used) / window)
-    return {
-        "server": kind, "scenario": sc.name,
+    run = {
+        "server": kind, "scenario": sc.name, "unit": sc.unit,
         "messages": res["messages"], "elapsed": res["elapsed"], "harness_window": window,
         "server_cpu_s": cpu,
         "cpu_us_per_msg": cpu / res["messages"] * 1e6,
@@ -390,15 +413,28 @@ def run_throughput(ctx: Ctx, kind: str, sc: Scenario) -> dict:
         "connect_s": connected.get("t"),
         "server_rss": mem.get("rss"), "server_pids": len(pids), "server_cpus_allowed": pinned,
     }
+    if sc.unit == "conn":  # short connections: a "message" is a whole connection
+        run["cpu_us_per_conn"], run["conns_per_s"] = run["cpu_us_per_msg"], run["msgs_per_s"]
+    return run
 
 
-def _one_echo(port: int) -> None:
-    """One connection, one byte echoed: lets the server allocate its one-off
-    structures (buffers, lazy imports) before the 'before' memory sample."""
+def _one_echo(port: int, sc: Scenario | None = None) -> None:
+    """One connection, one byte echoed (as one frame, for a framed server):
+    lets the server allocate its one-off structures (buffers, lazy imports)
+    before the 'before' memory sample, and see one EOF (see the README)."""
+    msg = b"x"
+    if sc is not None and sc.frame_header:
+        msg = (1).to_bytes(sc.frame_header, "big") + b"x"
     with socket.create_connection((HOST, port), timeout=5) as s:
-        s.sendall(b"x")
-        if s.recv(1) != b"x":
-            raise BenchError("warm-up echo failed")
+        s.sendall(msg)
+        got = b""
+        while len(got) < len(msg):
+            chunk = s.recv(len(msg) - len(got))
+            if not chunk:
+                break
+            got += chunk
+        if got != msg:
+            raise BenchError(f"warm-up echo failed: sent {msg!r}, got {got!r}")
 
 
 def run_idle(ctx: Ctx, kind: str, sc: Scenario) -> dict:
@@ -460,7 +496,7 @@ def summarize(summary: Summary, scenarios: list[Scenario], servers: list[str]) -
             if not runs:
                 continue
             row = {"rounds": len(runs), "errors": sum(r["errors"] for r in runs),
-                   "conns": runs[0].get("conns", sc.conns)}
+                   "conns": runs[0].get("conns", sc.conns), "unit": sc.unit}
             keys = (("bytes_per_conn_rss", "bytes_per_conn_pss", "connect_s")
                     if sc.mode == "idle" else
                     ("cpu_us_per_msg", "msgs_per_s", "server_cpu_frac", "gen_busy_frac",
@@ -474,6 +510,9 @@ def summarize(summary: Summary, scenarios: list[Scenario], servers: list[str]) -
                                          for r in runs)
                 vals = [r["cpu_us_per_msg"] for r in runs]
                 row["cpu_us_per_msg_min"], row["cpu_us_per_msg_max"] = min(vals), max(vals)
+                if sc.unit == "conn":
+                    row["cpu_us_per_conn"], row["conns_per_s"] = (row["cpu_us_per_msg"],
+                                                                   row["msgs_per_s"])
             table.setdefault(sc.name, {})[kind] = row
     base = "netreactor" if "netreactor" in servers else (servers[0] if servers else None)
     ratios: dict = {}
@@ -494,7 +533,7 @@ def _pct(x: float | None) -> str:
 
 def print_report(result: dict, scenarios: list[Scenario], use_rich: bool) -> None:
     table, ratios, base = result["table"], result["ratios"], result["baseline"]
-    perf_rows, idle_rows = [], []
+    perf_rows, idle_rows, short_rows = [], [], []
     for sc in scenarios:
         for kind, row in table.get(sc.name, {}).items():
             if sc.mode == "idle":
@@ -507,7 +546,9 @@ def print_report(result: dict, scenarios: list[Scenario], use_rich: bool) -> Non
             else:
                 spread = (f"{row['cpu_us_per_msg_min']:.2f}-{row['cpu_us_per_msg_max']:.2f}"
                           if row["rounds"] > 1 else "")
-                perf_rows.append([sc.name, kind, f"{row['cpu_us_per_msg']:.2f}", spread,
+                # Short connections go to their own table (per connection).
+                (short_rows if sc.unit == "conn" else perf_rows).append(
+                                 [sc.name, kind, f"{row['cpu_us_per_msg']:.2f}", spread,
                                   f"{row['msgs_per_s']:,.0f}", _pct(row["server_cpu_frac"]),
                                   _pct(row["gen_busy_frac"]),
                                   f"{_pct(row['foreign_frac_server_cpu'])}/"
@@ -515,14 +556,25 @@ def print_report(result: dict, scenarios: list[Scenario], use_rich: bool) -> Non
                                   str(row["errors"])])
     perf_head = ["scenario", "server", "CPU us/msg", "range", "msgs/s", "srv CPU", "gen CPU",
                  "other load", "errors"]
+    short_head = ["scenario", "server", "CPU us/conn", "range", "conns/s", "srv CPU", "gen CPU",
+                  "other load", "errors"]
     idle_head = ["scenario", "server", "conns", "RSS B/conn", "PSS B/conn", "connect s", "errors"]
     ratio_rows = []
     for sc in scenarios:
         for pair, v in ratios.get(sc.name, {}).items():
-            what = "memory/conn" if sc.mode == "idle" else "CPU/msg"
+            what = "memory/conn" if sc.mode == "idle" else f"CPU/{sc.unit}"
             ratio_rows.append([sc.name, pair, what, f"{v:.2f}"])
     ratio_head = ["scenario", "ratio", "of", "value"]
     ratio_title = f"Ratios {base}/other (< 1: {base} uses less)"
+    perf_title = "Server CPU per echoed message (median of rounds)"
+    if any(sc.unit == "frame" for sc in scenarios):
+        perf_title = ("Server CPU per echoed message (median of rounds; framed-50: "
+                      "per 68-byte frame)")
+    tables = ((perf_title, perf_head, perf_rows),
+              ("Server CPU per short connection: connect, 64 B echo, close (median of rounds)",
+               short_head, short_rows),
+              ("Server memory per idle connection", idle_head, idle_rows),
+              (ratio_title, ratio_head, ratio_rows))
 
     if use_rich:
         try:
@@ -532,10 +584,7 @@ def print_report(result: dict, scenarios: list[Scenario], use_rich: bool) -> Non
             use_rich = False
     if use_rich:
         con = Console(width=max(120, shutil.get_terminal_size((120, 20)).columns))
-        for title, head, rows in (("Server CPU per echoed message (median of rounds)",
-                                   perf_head, perf_rows),
-                                  ("Server memory per idle connection", idle_head, idle_rows),
-                                  (ratio_title, ratio_head, ratio_rows)):
+        for title, head, rows in tables:
             if not rows:
                 continue
             t = Table(title=title)
@@ -545,10 +594,7 @@ def print_report(result: dict, scenarios: list[Scenario], use_rich: bool) -> Non
                 t.add_row(*r)
             con.print(t)
         return
-    for title, head, rows in (("Server CPU per echoed message (median of rounds)",
-                               perf_head, perf_rows),
-                              ("Server memory per idle connection", idle_head, idle_rows),
-                              (ratio_title, ratio_head, ratio_rows)):
+    for title, head, rows in tables:
         if not rows:
             continue
         widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
@@ -586,12 +632,18 @@ def warnings_for(result: dict, scenarios: list[Scenario], loadgen_kind: str) -> 
                     why = "the load generator looks like the limit"
                 else:
                     why = "latency bound: neither side saturated"
-                parts.append(f"server only {_pct(srv)} busy ({why}), so CPU/msg is not at "
+                parts.append(f"server only {_pct(srv)} busy ({why}), so CPU/{sc.unit} is not at "
                              "saturation")
             if row.get("window_skew", 0) > 0.01:
                 parts.append(f"sampling window off by {_pct(row['window_skew'])} of its length")
             if parts:
                 out.append(f"{sc.name}/{kind}: " + "; ".join(parts))
+    for sc in scenarios:
+        ratio = result["ratios"].get(sc.name, {}).get("netreactor/uvloop")
+        if sc.unit == "frame" and ratio is not None:
+            verdict = "meets" if ratio <= FRAMED_TARGET_RATIO else "MISSES"
+            out.append(f"netreactor {sc.name} CPU/frame is {ratio:.2f}x uvloop's: {verdict} the "
+                       f"<= {FRAMED_TARGET_RATIO}x target (issue 3)")
     idle = result["table"].get("idle", {}).get("netreactor")
     if idle and idle.get("bytes_per_conn_rss") is not None:
         v = idle["bytes_per_conn_rss"]
@@ -653,6 +705,7 @@ def _metadata(args, loadgen_kind: str, cc: str, servers: list[str], ctx: Ctx) ->
         "warmup": ctx.profile.warmup, "duration": ctx.profile.duration,
         "rounds": ctx.profile.rounds, "settle": ctx.profile.settle,
         "idle_conns": ctx.idle_conns, "quick": args.quick, "argv": sys.argv[1:],
+        "short_close": ctx.short_close,
     }
 
 
@@ -676,6 +729,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--loadgen", choices=("auto", "c", "python"), default="auto",
                     help="load generator: C (built on demand) or the Python fallback")
     ap.add_argument("--spin", action="store_true", help="load generator busy-polls")
+    ap.add_argument("--short-close", choices=("eof", "rst", "fin"), default="eof",
+                    help="short-50: how the client closes: eof (default: FIN then RST, the "
+                         "server reads EOF, no TIME_WAIT), rst (reset only), fin (plain close, "
+                         "TIME_WAIT spread over 127.0.0.2-250)")
     ap.add_argument("--plain", action="store_true", help="plain-text tables even if rich exists")
     args = ap.parse_args(argv)
 
@@ -715,9 +772,28 @@ def main(argv: list[str] | None = None) -> int:
     if not servers:
         print("error: no server to benchmark", file=sys.stderr)
         return 2
+    # Scenarios with another protocol (framed) need each server to support it.
+    unsupported: set = set()  # (kind, proto)
+    for proto in sorted({sc.proto for sc in scenarios} - {"echo"}):
+        for kind in servers:
+            r = subprocess.run([sys.executable, SERVERS_PY, "--check", kind, "--proto", proto],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                unsupported.add((kind, proto))
+                print(f"skipping {kind} in {proto} scenarios: "
+                      f"{r.stderr.strip() or 'not available'}", file=sys.stderr)
 
     loadgen, loadgen_kind, cc = build_loadgen(args.loadgen)
-    ctx = Ctx(loadgen, server_cpu, gen_cpu, profile, args.idle_conns, args.spin)
+    if loadgen_kind == "python":
+        dropped = [sc.name for sc in scenarios if sc.name in C_ONLY_SCENARIOS]
+        if dropped:
+            print(f"skipping {', '.join(dropped)}: the Python fallback load generator has no "
+                  "--frame-header / short mode (needs loadgen.c)", file=sys.stderr)
+            scenarios = [sc for sc in scenarios if sc.name not in C_ONLY_SCENARIOS]
+            if not scenarios:
+                return 2
+    ctx = Ctx(loadgen, server_cpu, gen_cpu, profile, args.idle_conns, args.spin,
+              args.short_close)
     meta = _metadata(args, loadgen_kind, cc, servers, ctx)
     json_path = args.json or os.path.join(
         RESULTS_DIR, f"echo-{time.strftime('%Y%m%d-%H%M%S')}.json")
@@ -728,7 +804,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     summary = Summary()
     interrupted = False
-    total = len(scenarios) * profile.rounds * len(servers)
+    total = sum(profile.rounds * sum((k, sc.proto) not in unsupported for k in servers)
+                for sc in scenarios)
     step = 0
     print(f"servers: {', '.join(servers)}; scenarios: {', '.join(s.name for s in scenarios)}; "
           f"warmup {profile.warmup:g}s, window {profile.duration:g}s, rounds {profile.rounds}; "
@@ -741,6 +818,8 @@ def main(argv: list[str] | None = None) -> int:
                 # drift of the machine does not favour whoever always goes first.
                 order = servers[rnd % len(servers):] + servers[:rnd % len(servers)]
                 for kind in order:
+                    if (kind, sc.proto) in unsupported:
+                        continue
                     step += 1
                     label = f"[{step}/{total}] {sc.name:<14} {kind:<10} round {rnd + 1}"
                     try:
@@ -760,8 +839,9 @@ def main(argv: list[str] | None = None) -> int:
                               + (f", {run['errors']} errors" if run["errors"] else ""))
                     else:
                         other = run["foreign_frac_server_cpu"]
-                        print(f"{label}: {run['cpu_us_per_msg']:6.2f} us/msg "
-                              f"{run['msgs_per_s']:>10,.0f} msg/s  server "
+                        unit = sc.unit
+                        print(f"{label}: {run['cpu_us_per_msg']:6.2f} us/{unit:<5} "
+                              f"{run['msgs_per_s']:>10,.0f} {unit}/s  server "
                               f"{_pct(run['server_cpu_frac'])}, loadgen "
                               f"{_pct(run['gen_busy_frac'])}"
                               + (f", other load on server CPU {_pct(other)}"

@@ -16,6 +16,28 @@
  *             the server has accepted it and serves it), then stays open and
  *             silent until the harness releases it.  Used to measure memory
  *             per idle connection.
+ *   short     short connections: each of the N slots connects, sends one
+ *             SIZE-byte message, reads and checks the echo, closes, and
+ *             connects again at once.  A "message" is then one whole
+ *             connection, counted only once its echo has been verified.
+ *             How the client closes (--close):
+ *               eof  (default) shutdown(SHUT_WR), then close() with SO_LINGER
+ *                    0.  The server reads a FIN (EOF, the graceful path) and
+ *                    closes; the RST that follows our FIN frees both sockets
+ *                    at once, so no TIME_WAIT piles up on either side and the
+ *                    ephemeral ports of this shared machine stay free.  (The
+ *                    server still reads EOF, not an error: a FIN already
+ *                    received wins over a later RST in recv().)
+ *               rst  close() with SO_LINGER 0 only: the server sees a reset.
+ *               fin  plain close(): our side holds TIME_WAIT for 60 s; use
+ *                    --src-addrs to spread those over 127.0.0.2... sources.
+ *             --src-addrs K binds each client socket to 127.0.0.2 ..
+ *             127.0.0.(K+1) in turn (port 0), loopback only.
+ *
+ * --frame-header H (pingpong, pipeline, short): each SIZE-byte message starts
+ * with an H-byte big-endian length field holding SIZE-H, the number of bytes
+ * after it, then the usual pattern.  A length-prefixed framed echo server
+ * (LengthFieldCodec(H) re-encoding each frame) returns it byte for byte.
  *
  * Every echoed byte is compared with what was sent (memcmp against the batch
  * we wrote); a mismatch, a server-side close, a reset or a failed connect is
@@ -61,7 +83,8 @@
 #include <time.h>
 #include <unistd.h>
 
-enum mode { M_PINGPONG, M_PIPELINE, M_IDLE };
+enum mode { M_PINGPONG, M_PIPELINE, M_IDLE, M_SHORT };
+enum closehow { CLOSE_EOF, CLOSE_RST, CLOSE_FIN };
 enum phase { P_CONNECT, P_WARMUP, P_MEASURE, P_DRAIN, P_DONE };
 enum cstate { C_CONNECTING, C_ACTIVE, C_DEAD };
 
@@ -94,6 +117,10 @@ static double opt_hold_timeout = 120.0;
 static double opt_connect_timeout = 60.0;
 static int opt_connect_concurrency = 64;
 static int opt_spin = 0;              /* busy-poll during warm-up and window */
+static int opt_frame_header = 0;      /* bytes of big-endian length at the start of each message */
+static enum closehow opt_close = CLOSE_EOF; /* short mode: how the client closes */
+static int opt_src_addrs = 0;         /* short mode: spread sources over 127.0.0.2.. (0: no bind) */
+static uint64_t opt_max_errors = 1000; /* short mode: stop reconnecting after this many errors */
 
 /* ---- state ---------------------------------------------------------------- */
 static conn_t *conns;
@@ -107,6 +134,9 @@ static uint64_t msgs_window = 0, msgs_total = 0, bytes_window = 0;
 static uint64_t err_connect = 0, err_io = 0, err_closed = 0, err_mismatch = 0, err_extra = 0;
 static int inflight = 0;       /* connections with an unfinished batch */
 static double idle_window = 0; /* --spin: time in empty polls inside the window */
+static conn_t **reopen_q, **reopen_q2; /* short mode: slots to reconnect after a failure */
+static int reopen_n = 0;
+static uint32_t src_rr = 0;    /* short mode: next source address */
 
 static struct sockaddr_storage addr;
 static socklen_t addrlen;
@@ -136,10 +166,11 @@ static void die(const char *what) {
 static void usage(void) {
     fprintf(stderr,
             "usage: loadgen [--host 127.0.0.1] --port P | --unix PATH\n"
-            "               [--conns N] [--mode pingpong|pipeline|idle] [--depth D]\n"
-            "               [--size BYTES] [--warmup S] [--duration S] [--cpu N]\n"
-            "               [--hold] [--hold-timeout S] [--connect-timeout S]\n"
-            "               [--connect-concurrency K] [--spin]\n");
+            "               [--conns N] [--mode pingpong|pipeline|idle|short] [--depth D]\n"
+            "               [--size BYTES] [--frame-header H] [--warmup S] [--duration S]\n"
+            "               [--cpu N] [--hold] [--hold-timeout S] [--connect-timeout S]\n"
+            "               [--connect-concurrency K] [--spin]\n"
+            "               short mode: [--close eof|rst|fin] [--src-addrs K] [--max-errors N]\n");
     exit(2);
 }
 
@@ -190,12 +221,18 @@ static void set_events(conn_t *c, int want_out) {
 
 static void kill_conn(conn_t *c) {
     if (c->state == C_DEAD) return;
-    if (!c->confirmed) unconfirmed--;
     if (c->out_len && c->in_off < c->out_len) inflight--;
     c->state = C_DEAD;
     epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
     live--;
+    if (opt_mode == M_SHORT && phase < P_DRAIN && errors_total() < opt_max_errors) {
+        /* A short-connection slot lives on: reconnect after this epoll batch
+         * (not here, so a server that refuses cannot recurse us). */
+        reopen_q[reopen_n++] = c;
+        return;
+    }
+    if (!c->confirmed) unconfirmed--;
 }
 
 /* Fill the next batch with a pattern that depends on connection, round and
@@ -204,7 +241,13 @@ static void fill_batch(conn_t *c) {
     unsigned char *p = c->buf;
     for (size_t m = 0; m < c->out_len / (size_t)opt_size; m++) {
         unsigned base = (unsigned)c->id * 7u + c->seq * 13u + (unsigned)m * 31u;
-        for (int k = 0; k < opt_size; k++) *p++ = (unsigned char)(base + (unsigned)k);
+        for (int k = 0; k < opt_size; k++) p[k] = (unsigned char)(base + (unsigned)k);
+        if (opt_frame_header) {
+            /* Length field: big-endian count of the bytes after it. */
+            uint64_t v = (uint64_t)(opt_size - opt_frame_header);
+            for (int k = opt_frame_header - 1; k >= 0; k--, v >>= 8) p[k] = (unsigned char)v;
+        }
+        p += opt_size;
     }
 }
 
@@ -239,9 +282,66 @@ static void start_batch(conn_t *c) {
     pump_out(c);
 }
 
+/* Short mode: one connection of a slot -- socket, connect, send the message
+ * at once (on loopback the handshake has normally completed by the time
+ * connect() returns; if not, send() says EAGAIN and EPOLLOUT takes over).
+ * Only EPOLLIN is watched: a refused or reset connect shows up as
+ * EPOLLERR/EPOLLHUP, which epoll always reports. */
+static void short_connect(conn_t *c) {
+    int fd = socket(addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) die("socket");
+    c->fd = fd;
+    c->state = C_ACTIVE;
+    c->want_out = 0;
+    c->out_len = 0;
+    live++;
+    if (opt_close != CLOSE_FIN) {
+        struct linger lg = {.l_onoff = 1, .l_linger = 0};
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    }
+    if (opt_src_addrs > 0) {
+        struct sockaddr_in src = {.sin_family = AF_INET};
+        src.sin_addr.s_addr = htonl(0x7f000002u + src_rr++ % (uint32_t)opt_src_addrs);
+#ifdef IP_BIND_ADDRESS_NO_PORT
+        /* Let connect() pick the port for the whole 4-tuple, so ports are
+         * shared across source addresses instead of reserved by bind(). */
+        int one = 1;
+        setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+#endif
+        if (bind(fd, (struct sockaddr *)&src, sizeof src) < 0) {
+            err_connect++;
+            kill_conn(c);
+            return;
+        }
+    }
+    if (connect(fd, (struct sockaddr *)&addr, addrlen) < 0 && errno != EINPROGRESS) {
+        err_connect++;
+        kill_conn(c);
+        return;
+    }
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+    if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0) die("epoll_ctl add");
+    start_batch(c);
+}
+
+/* Short mode: the echo is complete and verified; close as --close says and
+ * start the slot's next connection (unless the window is over). */
+static void short_done(conn_t *c) {
+    if (opt_close == CLOSE_EOF) shutdown(c->fd, SHUT_WR);
+    close(c->fd); /* also leaves the epoll set: the fd was never duplicated */
+    c->state = C_DEAD;
+    live--;
+    if (phase < P_DRAIN) short_connect(c);
+}
+
 static void open_one(void) {
     conn_t *c = &conns[opened];
     c->id = opened++;
+    if (opt_mode == M_SHORT) {
+        unconfirmed++;
+        short_connect(c);
+        return;
+    }
     int fd = socket(addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) die("socket");
     c->fd = fd;
@@ -333,6 +433,10 @@ static void on_readable(conn_t *c) {
                 unconfirmed--;
                 confirmed_total++;
             }
+            if (opt_mode == M_SHORT) {
+                short_done(c);
+                return;
+            }
             /* Keep the load going until the window closes; idle connections
              * stay silent after their first echo. */
             if (opt_mode != M_IDLE && phase < P_DRAIN) start_batch(c);
@@ -373,6 +477,10 @@ int main(int argc, char **argv) {
         {"connect-timeout", required_argument, 0, 't'},
         {"connect-concurrency", required_argument, 0, 'k'},
         {"spin", no_argument, 0, 'S'},
+        {"frame-header", required_argument, 0, 'F'},
+        {"close", required_argument, 0, 'L'},
+        {"src-addrs", required_argument, 0, 'A'},
+        {"max-errors", required_argument, 0, 'E'},
         {"help", no_argument, 0, '?'},
         {0, 0, 0, 0},
     };
@@ -387,6 +495,7 @@ int main(int argc, char **argv) {
             if (!strcmp(optarg, "pingpong")) opt_mode = M_PINGPONG;
             else if (!strcmp(optarg, "pipeline")) opt_mode = M_PIPELINE;
             else if (!strcmp(optarg, "idle")) opt_mode = M_IDLE;
+            else if (!strcmp(optarg, "short")) opt_mode = M_SHORT;
             else usage();
             break;
         case 'd': opt_depth = atoi(optarg); break;
@@ -399,11 +508,31 @@ int main(int argc, char **argv) {
         case 't': opt_connect_timeout = atof(optarg); break;
         case 'k': opt_connect_concurrency = atoi(optarg); break;
         case 'S': opt_spin = 1; break;
+        case 'F': opt_frame_header = atoi(optarg); break;
+        case 'L':
+            if (!strcmp(optarg, "eof")) opt_close = CLOSE_EOF;
+            else if (!strcmp(optarg, "rst")) opt_close = CLOSE_RST;
+            else if (!strcmp(optarg, "fin")) opt_close = CLOSE_FIN;
+            else usage();
+            break;
+        case 'A': opt_src_addrs = atoi(optarg); break;
+        case 'E': opt_max_errors = strtoull(optarg, NULL, 10); break;
         default: usage();
         }
     }
-    if (opt_mode == M_PINGPONG) opt_depth = 1;
-    if (opt_mode == M_IDLE) opt_size = 1, opt_depth = 1;
+    if (opt_mode == M_PINGPONG || opt_mode == M_SHORT) opt_depth = 1;
+    if (opt_mode == M_IDLE) opt_size = 1, opt_depth = 1, opt_frame_header = 0;
+    if (opt_frame_header < 0 || opt_frame_header > 8 || (opt_frame_header && opt_frame_header >= opt_size) ||
+        (opt_frame_header && opt_frame_header < 8 &&
+         (uint64_t)(opt_size - opt_frame_header) >> (8 * opt_frame_header))) {
+        fprintf(stderr, "loadgen: --frame-header must be 0..8 and smaller than --size, "
+                        "with size-header fitting the field\n");
+        exit(2);
+    }
+    if (opt_src_addrs < 0 || opt_src_addrs > 249) {
+        fprintf(stderr, "loadgen: --src-addrs must be 0..249 (127.0.0.2 .. 127.0.0.250)\n");
+        exit(2);
+    }
     if (opt_conns <= 0 || opt_depth <= 0 || opt_size <= 0 || opt_duration < 0 || opt_warmup < 0 ||
         opt_connect_concurrency <= 0)
         usage();
@@ -413,6 +542,10 @@ int main(int argc, char **argv) {
         exit(2);
     }
     resolve();
+    if (opt_src_addrs && (addr.ss_family != AF_INET || opt_mode != M_SHORT)) {
+        fprintf(stderr, "loadgen: --src-addrs needs --mode short and an IPv4 loopback target\n");
+        exit(2);
+    }
     signal(SIGPIPE, SIG_IGN);
 
     if (opt_cpu >= 0) {
@@ -439,6 +572,9 @@ int main(int argc, char **argv) {
     unsigned char *bufs = malloc(batch * (size_t)opt_conns);
     if (!conns || !bufs) die("malloc");
     for (int i = 0; i < opt_conns; i++) conns[i].buf = bufs + batch * (size_t)i;
+    reopen_q = calloc((size_t)opt_conns, sizeof *reopen_q);
+    reopen_q2 = calloc((size_t)opt_conns, sizeof *reopen_q2);
+    if (!reopen_q || !reopen_q2) die("malloc");
 
     epfd = epoll_create1(EPOLL_CLOEXEC);
     if (epfd < 0) die("epoll_create1");
@@ -466,7 +602,7 @@ int main(int argc, char **argv) {
                     phase = P_WARMUP;
                     deadline = tn + opt_warmup;
                 }
-            } else if (live == 0 && opened == opt_conns) {
+            } else if (live == 0 && reopen_n == 0 && opened == opt_conns) {
                 fprintf(stderr, "loadgen: every connection failed\n");
                 phase = P_DONE;
                 break;
@@ -508,7 +644,7 @@ int main(int argc, char **argv) {
             }
             if (live == 0 && !opt_hold) break;
         }
-        if (live == 0 && phase != P_DRAIN) {
+        if (live == 0 && reopen_n == 0 && phase != P_DRAIN) {
             fprintf(stderr, "loadgen: no connection left\n");
             break;
         }
@@ -540,6 +676,18 @@ int main(int argc, char **argv) {
             if (e & (EPOLLIN | EPOLLERR | EPOLLHUP)) on_readable(c);
             if (c->state != C_DEAD && (e & EPOLLOUT)) pump_out(c);
         }
+        if (reopen_n) {
+            /* Short mode: reconnect the slots that failed in this batch.  Swap
+             * queues first: a slot failing again goes to the next batch. */
+            conn_t **q = reopen_q;
+            int qn = reopen_n;
+            reopen_q = reopen_q2;
+            reopen_q2 = q;
+            reopen_n = 0;
+            for (int i = 0; i < qn; i++)
+                if (phase < P_DRAIN) short_connect(q[i]);
+                else if (!q[i]->confirmed) unconfirmed--;
+        }
         if (phase == P_CONNECT) open_more();
     }
 
@@ -549,13 +697,17 @@ int main(int argc, char **argv) {
     /* How busy the generator really was: with --spin its CPU time is always
      * ~100%, so subtract the time spent in polls that found nothing. */
     double gen_busy = elapsed > 0 ? (opt_spin ? (elapsed - idle_window) / elapsed : gen_cpu) : 0.0;
-    const char *mname = opt_mode == M_PINGPONG ? "pingpong" : opt_mode == M_PIPELINE ? "pipeline" : "idle";
+    const char *mname = opt_mode == M_PINGPONG ? "pingpong" : opt_mode == M_PIPELINE ? "pipeline"
+                      : opt_mode == M_SHORT ? "short" : "idle";
+    const char *cname = opt_close == CLOSE_EOF ? "eof" : opt_close == CLOSE_RST ? "rst" : "fin";
     printf("{\"event\":\"result\",\"mode\":\"%s\",\"conns\":%d,\"depth\":%d,\"size\":%d,"
+           "\"frame_header\":%d,\"close\":\"%s\",\"src_addrs\":%d,"
            "\"connected\":%d,\"connect_s\":%.6f,\"messages\":%llu,\"messages_total\":%llu,"
            "\"bytes\":%llu,\"elapsed\":%.6f,\"msgs_per_s\":%.1f,\"gen_cpu_frac\":%.4f,\"gen_busy_frac\":%.4f,\"spin\":%d,"
            "\"errors\":%llu,\"err_connect\":%llu,\"err_io\":%llu,\"err_closed\":%llu,"
            "\"err_mismatch\":%llu,\"err_extra\":%llu,\"live\":%d}\n",
-           mname, opt_conns, opt_depth, opt_size, confirmed_total,
+           mname, opt_conns, opt_depth, opt_size, opt_frame_header,
+           opt_mode == M_SHORT ? cname : "", opt_src_addrs, confirmed_total,
            t_connected > 0 ? t_connected - t0 : -1.0, (unsigned long long)msgs_window,
            (unsigned long long)msgs_total, (unsigned long long)bytes_window, elapsed, rate, gen_cpu,
            gen_busy, opt_spin,

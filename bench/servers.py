@@ -1,14 +1,27 @@
 """Echo servers compared by ``bench/echo.py``, one KIND per process.
 
-    python3 bench/servers.py KIND --port P [--host 127.0.0.1] [--cpu N]
-    python3 bench/servers.py KIND --unix PATH [--cpu N]
-    python3 bench/servers.py --check KIND      # exit 0 if KIND can run here
+    python3 bench/servers.py KIND --port P [--host 127.0.0.1] [--cpu N] [--proto echo|framed]
+    python3 bench/servers.py KIND --unix PATH [--cpu N] [--proto echo|framed]
+    python3 bench/servers.py --check KIND [--proto framed]   # exit 0 if KIND can run here
 
 KINDs:
 
 * ``asyncio``    -- asyncio Protocol API on the default (selector/epoll) loop.
 * ``uvloop``     -- the very same Protocol on uvloop (skipped if not installed).
 * ``netreactor`` -- this project, through its public contract only.
+
+PROTOs:
+
+* ``echo`` (default) -- echo every byte back as it arrives.
+* ``framed`` -- length-prefixed frames (4-byte big-endian length of the bytes
+  that follow, then the payload); every frame is decoded and its payload sent
+  back re-encoded as one frame.  netreactor: a ``nr.FramedHandler`` with
+  ``codec = LengthFieldCodec(4)`` whose ``on_frame`` returns the frame.
+  asyncio/uvloop: the same protocol hand-written on the Protocol API the way
+  a competent asyncio user writes it -- a bytearray buffer, a loop of
+  ``struct.unpack_from`` over the complete frames, the replies gathered and
+  written with one ``transport.write(b"".join(...))`` per ``data_received``,
+  and the same 1 MiB frame-length limit as the codec's default.
 
 Each server is the idiomatic few lines a user would write, with two settings
 made explicit so the comparison is fair:
@@ -30,9 +43,11 @@ import asyncio
 import os
 import resource
 import socket
+import struct
 import sys
 
 KINDS = ("netreactor", "uvloop", "asyncio")
+PROTOS = ("echo", "framed")
 
 # The package uses a flat layout: make ``import netreactor`` find the source
 # tree this file belongs to (bench/ is sys.path[0] when run as a script).
@@ -57,51 +72,104 @@ class EchoProtocol(asyncio.Protocol):
         self.transport.write(data)
 
 
-async def _serve_protocol(host: str, port: int, unix: str | None) -> None:
+_HEADER = struct.Struct(">I")  # 4-byte big-endian length of the bytes that follow
+MAX_FRAME = 1 << 20            # same limit as LengthFieldCodec's default max_frame_length
+
+
+class FramedEchoProtocol(asyncio.Protocol):
+    """Length-prefixed frames; each payload is sent back as one frame."""
+
+    def connection_made(self, transport):
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.transport = transport
+        self.buf = bytearray()
+
+    def data_received(self, data):
+        buf = self.buf
+        buf += data
+        end = len(buf)
+        pos = 0
+        out = []
+        unpack_from, pack = _HEADER.unpack_from, _HEADER.pack
+        while end - pos >= 4:
+            (length,) = unpack_from(buf, pos)
+            if length > MAX_FRAME - 4:
+                self.transport.close()  # corrupt or hostile peer
+                return
+            stop = pos + 4 + length
+            if stop > end:
+                break
+            payload = buf[pos + 4:stop]          # the frame (a copy)
+            out.append(pack(len(payload)))       # reply = the payload, re-encoded
+            out.append(payload)
+            pos = stop
+        if pos:
+            del buf[:pos]
+        if out:
+            self.transport.write(b"".join(out))
+
+
+async def _serve_protocol(host: str, port: int, unix: str | None, proto: str = "echo") -> None:
     loop = asyncio.get_running_loop()
+    factory = FramedEchoProtocol if proto == "framed" else EchoProtocol
     if unix:
-        server = await loop.create_unix_server(EchoProtocol, unix, backlog=1024)
+        server = await loop.create_unix_server(factory, unix, backlog=1024)
     else:
         server = await loop.create_server(
-            EchoProtocol, host, port, backlog=1024, reuse_address=True
+            factory, host, port, backlog=1024, reuse_address=True
         )
     async with server:
         await server.serve_forever()
 
 
-def serve_asyncio(host: str, port: int, unix: str | None) -> None:
-    asyncio.run(_serve_protocol(host, port, unix))
+def serve_asyncio(host: str, port: int, unix: str | None, proto: str = "echo") -> None:
+    asyncio.run(_serve_protocol(host, port, unix, proto))
 
 
-def serve_uvloop(host: str, port: int, unix: str | None) -> None:
+def serve_uvloop(host: str, port: int, unix: str | None, proto: str = "echo") -> None:
     import uvloop
 
     if hasattr(uvloop, "run"):  # uvloop >= 0.18
-        uvloop.run(_serve_protocol(host, port, unix))
+        uvloop.run(_serve_protocol(host, port, unix, proto))
     else:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-        asyncio.run(_serve_protocol(host, port, unix))
+        asyncio.run(_serve_protocol(host, port, unix, proto))
 
 
 # --------------------------------------------------------------------------
 # netreactor: public contract only (EventHandler, Conn.read/write, run)
 # --------------------------------------------------------------------------
-def serve_netreactor(host: str, port: int, unix: str | None) -> None:
+def serve_netreactor(host: str, port: int, unix: str | None, proto: str = "echo") -> None:
     import netreactor as nr
 
     class Echo(nr.EventHandler):
         def on_traffic(self, conn):
             conn.write(conn.read())
 
+    handler = Echo()
+    if proto == "framed":
+        from netreactor.codec import LengthFieldCodec
+
+        class FramedEcho(nr.FramedHandler):
+            codec = LengthFieldCodec(4)
+
+            def on_frame(self, conn, frame):
+                return frame  # encoded again by the codec and written back
+
+        handler = FramedEcho()
     addr = f"unix://{unix}" if unix else f"tcp://{host}:{port}"
-    nr.run(Echo(), addr)
+    nr.run(handler, addr)
 
 
 SERVE = {"asyncio": serve_asyncio, "uvloop": serve_uvloop, "netreactor": serve_netreactor}
 
 
-def check(kind: str) -> str | None:
-    """Return None if ``kind`` can run in this interpreter, else the reason."""
+def check(kind: str, proto: str = "echo") -> str | None:
+    """Return None if ``kind`` can run ``proto`` in this interpreter, else the reason."""
+    if proto not in PROTOS:
+        return f"unknown protocol {proto!r} (choose from {', '.join(PROTOS)})"
     if kind == "asyncio":
         return None
     if kind == "uvloop":
@@ -116,6 +184,12 @@ def check(kind: str) -> str | None:
         except Exception as e:  # any import-time failure means "not ready"
             return f"import netreactor failed: {type(e).__name__}: {e}"
         missing = [n for n in ("run", "EventHandler") if not hasattr(nr, n)]
+        if proto == "framed":
+            missing += [n for n in ("FramedHandler",) if not hasattr(nr, n)]
+            try:
+                from netreactor.codec import LengthFieldCodec  # noqa: F401
+            except Exception:
+                missing.append("codec.LengthFieldCodec")
         if missing:
             return f"netreactor has no {', '.join(missing)} yet"
         return None
@@ -129,10 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--unix", default=None, help="serve on this unix socket path instead")
     ap.add_argument("--cpu", type=int, default=None, help="pin the process to this CPU")
+    ap.add_argument("--proto", choices=PROTOS, default="echo",
+                    help="echo (default) or framed (4-byte length-prefixed frames)")
     ap.add_argument("--check", action="store_true", help="only check that KIND can run")
     args = ap.parse_args(argv)
 
-    reason = check(args.kind)
+    reason = check(args.kind, args.proto)
     if args.check or reason:
         if reason:
             print(reason, file=sys.stderr)
@@ -150,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
     try:
-        SERVE[args.kind](args.host, args.port, args.unix)
+        SERVE[args.kind](args.host, args.port, args.unix, args.proto)
     except KeyboardInterrupt:
         pass
     return 0
