@@ -18,11 +18,12 @@ from .errors import (BufferOverflowError, ClosedError, EngineStoppedError, Netre
 from .framed import FramedHandler
 from .handler import Action, EventHandler
 from .options import Options
+from .pool import WorkerPool
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Action", "EventHandler", "FramedHandler", "codec", "Conn", "Client", "Engine", "Options", "run", "gil_enabled",
+    "Action", "EventHandler", "FramedHandler", "codec", "Conn", "Client", "Engine", "Options", "WorkerPool", "run", "gil_enabled",
     "NetreactorError", "ClosedError", "PeerClosedError", "BufferOverflowError", "EngineStoppedError",
     "__version__",
 ]

@@ -35,7 +35,8 @@ from typing import Any, Callable, List, Optional, Set, Union
 from .address import Address, parse_address
 from .conn import Conn, EdgeConn
 from .datagram import DatagramConn, DatagramEndpoint
-from .engine import _check_handler
+from .engine import _check_handler, _set_keepalive
+from .listener import _apply_buffer_sizes
 from .errors import EngineStoppedError
 from .eventloop import EventLoop, TimerHandle
 from .handler import Action, EventHandler, report
@@ -204,8 +205,12 @@ class Client:
         try:
             infos = socket.getaddrinfo(addr.host, addr.port, addr.family or socket.AF_UNSPEC, kind)
         except socket.gaierror as exc:
-            err = socket.gaierror(exc.errno, f"{exc.strerror} ({address})")
-            loop.call_soon_threadsafe(_report, self.logger, callback, None, err)
+            err: BaseException = socket.gaierror(exc.errno, f"{exc.strerror} ({address})")
+            loop.call_soon_threadsafe(report, self.logger, callback, None, err)
+            return
+        except Exception as exc:  # e.g. UnicodeError from IDNA for an over-long label
+            err = socket.gaierror(socket.EAI_NONAME, f"cannot resolve {address}: {exc}")
+            loop.call_soon_threadsafe(report, self.logger, callback, None, err)
             return
         family, _, _, _, sockaddr = infos[0]
         loop.call_soon_threadsafe(self._connect, loop, addr, address, family, sockaddr, timeout, callback)
@@ -223,6 +228,13 @@ class Client:
             report(self.logger, callback, None, _with_address(exc, address))
             return
         sock.setblocking(False)
+        try:
+            # Before connecting, so TCP window scaling agrees with the buffer sizes.
+            _apply_buffer_sizes(sock, self.options)
+        except OSError as exc:
+            sock.close()
+            report(self.logger, callback, None, _with_address(exc, address))
+            return
         err = sock.connect_ex(sockaddr)
         if err == 0 or kind == socket.SOCK_DGRAM:
             if err:
@@ -272,9 +284,13 @@ class Client:
                 elif action is Action.SHUTDOWN:
                     loop.request_shutdown()
             else:
-                if sock.family != socket.AF_UNIX and self.options.tcp_no_delay:
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                conn = (EdgeConn if loop.edge_triggered else Conn)(loop, sock.detach(), self.handler)
+                if sock.family != socket.AF_UNIX:
+                    if self.options.tcp_no_delay:
+                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    if self.options.tcp_keepalive:
+                        _set_keepalive(sock, self.options.tcp_keepalive)
+                conn = (EdgeConn if loop.edge_triggered else Conn)(
+                    loop, sock.detach(), self.handler, pause_on_high_water=False)
                 self._track(conn)
                 conn._open()
         except OSError as exc:
@@ -304,7 +320,7 @@ class Client:
 
     def _on_a_loop_thread(self) -> bool:
         me = threading.get_ident()
-        return any(loop._thread_id == me for loop in self._loops)
+        return any(loop._thread_id == me and not loop.finished for loop in self._loops)
 
     def _tick(self, loop: EventLoop) -> None:
         from .engine import DEFAULT_TICK, _parse_tick

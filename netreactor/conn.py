@@ -89,10 +89,11 @@ class Conn(Inbound):
         "_loop", "_alive", "fd", "_handler", "context",
         "_in", "_ipos", "_iend", "_block",
         "_out", "_out_bytes", "_flush_pending", "_events", "_reading", "_paused", "_closing",
-        "_close_err", "_raddr", "_laddr", "_framing", "_held",
+        "_close_err", "_raddr", "_laddr", "_framing", "_held", "_autopause",
     )
 
-    def __init__(self, loop: "EventLoop", fd: int, handler: Any = None) -> None:
+    def __init__(self, loop: "EventLoop", fd: int, handler: Any = None,
+                 pause_on_high_water: bool = True) -> None:
         # The connection owns a bare, non-blocking fd rather than a socket
         # object: an idle connection is the handful of slots below and nothing
         # else (a socket.socket costs another ~110 bytes per connection).
@@ -120,6 +121,11 @@ class Conn(Inbound):
         #: Per-connection decoder of a FramedHandler (None until its first read).
         self._framing: Any = None
         self._held = False  # reading paused by the handler (pause_reading)
+        # Stop reading at write_high_water. Accepted connections do: their output
+        # answers the peer's input, so a peer that does not read cannot make us
+        # buffer. Dialed ones do not: their output is the application's own, and
+        # two netreactor peers pausing each other would both wait forever.
+        self._autopause = pause_on_high_water
 
     # ------------------------------------------------------------------ writing
 
@@ -183,7 +189,7 @@ class Conn(Inbound):
             self._close_now(BufferOverflowError(
                 f"outbound buffer of fd {self.fd} passed write_buffer_cap "
                 f"({loop.write_buffer_cap} bytes): the peer is not reading"))
-        else:
+        elif self._autopause:
             # Stop reading a peer that does not read our replies: what it sends
             # stays in the kernel and its window closes.
             self._paused = True
