@@ -411,6 +411,10 @@ def run_throughput(ctx: Ctx, kind: str, sc: Scenario) -> dict:
         "foreign_frac_server_cpu": foreign_srv, "foreign_frac_gen_cpu": foreign_gen,
         "errors": res["errors"], "loadgen": res,
         "connect_s": connected.get("t"),
+        # Round-trip latency per message as the generator saw it (loadgen.c
+        # only; the Python fallback does not measure it).
+        **{k: (res[k] if isinstance(res.get(k), (int, float)) and res[k] >= 0 else None)
+           for k in ("lat_p50_us", "lat_p99_us", "lat_p999_us")},
         "server_rss": mem.get("rss"), "server_pids": len(pids), "server_cpus_allowed": pinned,
     }
     if sc.unit == "conn":  # short connections: a "message" is a whole connection
@@ -500,7 +504,8 @@ def summarize(summary: Summary, scenarios: list[Scenario], servers: list[str]) -
             keys = (("bytes_per_conn_rss", "bytes_per_conn_pss", "connect_s")
                     if sc.mode == "idle" else
                     ("cpu_us_per_msg", "msgs_per_s", "server_cpu_frac", "gen_busy_frac",
-                     "foreign_frac_server_cpu", "foreign_frac_gen_cpu"))
+                     "foreign_frac_server_cpu", "foreign_frac_gen_cpu",
+                     "lat_p50_us", "lat_p99_us", "lat_p999_us"))
             for k in keys:
                 row[k] = _median(runs, k)
             if sc.mode != "idle":
@@ -531,6 +536,10 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.0f}%"
 
 
+def _us(x: float | None) -> str:
+    return "-" if x is None else f"{x:,.0f}"
+
+
 def print_report(result: dict, scenarios: list[Scenario], use_rich: bool) -> None:
     table, ratios, base = result["table"], result["ratios"], result["baseline"]
     perf_rows, idle_rows, short_rows = [], [], []
@@ -549,15 +558,16 @@ def print_report(result: dict, scenarios: list[Scenario], use_rich: bool) -> Non
                 # Short connections go to their own table (per connection).
                 (short_rows if sc.unit == "conn" else perf_rows).append(
                                  [sc.name, kind, f"{row['cpu_us_per_msg']:.2f}", spread,
-                                  f"{row['msgs_per_s']:,.0f}", _pct(row["server_cpu_frac"]),
+                                  f"{row['msgs_per_s']:,.0f}", _us(row.get("lat_p50_us")),
+                                  _us(row.get("lat_p99_us")), _pct(row["server_cpu_frac"]),
                                   _pct(row["gen_busy_frac"]),
                                   f"{_pct(row['foreign_frac_server_cpu'])}/"
                                   f"{_pct(row['foreign_frac_gen_cpu'])}",
                                   str(row["errors"])])
-    perf_head = ["scenario", "server", "CPU us/msg", "range", "msgs/s", "srv CPU", "gen CPU",
-                 "other load", "errors"]
-    short_head = ["scenario", "server", "CPU us/conn", "range", "conns/s", "srv CPU", "gen CPU",
-                  "other load", "errors"]
+    perf_head = ["scenario", "server", "CPU us/msg", "range", "msgs/s", "p50 us", "p99 us",
+                 "srv CPU", "gen CPU", "other load", "errors"]
+    short_head = ["scenario", "server", "CPU us/conn", "range", "conns/s", "p50 us", "p99 us",
+                  "srv CPU", "gen CPU", "other load", "errors"]
     idle_head = ["scenario", "server", "conns", "RSS B/conn", "PSS B/conn", "connect s", "errors"]
     ratio_rows = []
     for sc in scenarios:

@@ -58,6 +58,17 @@
  * Messages are counted in the window only: a message counts when its last
  * echoed byte arrives inside [start, end).
  *
+ * Latency: for every message counted in the window, the round-trip time from
+ * the moment its batch was handed to send() (short mode: from the socket()
+ * call that starts the connection, so the handshake is included) to the
+ * moment its last echoed byte was read.  In pipeline mode every message of a
+ * batch is timed from the batch's send, so it is the batch's round trip as
+ * seen by each message.  The times go into a log-linear histogram (16
+ * sub-buckets per power of two of nanoseconds: under 6.25% relative bucket
+ * width, reported at the bucket's midpoint); the result line carries
+ * lat_n, lat_mean_us, lat_p50_us, lat_p90_us, lat_p99_us, lat_p999_us and
+ * lat_max_us.  The clock is read once per recv() that completes messages.
+ *
  * Safety: only loopback targets (127.0.0.0/8, ::1) or a unix socket path are
  * accepted; every phase has a deadline, so the program always stops by itself.
  *
@@ -95,6 +106,7 @@ typedef struct conn {
     int confirmed;       /* had one complete echo: the server surely accepted it */
     int want_out;        /* EPOLLOUT currently registered */
     uint32_t seq;        /* round number, mixed into the payload pattern */
+    uint64_t t_sent;     /* ns: when the current batch (short: connection) started */
     size_t out_len;      /* bytes in the current batch */
     size_t out_off;      /* bytes of the batch sent so far */
     size_t in_off;       /* bytes of the batch echoed back so far */
@@ -145,6 +157,61 @@ static double now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- latency histogram (log-linear, ns) ---------------------------------- *
+ * Values below 16 ns have a bucket each; above, 16 buckets per power of two:
+ * index = 16 + (msb - 4) * 16 + the 4 bits below the most significant one. */
+#define LAT_SUB 16
+#define LAT_BUCKETS (LAT_SUB + 60 * LAT_SUB)
+static uint64_t lat_hist[LAT_BUCKETS];
+static uint64_t lat_n = 0, lat_max = 0;
+static double lat_sum = 0;
+
+static int lat_index(uint64_t v) {
+    if (v < LAT_SUB) return (int)v;
+    int msb = 63 - __builtin_clzll(v);
+    int idx = LAT_SUB + (msb - 4) * LAT_SUB + (int)((v >> (msb - 4)) & (LAT_SUB - 1));
+    return idx < LAT_BUCKETS ? idx : LAT_BUCKETS - 1;
+}
+
+static void lat_record(uint64_t v, uint64_t count) {
+    lat_hist[lat_index(v)] += count;
+    lat_n += count;
+    lat_sum += (double)v * (double)count;
+    if (v > lat_max) lat_max = v;
+}
+
+/* The q-quantile in microseconds: the midpoint of the bucket holding the
+ * ceil(q*n)-th smallest value, never above the largest value seen. */
+static double lat_quantile_us(double q) {
+    if (lat_n == 0) return -1.0;
+    uint64_t rank = (uint64_t)(q * (double)lat_n + 0.999999);
+    if (rank < 1) rank = 1;
+    uint64_t seen = 0;
+    for (int i = 0; i < LAT_BUCKETS; i++) {
+        seen += lat_hist[i];
+        if (seen >= rank) {
+            double lo, width;
+            if (i < LAT_SUB) {
+                lo = i, width = 1;
+            } else {
+                int msb = (i - LAT_SUB) / LAT_SUB + 4, sub = (i - LAT_SUB) % LAT_SUB;
+                lo = (double)((uint64_t)(LAT_SUB + sub) << (msb - 4));
+                width = (double)(1ull << (msb - 4));
+            }
+            double mid = lo + width / 2;
+            if (mid > (double)lat_max) mid = (double)lat_max;
+            return mid / 1000.0;
+        }
+    }
+    return (double)lat_max / 1000.0;
 }
 
 static double cpu_self(void) {
@@ -278,6 +345,7 @@ static void start_batch(conn_t *c) {
     c->out_off = 0;
     c->in_off = 0;
     fill_batch(c);
+    if (opt_mode != M_SHORT) c->t_sent = now_ns(); /* short: set at socket() */
     inflight++;
     pump_out(c);
 }
@@ -288,6 +356,7 @@ static void start_batch(conn_t *c) {
  * Only EPOLLIN is watched: a refused or reset connect shows up as
  * EPOLLERR/EPOLLHUP, which epoll always reports. */
 static void short_connect(conn_t *c) {
+    c->t_sent = now_ns();
     int fd = socket(addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) die("socket");
     c->fd = fd;
@@ -424,6 +493,7 @@ static void on_readable(conn_t *c) {
             if (phase == P_MEASURE) {
                 msgs_window += done;
                 bytes_window += got;
+                if (done) lat_record(now_ns() - c->t_sent, done);
             }
         }
         if (c->in_off == c->out_len) {
@@ -691,6 +761,20 @@ int main(int argc, char **argv) {
         if (phase == P_CONNECT) open_more();
     }
 
+    /* Close what is still open the way --close eof does: the server reads EOF
+     * (its graceful path) and the RST behind our FIN frees both sockets at
+     * once, so thousands of connections leave no TIME_WAIT behind on this
+     * shared machine.  The harness has taken its samples by now. */
+    for (int i = 0; i < opened; i++) {
+        conn_t *c = &conns[i];
+        if (c->state == C_DEAD) continue;
+        struct linger lg = {.l_onoff = 1, .l_linger = 0};
+        if (c->state == C_ACTIVE) shutdown(c->fd, SHUT_WR);
+        setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+        close(c->fd);
+        c->state = C_DEAD;
+    }
+
     double elapsed = (t_end > t_start) ? t_end - t_start : 0.0;
     double rate = elapsed > 0 ? msgs_window / elapsed : 0.0;
     double gen_cpu = elapsed > 0 ? (cpu_end - cpu_start) / elapsed : 0.0;
@@ -705,7 +789,9 @@ int main(int argc, char **argv) {
            "\"connected\":%d,\"connect_s\":%.6f,\"messages\":%llu,\"messages_total\":%llu,"
            "\"bytes\":%llu,\"elapsed\":%.6f,\"msgs_per_s\":%.1f,\"gen_cpu_frac\":%.4f,\"gen_busy_frac\":%.4f,\"spin\":%d,"
            "\"errors\":%llu,\"err_connect\":%llu,\"err_io\":%llu,\"err_closed\":%llu,"
-           "\"err_mismatch\":%llu,\"err_extra\":%llu,\"live\":%d}\n",
+           "\"err_mismatch\":%llu,\"err_extra\":%llu,\"live\":%d,"
+           "\"lat_n\":%llu,\"lat_mean_us\":%.3f,\"lat_p50_us\":%.3f,\"lat_p90_us\":%.3f,"
+           "\"lat_p99_us\":%.3f,\"lat_p999_us\":%.3f,\"lat_max_us\":%.3f}\n",
            mname, opt_conns, opt_depth, opt_size, opt_frame_header,
            opt_mode == M_SHORT ? cname : "", opt_src_addrs, confirmed_total,
            t_connected > 0 ? t_connected - t0 : -1.0, (unsigned long long)msgs_window,
@@ -713,7 +799,10 @@ int main(int argc, char **argv) {
            gen_busy, opt_spin,
            (unsigned long long)errors_total(), (unsigned long long)err_connect,
            (unsigned long long)err_io, (unsigned long long)err_closed,
-           (unsigned long long)err_mismatch, (unsigned long long)err_extra, live);
+           (unsigned long long)err_mismatch, (unsigned long long)err_extra, live,
+           (unsigned long long)lat_n, lat_n ? lat_sum / (double)lat_n / 1000.0 : -1.0,
+           lat_quantile_us(0.50), lat_quantile_us(0.90), lat_quantile_us(0.99),
+           lat_quantile_us(0.999), lat_n ? (double)lat_max / 1000.0 : -1.0);
     fflush(stdout);
     /* Exit code: 0 clean, 1 if the run completed with errors or incomplete. */
     int complete = confirmed_total == opt_conns && (opt_mode == M_IDLE || t_end > 0);

@@ -1,27 +1,43 @@
-"""Echo servers compared by ``bench/echo.py``, one KIND per process.
+"""Servers compared by ``bench/echo.py`` and ``bench/suite.py``, one KIND per process.
 
-    python3 bench/servers.py KIND --port P [--host 127.0.0.1] [--cpu N] [--proto echo|framed]
-    python3 bench/servers.py KIND --unix PATH [--cpu N] [--proto echo|framed]
-    python3 bench/servers.py --check KIND [--proto framed]   # exit 0 if KIND can run here
+    python3 bench/servers.py KIND --port P [--host 127.0.0.1] [--cpu N] [--proto PROTO]
+    python3 bench/servers.py KIND --unix PATH [--cpu N] [--proto PROTO]
+    python3 bench/servers.py --check KIND [--proto PROTO]   # exit 0 if KIND can run here
+    python3 bench/servers.py --check-all   # JSON: {kind: {proto: null or why not}}
 
 KINDs:
 
 * ``asyncio``    -- asyncio Protocol API on the default (selector/epoll) loop.
 * ``uvloop``     -- the very same Protocol on uvloop (skipped if not installed).
 * ``netreactor`` -- this project, through its public contract only.
+* ``gevent``     -- a ``gevent.server.StreamServer`` handler, one greenlet per
+  connection with blocking-style ``recv``/``sendall`` (skipped if not installed).
+* ``twisted``    -- a Twisted ``Protocol`` on the default (epoll) reactor
+  (skipped if not installed).
 
 PROTOs:
 
-* ``echo`` (default) -- echo every byte back as it arrives.
+* ``echo`` (default) -- echo every byte back as it arrives.  All kinds.
 * ``framed`` -- length-prefixed frames (4-byte big-endian length of the bytes
   that follow, then the payload); every frame is decoded and its payload sent
-  back re-encoded as one frame.  netreactor: a ``nr.FramedHandler`` with
-  ``codec = LengthFieldCodec(4)`` whose ``on_frame`` returns the frame.
-  asyncio/uvloop: the same protocol hand-written on the Protocol API the way
-  a competent asyncio user writes it -- a bytearray buffer, a loop of
-  ``struct.unpack_from`` over the complete frames, the replies gathered and
-  written with one ``transport.write(b"".join(...))`` per ``data_received``,
-  and the same 1 MiB frame-length limit as the codec's default.
+  back re-encoded as one frame.  All kinds.  netreactor: a
+  ``nr.FramedHandler`` with ``codec = LengthFieldCodec(4)`` whose ``on_frame``
+  returns the frame.  asyncio/uvloop: the same protocol hand-written on the
+  Protocol API the way a competent asyncio user writes it -- a bytearray
+  buffer, a loop of ``struct.unpack_from`` over the complete frames, the
+  replies gathered and written with one ``transport.write(b"".join(...))``
+  per ``data_received``, and the same 1 MiB frame-length limit as the codec's
+  default.  gevent: the same loop around ``recv``/``sendall`` in the
+  connection's greenlet.  Twisted: its own ``Int32StringReceiver`` (the same
+  wire format) whose ``stringReceived`` calls ``sendString``, the idiomatic
+  Twisted way.
+* ``resp`` / ``http`` -- netreactor, asyncio and uvloop only: the Redis
+  (``netreactor example redis``) and HTTP/1.1 (``netreactor example http``)
+  example handlers.  netreactor runs them as they are; asyncio and uvloop run
+  *the very same handler objects* behind a small ``asyncio.Protocol`` shim
+  (``data_received`` -> ``on_traffic`` on a conn-like object whose ``read()``
+  returns the chunk and whose ``write()`` is ``transport.write``), so the
+  comparison isolates the event loop and I/O layer from the protocol code.
 
 Each server is the idiomatic few lines a user would write, with two settings
 made explicit so the comparison is fair:
@@ -46,8 +62,11 @@ import socket
 import struct
 import sys
 
-KINDS = ("netreactor", "uvloop", "asyncio")
-PROTOS = ("echo", "framed")
+KINDS = ("netreactor", "uvloop", "asyncio", "gevent", "twisted")
+PROTOS = ("echo", "framed", "resp", "http")
+#: Protocols that only these kinds serve (the netreactor example handlers).
+APP_PROTOS = {"resp": "redis", "http": "http"}
+APP_KINDS = ("netreactor", "uvloop", "asyncio")
 
 # The package uses a flat layout: make ``import netreactor`` find the source
 # tree this file belongs to (bench/ is sys.path[0] when run as a script).
@@ -111,9 +130,61 @@ class FramedEchoProtocol(asyncio.Protocol):
             self.transport.write(b"".join(out))
 
 
+class _ShimConn:
+    """Just enough of a netreactor ``Conn`` for the example handlers' hot path."""
+
+    __slots__ = ("data", "context", "write", "transport")
+
+    def __init__(self, transport) -> None:
+        self.transport = transport
+        self.write = transport.write
+        self.context = None
+        self.data = b""
+
+    def read(self, n: int = -1) -> bytes:
+        data, self.data = self.data, b""
+        return data
+
+    def writev(self, buffers) -> None:
+        self.transport.writelines(buffers)
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+def _app_protocol_factory(proto: str):
+    """An asyncio Protocol class running netreactor's example handler for ``proto``."""
+    from netreactor import Action
+    from netreactor.examples import load_example
+
+    handler = load_example(APP_PROTOS[proto])()
+    on_traffic = handler.on_traffic
+    close = Action.CLOSE
+
+    class AppProtocol(asyncio.Protocol):
+        def connection_made(self, transport):
+            sock = transport.get_extra_info("socket")
+            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.transport = transport
+            self.conn = _ShimConn(transport)
+            handler.on_open(self.conn)
+
+        def data_received(self, data):
+            conn = self.conn
+            conn.data = data
+            if on_traffic(conn) is close:
+                self.transport.close()
+
+    return AppProtocol
+
+
 async def _serve_protocol(host: str, port: int, unix: str | None, proto: str = "echo") -> None:
     loop = asyncio.get_running_loop()
-    factory = FramedEchoProtocol if proto == "framed" else EchoProtocol
+    if proto in APP_PROTOS:
+        factory = _app_protocol_factory(proto)
+    else:
+        factory = FramedEchoProtocol if proto == "framed" else EchoProtocol
     if unix:
         server = await loop.create_unix_server(factory, unix, backlog=1024)
     else:
@@ -159,25 +230,141 @@ def serve_netreactor(host: str, port: int, unix: str | None, proto: str = "echo"
                 return frame  # encoded again by the codec and written back
 
         handler = FramedEcho()
+    elif proto in APP_PROTOS:
+        from netreactor.examples import load_example
+
+        handler = load_example(APP_PROTOS[proto])()
     addr = f"unix://{unix}" if unix else f"tcp://{host}:{port}"
     nr.run(handler, addr)
 
 
-SERVE = {"asyncio": serve_asyncio, "uvloop": serve_uvloop, "netreactor": serve_netreactor}
+# --------------------------------------------------------------------------
+# gevent: one greenlet per connection, blocking-style socket calls
+# --------------------------------------------------------------------------
+def serve_gevent(host: str, port: int, unix: str | None, proto: str = "echo") -> None:
+    from gevent.server import StreamServer
+
+    def echo(sock, _addr):
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        recv, sendall = sock.recv, sock.sendall
+        try:
+            while True:
+                data = recv(65536)
+                if not data:
+                    break
+                sendall(data)
+        except OSError:
+            pass
+
+    def framed(sock, _addr):
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        recv, sendall = sock.recv, sock.sendall
+        unpack_from, pack = _HEADER.unpack_from, _HEADER.pack
+        buf = bytearray()
+        try:
+            while True:
+                data = recv(65536)
+                if not data:
+                    break
+                buf += data
+                end, pos, out = len(buf), 0, []
+                while end - pos >= 4:
+                    (length,) = unpack_from(buf, pos)
+                    if length > MAX_FRAME - 4:
+                        return  # corrupt or hostile peer
+                    stop = pos + 4 + length
+                    if stop > end:
+                        break
+                    payload = buf[pos + 4:stop]
+                    out.append(pack(len(payload)))
+                    out.append(payload)
+                    pos = stop
+                if pos:
+                    del buf[:pos]
+                if out:
+                    sendall(b"".join(out))
+        except OSError:
+            pass
+
+    handle = framed if proto == "framed" else echo
+    if unix:
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(unix)
+        listener.listen(1024)
+        server = StreamServer(listener, handle)
+    else:
+        server = StreamServer((host, port), handle, backlog=1024)
+    server.serve_forever()
+
+
+# --------------------------------------------------------------------------
+# Twisted: Protocol callbacks on the default (epoll) reactor
+# --------------------------------------------------------------------------
+def serve_twisted(host: str, port: int, unix: str | None, proto: str = "echo") -> None:
+    from twisted.internet import protocol, reactor
+    from twisted.protocols.basic import Int32StringReceiver
+
+    class Echo(protocol.Protocol):
+        def connectionMade(self):
+            if hasattr(self.transport, "setTcpNoDelay"):
+                self.transport.setTcpNoDelay(True)
+
+        def dataReceived(self, data):
+            self.transport.write(data)
+
+    class FramedEcho(Int32StringReceiver):  # 4-byte big-endian length prefix
+        MAX_LENGTH = MAX_FRAME - 4
+
+        def connectionMade(self):
+            if hasattr(self.transport, "setTcpNoDelay"):
+                self.transport.setTcpNoDelay(True)
+
+        def stringReceived(self, string):
+            self.sendString(string)
+
+    factory = protocol.Factory.forProtocol(FramedEcho if proto == "framed" else Echo)
+    if unix:
+        reactor.listenUNIX(unix, factory, backlog=1024)
+    else:
+        reactor.listenTCP(port, factory, backlog=1024, interface=host)
+    reactor.run()
+
+
+SERVE = {"asyncio": serve_asyncio, "uvloop": serve_uvloop, "netreactor": serve_netreactor,
+         "gevent": serve_gevent, "twisted": serve_twisted}
+
+
+def _importable(module: str, kind: str, pip: str) -> str | None:
+    try:
+        __import__(module)
+    except ImportError as e:
+        return f"{kind} is not installed ({e}); pip install {pip}"
+    return None
 
 
 def check(kind: str, proto: str = "echo") -> str | None:
     """Return None if ``kind`` can run ``proto`` in this interpreter, else the reason."""
     if proto not in PROTOS:
         return f"unknown protocol {proto!r} (choose from {', '.join(PROTOS)})"
+    if kind in KINDS and proto in APP_PROTOS:
+        if kind not in APP_KINDS:
+            return f"{kind} has no {proto} server here (only {', '.join(APP_KINDS)})"
+        try:
+            from netreactor.examples import load_example
+
+            load_example(APP_PROTOS[proto])
+        except Exception as e:
+            return f"netreactor's {APP_PROTOS[proto]} example is not importable: {e}"
     if kind == "asyncio":
         return None
     if kind == "uvloop":
-        try:
-            import uvloop  # noqa: F401
-        except ImportError as e:
-            return f"uvloop is not installed ({e}); pip install uvloop"
-        return None
+        return _importable("uvloop", "uvloop", "uvloop")
+    if kind == "gevent":
+        return _importable("gevent", "gevent", "gevent")
+    if kind == "twisted":
+        return _importable("twisted.internet.protocol", "Twisted", "twisted")
     if kind == "netreactor":
         try:
             import netreactor as nr
@@ -204,8 +391,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--unix", default=None, help="serve on this unix socket path instead")
     ap.add_argument("--cpu", type=int, default=None, help="pin the process to this CPU")
     ap.add_argument("--proto", choices=PROTOS, default="echo",
-                    help="echo (default) or framed (4-byte length-prefixed frames)")
+                    help="echo (default), framed (4-byte length-prefixed frames), resp or http "
+                         "(netreactor's example handlers; netreactor, uvloop, asyncio)")
     ap.add_argument("--check", action="store_true", help="only check that KIND can run")
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["--check-all"]:
+        # One process answers for every (kind, proto): {kind: {proto: reason or null}}.
+        import json
+
+        print(json.dumps({k: {p: check(k, p) for p in PROTOS} for k in KINDS}))
+        return 0
     args = ap.parse_args(argv)
 
     reason = check(args.kind, args.proto)

@@ -6,7 +6,7 @@
     netreactor example NAME [--listen ADDR ...] [options]
     netreactor example --list
     netreactor check                   # self-check; also what a bare `netreactor` does
-    netreactor bench [SUITE] [ARGS]    # runs bench/SUITE.py (default echo) from a source tree
+    netreactor bench [SUITE] [ARGS]    # runs bench/SUITE.py (default suite) from a source tree
     netreactor --version
 
 Every option of :class:`netreactor.Options` (except ``logger``) is a flag of
@@ -250,9 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
                                "and a client reset, and print a report. Exit status 0 if all passed.")
 
     sub.add_parser("bench", add_help=False, allow_abbrev=False,
-                   help="run a benchmark from the source tree's bench/ directory (default: echo)",
+                   help="run a benchmark from the source tree's bench/ directory (default: suite)",
                    description="netreactor bench [SUITE] [ARGS...]: runs bench/SUITE.py (default "
-                               "echo) with ARGS, e.g. 'netreactor bench --quick' or "
+                               "suite) with ARGS, e.g. 'netreactor bench --quick' or "
                                "'netreactor bench workers --quick'.")
     return parser
 
@@ -396,7 +396,7 @@ def _cmd_bench(rest: List[str]) -> int:
                          "(python3 bench/echo.py --help)")
     suites = sorted(name[:-3] for name in os.listdir(bench)
                     if name.endswith(".py") and not name.startswith("_"))
-    script = "echo"
+    script = "suite" if "suite" in suites else "echo"
     if rest and not rest[0].startswith("-"):
         script, rest = rest[0], rest[1:]
         if script not in suites:

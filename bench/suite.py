@@ -1,0 +1,1382 @@
+"""The benchmark suite: ``netreactor bench`` (and ``make bench``).
+
+    netreactor bench [--quick] [--only GROUP|CASE ...] [--servers a,b,...]
+                     [--rounds N] [--duration S] [--warmup S] [--json PATH]
+                     [--plain] [--no-chart] [--write-readme]
+    netreactor bench --report bench/results/suite-....json [--write-readme]
+    python3 bench/suite.py ...                      # the same, from a source tree
+
+One run, one machine, every peer measured the same way, one after the other:
+
+* **echo** (``bench/echo.py``'s machinery and the C load generator
+  ``bench/loadgen.c``): ping-pong with 50 and 1,000 connections, pipelined 16
+  deep, framed (4-byte length prefix), short connections, and memory per idle
+  connection -- netreactor, uvloop, asyncio, gevent and Twisted.
+* **udp**: ``bench/udp.py`` run as a subprocess (its JSON), when it is there
+  and works; otherwise the scenario is reported as skipped, with the reason.
+* **resp**: ``redis-benchmark -c 50 -t set,get`` without and with ``-P 16``
+  against netreactor's Redis example, redis-server, and the same Redis
+  handler on uvloop and asyncio.
+* **http**: ``wrk -t1 -c50`` on ``/plaintext`` without and with 16-deep
+  pipelining against netreactor's HTTP example, uvicorn (httptools +
+  uvloop), and the same HTTP handler on uvloop and asyncio.
+
+Every server is pinned to the first CPU of the first half of the CPUs this
+process may use, every load generator (and this harness) to the second half.
+The main figure is the **server's CPU time per operation** (utime+stime from
+``/proc`` over the measured window / operations in it); throughput and the
+load generators' latency percentiles stand beside it.  Results: a table in the
+terminal (rich if installed), ``bench/results/suite-<timestamp>.json``, and a
+PNG chart of CPU per operation relative to uvloop when matplotlib is
+installed.  ``--write-readme`` puts the table and the machine into README.md
+between ``<!-- bench-table -->`` and ``<!-- /bench-table -->``.
+
+Only 127.0.0.1 is ever loaded, every phase has a deadline, and every child
+runs in its own process group and is killed on exit, error or Ctrl-C (and by
+``PR_SET_PDEATHSIG`` if this harness is killed outright).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+import _procstat  # noqa: E402  (bench/ helpers)
+import echo as E  # noqa: E402  (echo scenarios: servers, load generator, one run)
+
+RESULTS_DIR = os.path.join(HERE, "results")
+README = os.path.join(REPO_ROOT, "README.md")
+SERVERS_PY = os.path.join(HERE, "servers.py")
+UDP_PY = os.path.join(HERE, "udp.py")
+HOST = "127.0.0.1"
+MARK_BEGIN, MARK_END = "<!-- bench-table -->", "<!-- /bench-table -->"
+
+#: Column order of every table; a server missing from a scenario leaves a blank.
+SERVER_ORDER = ("netreactor", "uvloop", "asyncio", "gevent", "twisted", "redis-server", "uvicorn")
+ECHO_KINDS = ("netreactor", "uvloop", "asyncio", "gevent", "twisted")
+APP_KINDS = ("netreactor", "uvloop", "asyncio")  # servers.py --proto resp|http
+BASELINE = "uvloop"  # the ratios of the main figure are "CPU per op / uvloop's"
+
+#: Issue 6's targets: netreactor's throughput / the peer's, same run.
+TARGETS = {"resp": ("redis-server", 0.6), "resp-P16": ("redis-server", 0.2),
+           "http": ("uvicorn", 2.5)}
+
+ASGI_APP = '''
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain"), (b"content-length", b"13")]})
+    await send({"type": "http.response.body", "body": b"Hello, World!"})
+'''
+
+# wrk: print a machine-readable summary with the latency percentiles (in µs).
+WRK_DONE_LUA = r'''
+done = function(summary, latency, requests)
+   local e = summary.errors
+   io.write(string.format(
+      "WRKJSON {\"requests\":%d,\"duration_us\":%d,\"bytes\":%d,\"connect\":%d,\"read\":%d," ..
+      "\"write\":%d,\"status\":%d,\"timeout\":%d,\"p50\":%.1f,\"p90\":%.1f,\"p99\":%.1f," ..
+      "\"p999\":%.1f,\"max\":%.1f,\"mean\":%.1f}\n",
+      summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status,
+      e.timeout, latency:percentile(50), latency:percentile(90), latency:percentile(99),
+      latency:percentile(99.9), latency.max, latency.mean))
+end
+'''
+WRK_PIPELINE_LUA = r'''
+init = function(args)
+   local r = {}
+   for i = 1, 16 do r[i] = wrk.format(nil, "/plaintext") end
+   req = table.concat(r)
+end
+request = function() return req end
+''' + WRK_DONE_LUA
+
+
+class BenchError(RuntimeError):
+    """One measurement could not be made."""
+
+
+class Interrupted(Exception):
+    """Raised from the SIGTERM handler so that every ``finally`` runs."""
+
+
+# ---------------------------------------------------------------------------- cases
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    group: str          # echo | udp | resp | http
+    unit: str           # what the CPU figure is per: msg, frame, conn, op, req, datagram
+    about: str
+    servers: tuple      # candidate servers, in SERVER_ORDER
+    pipeline: int = 1   # resp/http: requests in flight per connection
+
+
+def _cases() -> List[Case]:
+    out = []
+    for sc in E.SCENARIOS.values():
+        unit = "B/conn" if sc.mode == "idle" else sc.unit
+        out.append(Case(sc.name, "echo", unit, sc.about, ECHO_KINDS))
+    out.append(Case("udp", "udp", "datagram", "UDP echo (bench/udp.py)", ()))
+    out.append(Case("resp", "resp", "op", "redis-benchmark -c 50 -t set,get",
+                    ("netreactor", "uvloop", "asyncio", "redis-server")))
+    out.append(Case("resp-P16", "resp", "op", "redis-benchmark -c 50 -t set,get -P 16",
+                    ("netreactor", "uvloop", "asyncio", "redis-server"), pipeline=16))
+    out.append(Case("http", "http", "req", "wrk -t1 -c50 GET /plaintext",
+                    ("netreactor", "uvloop", "asyncio", "uvicorn")))
+    out.append(Case("http-P16", "http", "req", "wrk -t1 -c50 GET /plaintext, 16 pipelined",
+                    ("netreactor", "uvloop", "asyncio", "uvicorn"), pipeline=16))
+    return out
+
+
+CASES = {c.name: c for c in _cases()}
+GROUPS = ("echo", "udp", "resp", "http")
+
+
+@dataclass
+class Profile:
+    """Timing knobs: --quick and the full run differ only here."""
+
+    echo_rounds: int
+    warmup: float       # echo: warm-up seconds before the window
+    duration: float     # echo: measured window
+    settle: float       # idle: pause before reading memory
+    idle_conns: int
+    rounds: int         # resp/http rounds
+    resp_requests: Dict[int, int]   # pipeline -> redis-benchmark -n (per test)
+    wrk_seconds: int
+    udp_rounds: int     # bench/udp.py --rounds (its windows: --warmup/--duration as echo's)
+
+
+QUICK = Profile(echo_rounds=1, warmup=0.15, duration=0.4, settle=0.3, idle_conns=2000,
+                rounds=1, resp_requests={1: 10_000, 16: 100_000}, wrk_seconds=1, udp_rounds=1)
+FULL = Profile(echo_rounds=3, warmup=0.75, duration=2.0, settle=1.0, idle_conns=9000,
+               rounds=2, resp_requests={1: 100_000, 16: 600_000}, wrk_seconds=3, udp_rounds=2)
+
+
+# ---------------------------------------------------------------------------- processes
+
+
+def _cpu_layout() -> tuple:
+    """(server CPU, load generator CPUs): first half of our CPUs for servers."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None, None
+    half = len(cpus) // 2
+    return cpus[0], cpus[half:]
+
+
+def _preexec(cpus: Optional[List[int]]) -> Callable[[], None]:
+    def setup() -> None:
+        E._child_setup()  # PR_SET_PDEATHSIG: die with the harness
+        if cpus:
+            os.sched_setaffinity(0, set(cpus))
+    return setup
+
+
+class Proc:
+    """A server subprocess in its own session, pinned, stopped with its group."""
+
+    def __init__(self, name: str, argv: List[str], port: int, cpu: Optional[int],
+                 cwd: Optional[str] = None):
+        self.name, self.port = name, port
+        self.log = tempfile.TemporaryFile()
+        env = dict(os.environ, PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log,
+                                     stderr=subprocess.STDOUT, cwd=cwd, env=env,
+                                     start_new_session=True, close_fds=True,
+                                     preexec_fn=_preexec([cpu] if cpu is not None else None))
+        self.pid = self.proc.pid
+
+    def tail(self) -> str:
+        self.log.seek(0)
+        return self.log.read()[-1500:].decode(errors="replace").strip()
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BenchError(f"{self.name} exited with {self.proc.returncode}: {self.tail()}")
+            try:
+                socket.create_connection((HOST, self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.02)
+        raise BenchError(f"{self.name} did not accept within {timeout:.0f} s: {self.tail()}")
+
+    def stop(self) -> None:
+        E._kill_group(self.proc)
+        self.log.close()
+
+    def __enter__(self) -> "Proc":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def _run_generator(argv: List[str], cpus: Optional[List[int]], timeout: float) -> tuple:
+    """Run a load generator to completion: (stdout, its CPU seconds)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
+                            preexec_fn=_preexec(cpus))
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        E._kill_group(proc, grace=1.0)
+        raise BenchError(f"{argv[0]} did not finish within {timeout:.0f} s") from None
+    finally:
+        if proc.poll() is None:
+            E._kill_group(proc, grace=1.0)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    if proc.returncode != 0:
+        raise BenchError(f"{os.path.basename(argv[0])} failed ({proc.returncode}): "
+                         f"{err.decode(errors='replace')[-600:]} {out.decode(errors='replace')[-600:]}")
+    return out.decode(errors="replace"), cpu
+
+
+# ---------------------------------------------------------------------------- context
+
+
+@dataclass
+class Ctx:
+    profile: Profile
+    server_cpu: Optional[int]
+    gen_cpus: Optional[List[int]]
+    echo_ctx: Any = None          # echo.Ctx, once the load generator is built
+    loadgen_kind: str = ""
+    workdir: str = ""
+    quick: bool = False
+    all_cpus: Optional[List[int]] = None  # affinity at start (for udp.py, which pins itself)
+
+
+def wait_quiet(ctx: Ctx, limit: float, threshold: float = 0.10, probe: float = 0.25) -> float:
+    """Wait (at most ``limit`` s) until every pinned CPU is under ``threshold`` busy."""
+    cpus = [c for c in [ctx.server_cpu] + list(ctx.gen_cpus or []) if c is not None]
+    if not cpus:
+        return 0.0
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        b0, w0 = _procstat.cpu_busy_seconds(cpus), time.monotonic()
+        time.sleep(probe)
+        b1, w1 = _procstat.cpu_busy_seconds(cpus), time.monotonic()
+        if all((b1[c] - b0[c]) / (w1 - w0) < threshold for c in cpus):
+            break
+    return time.monotonic() - t0
+
+
+def _measure(ctx: Ctx, srv: Proc, run_gen: Callable[[], tuple]) -> dict:
+    """Server CPU, wall time and other load around one generator run."""
+    pids = _procstat.process_tree(srv.pid)
+    cpus = [c for c in [ctx.server_cpu] + list(ctx.gen_cpus or []) if c is not None]
+    busy0 = _procstat.cpu_busy_seconds(cpus)
+    cpu0, t0 = _procstat.cpu_seconds(pids), time.monotonic()
+    out, gen_cpu = run_gen()
+    cpu1, t1 = _procstat.cpu_seconds(pids), time.monotonic()
+    busy1 = _procstat.cpu_busy_seconds(cpus)
+    if srv.proc.poll() is not None:
+        raise BenchError(f"{srv.name} died during the run: {srv.tail()}")
+    wall = t1 - t0
+    m = {"out": out, "server_cpu_s": cpu1 - cpu0, "wall": wall, "gen_cpu_s": gen_cpu,
+         "server_cpu_frac": (cpu1 - cpu0) / wall if wall > 0 else None,
+         "gen_cpu_frac": gen_cpu / wall if wall > 0 else None,
+         "server_cpus_allowed": _procstat.cpus_allowed(srv.pid)}
+    if ctx.server_cpu is not None and wall > 0:
+        c = ctx.server_cpu
+        m["foreign_frac_server_cpu"] = max(0.0, (busy1[c] - busy0[c] - (cpu1 - cpu0)) / wall)
+        gen_busy = sum(busy1[g] - busy0[g] for g in ctx.gen_cpus)
+        m["foreign_frac_gen_cpu"] = max(0.0, (gen_busy - gen_cpu) / wall / len(ctx.gen_cpus))
+    return m
+
+
+# ---------------------------------------------------------------------------- echo
+
+
+def run_echo(ctx: Ctx, case: Case, kind: str) -> dict:
+    sc = E.SCENARIOS[case.name]
+    if sc.mode == "idle":
+        r = E.run_idle(ctx.echo_ctx, kind, sc)
+        return {"bytes_per_conn": r["bytes_per_conn_rss"],
+                "bytes_per_conn_pss": r.get("bytes_per_conn_pss"),
+                "conns": r["conns"], "errors": r["errors"], "detail": r}
+    r = E.run_throughput(ctx.echo_ctx, kind, sc)
+    lg = r["loadgen"]
+
+    def lat(key: str) -> Optional[float]:
+        v = lg.get(key)
+        return v if isinstance(v, (int, float)) and v >= 0 else None
+
+    return {"cpu_us_per_op": r["cpu_us_per_msg"], "ops_per_s": r["msgs_per_s"],
+            "lat_p50_us": lat("lat_p50_us"), "lat_p99_us": lat("lat_p99_us"),
+            "lat_p999_us": lat("lat_p999_us"), "server_cpu_frac": r["server_cpu_frac"],
+            "gen_cpu_frac": r["gen_busy_frac"],
+            "foreign_frac_server_cpu": r["foreign_frac_server_cpu"],
+            "foreign_frac_gen_cpu": r["foreign_frac_gen_cpu"], "errors": r["errors"],
+            "detail": {k: v for k, v in r.items() if k != "loadgen"} | {"loadgen": lg}}
+
+
+# ---------------------------------------------------------------------------- RESP
+
+
+def _start_app_server(ctx: Ctx, kind: str, proto: str, port: int) -> Proc:
+    if kind == "redis-server":
+        argv = ["redis-server", "--port", str(port), "--bind", HOST, "--save", "",
+                "--appendonly", "no", "--dir", ctx.workdir, "--loglevel", "warning"]
+        return Proc(kind, argv, port, ctx.server_cpu)
+    if kind == "uvicorn":
+        argv = [sys.executable, "-m", "uvicorn", "plaintext_app:app", "--host", HOST,
+                "--port", str(port), "--loop", "uvloop", "--http", "httptools",
+                "--no-access-log", "--log-level", "warning", "--backlog", "2048"]
+        return Proc(kind, argv, port, ctx.server_cpu, cwd=ctx.workdir)
+    argv = [sys.executable, SERVERS_PY, kind, "--host", HOST, "--port", str(port), "--proto", proto]
+    return Proc(kind, argv, port, ctx.server_cpu)
+
+
+def _parse_redis_csv(out: str) -> Dict[str, Dict[str, float]]:
+    res: Dict[str, Dict[str, float]] = {}
+    for line in out.splitlines():
+        cells = [c.strip().strip('"') for c in line.strip().split(",")]
+        if len(cells) >= 7 and cells[0] in ("SET", "GET"):
+            try:
+                res[cells[0]] = {"rps": float(cells[1]), "avg_ms": float(cells[2]),
+                                 "p50_ms": float(cells[4]), "p95_ms": float(cells[5]),
+                                 "p99_ms": float(cells[6]),
+                                 "max_ms": float(cells[7]) if len(cells) > 7 else None}
+            except ValueError:
+                continue
+    if set(res) != {"SET", "GET"}:
+        raise BenchError(f"cannot read redis-benchmark's CSV: {out[-400:]!r}")
+    return res
+
+
+def run_resp(ctx: Ctx, case: Case, kind: str) -> dict:
+    n = ctx.profile.resp_requests[case.pipeline]
+    port = E.free_port()
+    argv = ["redis-benchmark", "-h", HOST, "-p", str(port), "-c", "50", "-n", str(n),
+            "-t", "set,get", "--csv"]
+    if case.pipeline > 1:
+        argv += ["-P", str(case.pipeline)]
+    with _start_app_server(ctx, kind, "resp", port) as srv:
+        srv.wait_ready()
+        m = _measure(ctx, srv, lambda: _run_generator(argv, ctx.gen_cpus, timeout=120))
+    res = _parse_redis_csv(m.pop("out"))
+    ops = 2 * n
+    # Both tests back to back: total operations over their total time.
+    seconds = n / res["SET"]["rps"] + n / res["GET"]["rps"]
+    return {"cpu_us_per_op": m["server_cpu_s"] / ops * 1e6, "ops_per_s": ops / seconds,
+            # redis-benchmark gives p50/p99 per test (in ms, 3 decimals); the
+            # table shows the slower of SET and GET.  No p99.9 from it.
+            "lat_p50_us": 1000 * max(res["SET"]["p50_ms"], res["GET"]["p50_ms"]),
+            "lat_p99_us": 1000 * max(res["SET"]["p99_ms"], res["GET"]["p99_ms"]),
+            "lat_p999_us": None, "errors": 0, "requests": ops,
+            **{k: m.get(k) for k in ("server_cpu_frac", "gen_cpu_frac", "foreign_frac_server_cpu",
+                                     "foreign_frac_gen_cpu")},
+            "detail": {"redis_benchmark": res, "argv": argv[1:], **m}}
+
+
+# ---------------------------------------------------------------------------- HTTP
+
+
+def _parse_wrk(out: str) -> dict:
+    m = re.search(r"^WRKJSON (\{.*\})\s*$", out, re.M)
+    if not m:
+        raise BenchError(f"cannot read wrk's summary: {out[-400:]!r}")
+    return json.loads(m.group(1))
+
+
+def run_http(ctx: Ctx, case: Case, kind: str) -> dict:
+    script = os.path.join(ctx.workdir, "pipeline16.lua" if case.pipeline > 1 else "done.lua")
+    seconds = ctx.profile.wrk_seconds
+    port = E.free_port()
+    argv = ["wrk", "-t1", "-c50", f"-d{seconds}s", "--latency", "-s", script,
+            f"http://{HOST}:{port}/plaintext"]
+    with _start_app_server(ctx, kind, "http", port) as srv:
+        srv.wait_ready()
+        m = _measure(ctx, srv, lambda: _run_generator(argv, ctx.gen_cpus, timeout=seconds + 60))
+    w = _parse_wrk(m.pop("out"))
+    requests = w["requests"]
+    if requests <= 0:
+        raise BenchError(f"wrk completed no request: {w}")
+    errors = w["connect"] + w["read"] + w["write"] + w["timeout"] + w["status"]
+    # wrk corrects its latencies for coordinated omission assuming one request
+    # per round trip (expected interval = run time / (requests / connections)).
+    # With 16 pipelined requests per round trip that interval is 16x too short
+    # and the synthetic samples it adds land below the recorded minimum, where
+    # its percentile walk never looks (p99 comes out as 0).  So: no
+    # percentiles from wrk under pipelining (its mean is kept in the JSON).
+    lat = {"p50": None, "p99": None, "p999": None} if case.pipeline > 1 else w
+    return {"cpu_us_per_op": m["server_cpu_s"] / requests * 1e6,
+            "ops_per_s": requests / (w["duration_us"] / 1e6),
+            "lat_p50_us": lat["p50"], "lat_p99_us": lat["p99"], "lat_p999_us": lat["p999"],
+            "errors": errors, "non_2xx": w["status"],
+            "socket_errors": w["connect"] + w["read"] + w["write"] + w["timeout"],
+            "requests": requests,
+            **{k: m.get(k) for k in ("server_cpu_frac", "gen_cpu_frac", "foreign_frac_server_cpu",
+                                     "foreign_frac_gen_cpu")},
+            "detail": {"wrk": w, "argv": argv[1:], **m}}
+
+
+# ---------------------------------------------------------------------------- UDP
+
+
+def udp_help() -> tuple:
+    """(reason it cannot be used or None, its --help text)."""
+    if not os.path.isfile(UDP_PY):
+        return "bench/udp.py is not there", ""
+    try:
+        r = subprocess.run([sys.executable, UDP_PY, "--help"], capture_output=True, text=True,
+                           timeout=20, cwd=REPO_ROOT)
+    except subprocess.TimeoutExpired:
+        return "bench/udp.py --help did not answer within 20 s", ""
+    if r.returncode != 0:
+        return f"bench/udp.py --help failed ({r.returncode}): {(r.stderr or r.stdout)[-300:]}", ""
+    if "--json" not in r.stdout:
+        return "bench/udp.py has no --json option", r.stdout
+    return None, r.stdout
+
+
+KNOWN_SERVERS = set(SERVER_ORDER)
+_GENERIC_KEYS = {"summary", "table", "tables", "rows", "results", "medians", "median", "best",
+                 "servers", "scenarios", "data"}
+
+
+def _udp_rows(doc: Any) -> List[dict]:
+    """Rows {scenario, server, ...} out of udp.py's JSON, whatever its exact shape.
+
+    Finds every dict carrying a CPU-per-message figure.  Its server is its
+    ``server``/``kind`` field, else the nearest enclosing key naming a known
+    server; its scenario is its ``scenario``/``name`` field, else the nearest
+    enclosing key that is neither a server nor a generic word ("table"...).
+    Medians are preferred: per-run lists (``runs``) are read only when nothing
+    else has the figures, and then the median per (scenario, server) is kept.
+    Scenario names become ``udp-<name>`` unless they start with ``udp``.
+    """
+    def num(d: dict, *keys: str) -> Optional[float]:
+        for k in keys:
+            v = d.get(k)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                return float(v)
+        return None
+
+    def collect(node: Any, path: tuple, out: List[tuple], skip_runs: bool) -> None:
+        if isinstance(node, dict):
+            if num(node, "cpu_us_per_msg", "cpu_us_per_datagram", "cpu_us_per_dgram",
+                   "cpu_us_per_op", "cpu_us") is not None:
+                out.append((path, node))
+                return
+            for k, v in node.items():
+                if k in ("meta", "metadata", "failures", "notes", "ratios", "loadgen") or \
+                        (skip_runs and k == "runs"):
+                    continue
+                collect(v, path + (str(k),), out, skip_runs)
+        elif isinstance(node, list):
+            for v in node:
+                collect(v, path, out, skip_runs)
+
+    found: List[tuple] = []
+    collect(doc, (), found, skip_runs=True)
+    if not found:
+        collect(doc, (), found, skip_runs=False)
+    grouped: Dict[tuple, List[dict]] = {}
+    for path, node in found:
+        server = node.get("server") or node.get("kind")
+        if not isinstance(server, str):
+            server = next((k for k in reversed(path) if k in KNOWN_SERVERS), None)
+        if not server:
+            continue
+        scen = node.get("scenario") or node.get("name")
+        if not isinstance(scen, str) or scen == server:
+            scen = next((k for k in reversed(path)
+                         if k not in KNOWN_SERVERS and k not in _GENERIC_KEYS and k != "runs"),
+                        "udp")
+        name = scen if scen.startswith("udp") else f"udp-{scen}"
+        row = {"cpu_us_per_op": num(node, "cpu_us_per_msg", "cpu_us_per_datagram",
+                                    "cpu_us_per_dgram", "cpu_us_per_op", "cpu_us"),
+               "ops_per_s": num(node, "msgs_per_s", "datagrams_per_s", "dgrams_per_s",
+                                "ops_per_s", "rate"),
+               "lat_p50_us": num(node, "lat_p50_us", "p50_us"),
+               "lat_p99_us": num(node, "lat_p99_us", "p99_us"),
+               "lat_p999_us": num(node, "lat_p999_us", "p999_us"),
+               "server_cpu_frac": num(node, "server_cpu_frac"),
+               "gen_cpu_frac": num(node, "gen_busy_frac", "gen_cpu_frac"),
+               "foreign_frac_server_cpu": num(node, "foreign_frac_server_cpu"),
+               "foreign_frac_gen_cpu": num(node, "foreign_frac_gen_cpu"),
+               "errors": int(num(node, "errors") or 0),
+               "rounds": int(num(node, "rounds") or 1)}
+        grouped.setdefault((name, server), []).append(row)
+    rows = []
+    for (name, server), rs in grouped.items():
+        row = {k: _median([r[k] for r in rs]) for k in rs[0] if k not in ("errors", "rounds")}
+        row.update(scenario=name, server=server, errors=sum(r["errors"] for r in rs),
+                   round=1, udp_rounds=len(rs) if len(rs) > 1 else rs[0]["rounds"])
+        rows.append(row)
+    return rows
+
+
+def run_udp(ctx: Ctx, servers: Optional[List[str]], reporter: "Reporter") -> tuple:
+    """Run bench/udp.py once; (rows, skipped reason or None, its JSON path).
+
+    Its windows follow this suite's profile (where udp.py has the options), its
+    output lines are shown as progress, and it runs with the CPU affinity this
+    suite started with, so that it pins its own server and generator.
+    """
+    reporter.step("udp", "bench/udp.py", 1)
+    why, help_text = udp_help()
+    if why:
+        return [], why, None
+    p = ctx.profile
+    path = os.path.join(ctx.workdir, "udp.json")
+    argv = [sys.executable, UDP_PY, "--json", path]
+    for flag, value in (("--rounds", p.udp_rounds), ("--warmup", p.warmup),
+                        ("--duration", p.duration)):
+        if flag in help_text:
+            argv += [flag, f"{value:g}"]
+    if servers:
+        m = re.search(r"default ([\w,-]+)\)", help_text.split("--servers", 1)[-1])
+        known = m.group(1).split(",") if m else None
+        chosen = [s for s in servers if known is None or s in known]
+        if not chosen:
+            return [], "none of --servers is a server of bench/udp.py", None
+        argv += ["--servers", ",".join(chosen)]
+    budget = 90 if ctx.quick else 240
+    t0 = time.monotonic()
+    affinity = ctx.all_cpus
+
+    def setup() -> None:
+        E._child_setup()
+        if affinity:
+            os.sched_setaffinity(0, set(affinity))
+
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True,
+                            preexec_fn=setup, close_fds=True)
+    lines: List[str] = []
+    try:
+        import selectors
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        buf = b""
+        deadline = t0 + budget
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return [], f"bench/udp.py did not finish within {budget} s", None
+            if not sel.select(min(left, 1.0)):
+                continue
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                text = line.decode(errors="replace").rstrip()
+                lines.append(text)
+                if text.startswith("["):  # one line per run
+                    reporter.note(f"    udp.py {text}")
+        sel.close()
+        proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        return [], f"bench/udp.py did not exit within {budget} s", None
+    finally:
+        if proc.poll() is None:
+            E._kill_group(proc)
+        proc.stdout.close()
+    if proc.returncode not in (0, 1) or not os.path.isfile(path):
+        tail = " | ".join(lines[-4:])[-300:]
+        return [], f"bench/udp.py failed (exit {proc.returncode}): {tail}", None
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except (OSError, ValueError) as e:
+        return [], f"bench/udp.py wrote unreadable JSON: {e}", None
+    rows = _udp_rows(doc)
+    if servers:
+        rows = [r for r in rows if r["server"] in servers]
+    if not rows:
+        return [], "bench/udp.py's JSON has no per-server CPU figure this suite understands", None
+    reporter.done(f"bench/udp.py done in {time.monotonic() - t0:.0f} s, {len(rows)} results"
+                  + (f" (exit {proc.returncode})" if proc.returncode else ""))
+    keep = os.path.join(RESULTS_DIR, f"udp-from-suite-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    try:
+        os.makedirs(RESULTS_DIR, exist_ok=True)
+        shutil.copyfile(path, keep)
+    except OSError:
+        keep = None
+    return rows, None, keep
+
+
+# ---------------------------------------------------------------------------- progress
+
+
+class Reporter:
+    """Progress display: a rich progress bar, or one plain line per run."""
+
+    def __init__(self, total: int, use_rich: bool):
+        self.total, self.n = total, 0
+        self.progress = None
+        if use_rich and sys.stdout.isatty():
+            try:
+                from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn,
+                                           TextColumn, TimeElapsedColumn)
+            except ImportError:
+                pass
+            else:
+                # A slow refresh: the display thread shares the load generators' CPU.
+                self.progress = Progress(SpinnerColumn(), TextColumn("{task.description:<40}"),
+                                         BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                         refresh_per_second=2)
+                self.task = self.progress.add_task("starting", total=total)
+                self.progress.start()
+
+    def step(self, case: str, server: str, rnd: int) -> None:
+        self.n += 1
+        self.label = f"[{self.n}/{self.total}] {case:<13} {server:<12} r{rnd}"
+        if self.progress is not None:
+            self.progress.update(self.task, description=f"{case} · {server} · round {rnd}")
+
+    def done(self, text: str, advance: bool = True) -> None:
+        line = f"{self.label}: {text}" if advance else text
+        if self.progress is not None:
+            self.progress.console.print(line, highlight=False, markup=False)
+            if advance:
+                self.progress.advance(self.task)
+        else:
+            print(line, flush=True)
+
+    def note(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress.console.print(text, highlight=False, markup=False)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+# ---------------------------------------------------------------------------- summary
+
+
+def _median(vals: List[Optional[float]]) -> Optional[float]:
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def summarize(runs: List[dict]) -> Dict[str, Dict[str, dict]]:
+    """Median over rounds per (scenario, server), with the ratios to uvloop."""
+    grouped: Dict[tuple, List[dict]] = {}
+    for r in runs:
+        grouped.setdefault((r["scenario"], r["server"]), []).append(r)
+    table: Dict[str, Dict[str, dict]] = {}
+    for (scen, server), rs in grouped.items():
+        row: Dict[str, Any] = {"rounds": len(rs), "unit": rs[0]["unit"],
+                               "errors": sum(r.get("errors") or 0 for r in rs)}
+        for k in ("cpu_us_per_op", "ops_per_s", "lat_p50_us", "lat_p99_us", "lat_p999_us",
+                  "server_cpu_frac", "gen_cpu_frac", "foreign_frac_server_cpu",
+                  "foreign_frac_gen_cpu", "bytes_per_conn", "bytes_per_conn_pss"):
+            row[k] = _median([r.get(k) for r in rs])
+        cpus = [r["cpu_us_per_op"] for r in rs if r.get("cpu_us_per_op") is not None]
+        if len(cpus) > 1:
+            row["cpu_us_per_op_min"], row["cpu_us_per_op_max"] = min(cpus), max(cpus)
+        for k in ("non_2xx", "socket_errors"):
+            if any(k in r for r in rs):
+                row[k] = sum(r.get(k) or 0 for r in rs)
+        table.setdefault(scen, {})[server] = row
+    for scen, rows in table.items():
+        key = "bytes_per_conn" if rows and next(iter(rows.values()))["unit"] == "B/conn" \
+            else "cpu_us_per_op"
+        base = rows.get(BASELINE, {}).get(key)
+        for server, row in rows.items():
+            v = row.get(key)
+            row["vs_uvloop"] = v / base if (v is not None and base) else None
+    return table
+
+
+def _order(table_rows: Dict[str, dict]) -> List[str]:
+    return sorted(table_rows, key=lambda s: (SERVER_ORDER.index(s) if s in SERVER_ORDER
+                                             else len(SERVER_ORDER), s))
+
+
+def _scenario_order(table: dict) -> List[str]:
+    known = [c for c in CASES if c in table and c != "udp"]
+    udp = sorted(s for s in table if s.startswith("udp"))
+    rest = sorted(s for s in table if s not in known and s not in udp)
+    # udp results sit where the udp case is in CASES (after the echo group).
+    out: List[str] = []
+    for c in CASES:
+        if c == "udp":
+            out += udp
+        elif c in table:
+            out.append(c)
+    return out + rest
+
+
+def notes_for(table: dict, skipped: List[dict], failures: List[dict]) -> List[str]:
+    notes = []
+    for s in skipped:
+        notes.append(f"skipped {s['what']}: {s['reason']}")
+    for f in failures:
+        notes.append(f"FAILED {f['scenario']}/{f['server']} round {f['round']}: "
+                     f"{f['error'].splitlines()[0][:200]}")
+    for scen in _scenario_order(table):
+        for server, row in table[scen].items():
+            if row.get("errors"):
+                what = ""
+                if "non_2xx" in row:
+                    what = f" ({row['non_2xx']} non-2xx, {row['socket_errors']} socket errors)"
+                notes.append(f"{scen}/{server}: {row['errors']} errors{what}")
+            other = row.get("foreign_frac_server_cpu") or 0.0
+            other_gen = row.get("foreign_frac_gen_cpu") or 0.0
+            if other > 0.05 or other_gen > 0.15:
+                notes.append(f"{scen}/{server}: other processes used {other:.0%} of the server's CPU "
+                             f"and {other_gen:.0%} of the load generator's during the run")
+            srv = row.get("server_cpu_frac")
+            if srv is not None and srv < 0.80 and row["unit"] != "B/conn":
+                gen = row.get("gen_cpu_frac")
+                why = ("the load generator looks like the limit" if gen and gen > 0.9
+                       else "latency-bound or disturbed")
+                notes.append(f"{scen}/{server}: server only {srv:.0%} busy ({why}); its CPU/"
+                             f"{row['unit']} is not at saturation")
+    for scen, (peer, target) in TARGETS.items():
+        rows = table.get(scen, {})
+        ours, theirs = rows.get("netreactor"), rows.get(peer)
+        if ours and theirs and ours.get("ops_per_s") and theirs.get("ops_per_s"):
+            ratio = ours["ops_per_s"] / theirs["ops_per_s"]
+            verdict = "meets" if ratio >= target else "MISSES"
+            notes.append(f"{scen}: netreactor does {ratio:.2f}x {peer}'s throughput: {verdict} the "
+                         f">= {target}x target (issue 6)")
+    return notes
+
+
+# ---------------------------------------------------------------------------- rendering
+
+
+def _fmt_num(v: Optional[float], digits: int = 2) -> str:
+    if v is None:
+        return "-"
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    return f"{v:.{digits}f}"
+
+
+def _fmt_rate(v: Optional[float]) -> str:
+    if v is None:
+        return "-"
+    if v >= 1e6:
+        return f"{v / 1e6:.2f}M"
+    if v >= 1e3:
+        return f"{v / 1e3:.1f}k"
+    return f"{v:.0f}"
+
+
+def _fmt_lat(v: Optional[float]) -> str:
+    if v is None:
+        return "-"
+    if v >= 10_000:
+        return f"{v / 1000:.0f} ms"
+    if v >= 1000:
+        return f"{v / 1000:.1f} ms"
+    return f"{v:.0f}"
+
+
+def _n(count: Any, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def _pct(v: Optional[float]) -> str:
+    return "-" if v is None else f"{v:.0%}"
+
+
+def detail_rows(table: dict) -> tuple:
+    head = ["scenario", "server", "CPU µs/op", "÷uvloop", "ops/s", "p50 µs", "p99 µs",
+            "p99.9 µs", "srv CPU", "other load", "errors"]
+    rows, mem_rows = [], []
+    for scen in _scenario_order(table):
+        for server in _order(table[scen]):
+            row = table[scen][server]
+            ratio = "-" if row.get("vs_uvloop") is None else f"{row['vs_uvloop']:.2f}"
+            if row["unit"] == "B/conn":
+                mem_rows.append([scen, server, _fmt_num(row.get("bytes_per_conn")),
+                                 _fmt_num(row.get("bytes_per_conn_pss")), ratio,
+                                 str(row.get("errors") or 0)])
+                continue
+            cpu = _fmt_num(row.get("cpu_us_per_op"))
+            rows.append([f"{scen} (/{row['unit']})", server, cpu, ratio,
+                         _fmt_rate(row.get("ops_per_s")), _fmt_lat(row.get("lat_p50_us")),
+                         _fmt_lat(row.get("lat_p99_us")), _fmt_lat(row.get("lat_p999_us")),
+                         _pct(row.get("server_cpu_frac")),
+                         f"{_pct(row.get('foreign_frac_server_cpu'))}/"
+                         f"{_pct(row.get('foreign_frac_gen_cpu'))}",
+                         str(row.get("errors") or 0)])
+    mem_head = ["scenario", "server", "RSS B/conn", "PSS B/conn", "÷uvloop", "errors"]
+    return head, rows, mem_head, mem_rows
+
+
+def print_report(doc: dict, use_rich: bool) -> None:
+    table = doc["summary"]
+    head, rows, mem_head, mem_rows = detail_rows(table)
+    title = ("Server CPU per operation (median of rounds; lower is better), throughput and "
+             "client-side latency")
+    mem_title = "Server memory per idle connection"
+    if use_rich:
+        try:
+            from rich.console import Console
+            from rich.table import Table
+        except ImportError:
+            use_rich = False
+    if use_rich:
+        con = Console(width=max(130, shutil.get_terminal_size((130, 20)).columns))
+        for t_title, t_head, t_rows in ((title, head, rows), (mem_title, mem_head, mem_rows)):
+            if not t_rows:
+                continue
+            t = Table(title=t_title)
+            for i, h in enumerate(t_head):
+                t.add_column(h, justify="left" if i < 2 else "right", no_wrap=True)
+            prev = None
+            for r in t_rows:
+                if prev is not None and r[0] != prev:
+                    t.add_section()
+                prev = r[0]
+                t.add_row(*r, style="bold" if r[1] == "netreactor" else None)
+            con.print(t)
+    else:
+        for t_title, t_head, t_rows in ((title, head, rows), (mem_title, mem_head, mem_rows)):
+            if not t_rows:
+                continue
+            widths = [max(len(str(x)) for x in col) for col in zip(t_head, *t_rows)]
+            print(f"\n{t_title}")
+            for r in [t_head] + t_rows:
+                print("  " + "  ".join(str(x).ljust(w) if i < 2 else str(x).rjust(w)
+                                       for i, (x, w) in enumerate(zip(r, widths))))
+    print()
+    for n in doc.get("notes", []):
+        print(f"note: {n}")
+
+
+def machine_line(meta: dict) -> str:
+    return (f"{meta.get('cpu_model') or 'unknown CPU'}, {meta.get('cpus')} CPUs, Linux "
+            f"{meta.get('kernel')}, {meta.get('implementation', 'CPython')} {meta.get('python')}")
+
+
+def _disturbed(row: dict) -> bool:
+    return ((row.get("foreign_frac_server_cpu") or 0) > 0.10
+            or (row.get("foreign_frac_gen_cpu") or 0) > 0.15)
+
+
+def readme_block(doc: dict) -> str:
+    """Markdown for README.md: the machine, then pivot tables (scenario x server)."""
+    meta, table = doc["meta"], doc["summary"]
+    scen_order = _scenario_order(table)
+    servers = [s for s in SERVER_ORDER if any(s in table[sc] for sc in scen_order)]
+    servers += sorted({s for sc in scen_order for s in table[sc]} - set(servers))
+    date = meta.get("timestamp", "")[:10]
+    pin = (f"servers pinned to CPU {meta['server_cpu']}, load generators to CPU "
+           f"{','.join(map(str, meta['gen_cpus']))}" if meta.get("server_cpu") is not None
+           else "no CPU pinning (fewer than 2 CPUs)")
+    lines = [
+        f"Latest full run of `netreactor bench` ({date}) on {machine_line(meta)}; {pin}; "
+        f"{_n(meta.get('echo_rounds'), 'round')} per echo scenario, {meta.get('rounds')} per "
+        f"UDP, RESP and HTTP scenario (medians), {meta.get('wall_s', 0):.0f} s in all"
+        + (f", git {meta['git_rev']}" if meta.get("git_rev") else "") + ".",
+        f"Other load on the machine while it ran: {meta.get('other_load_note', 'not measured')}"
+        + (f" (it waited {meta['waited_for_quiet_s']:.0f} s in all for quieter moments)"
+           if meta.get("waited_for_quiet_s") else "") + ".",
+        "",
+        "**Server CPU time per operation**, µs (lower is better), and in brackets the ratio to "
+        "uvloop's; idle: server memory per idle connection, bytes.",
+        "",
+        "| scenario | per | " + " | ".join(servers) + " |",
+        "|---|---|" + "---:|" * len(servers),
+    ]
+    disturbed: List[str] = []
+    for sc in scen_order:
+        rows = table[sc]
+        unit = next(iter(rows.values()))["unit"]
+        cells = []
+        for s in servers:
+            row = rows.get(s)
+            if row is None:
+                cells.append("")
+                continue
+            v = row.get("bytes_per_conn") if unit == "B/conn" else row.get("cpu_us_per_op")
+            cell = _fmt_num(v)
+            if row.get("vs_uvloop") is not None and s != BASELINE:
+                cell += f" ({row['vs_uvloop']:.2f}×)"
+            if s == "netreactor":
+                cell = f"**{cell}**"
+            cells.append(cell)
+        per = "idle conn" if unit == "B/conn" else unit
+        hit = [srv for srv, row in rows.items() if _disturbed(row)]
+        if hit:
+            disturbed.append(f"{sc} ({', '.join(_order({h: 0 for h in hit}))})")
+        lines.append(f"| {sc}{' †' if hit else ''} | {per} | " + " | ".join(cells) + " |")
+    if disturbed:
+        lines += ["", "† other processes took more than 10% of the server's CPU or 15% of the load "
+                  "generator's (median over rounds) in: " + "; ".join(disturbed) + ". Those "
+                  "figures are less reliable (an unsaturated server spends more CPU per operation)."]
+    lines += ["", "**Throughput** (operations/s) · **latency** p50 / p99 as the load generator "
+              "saw it (µs unless marked; loadgen.c and wrk: per request or pipelined batch, "
+              "redis-benchmark: the slower of SET and GET).", "",
+              "| scenario | " + " | ".join(servers) + " |",
+              "|---|" + "---:|" * len(servers)]
+    for sc in scen_order:
+        rows = table[sc]
+        if next(iter(rows.values()))["unit"] == "B/conn":
+            continue
+        cells = []
+        for s in servers:
+            row = rows.get(s)
+            if row is None:
+                cells.append("")
+                continue
+            cell = _fmt_rate(row.get("ops_per_s"))
+            if row.get("lat_p50_us") is not None or row.get("lat_p99_us") is not None:
+                cell += (f" · {_fmt_lat(row.get('lat_p50_us'))} / "
+                         f"{_fmt_lat(row.get('lat_p99_us'))}")
+            if row.get("errors"):
+                cell += f" ({row['errors']} err)"
+            cells.append(f"**{cell}**" if s == "netreactor" else cell)
+        lines.append(f"| {sc} | " + " | ".join(cells) + " |")
+    notes = [n for n in doc.get("notes", []) if "target" in n or n.startswith("skipped")]
+    if notes:
+        lines += [""] + [f"- {n}" for n in notes]
+    lines += ["", "Scenarios and method: [bench/README.md](bench/README.md). Only ratios within "
+              "one run compare well; the machine is a shared VM."]
+    return "\n".join(lines)
+
+
+def write_readme(doc: dict, path: str = README) -> None:
+    with open(path) as f:
+        text = f.read()
+    a, b = text.find(MARK_BEGIN), text.find(MARK_END)
+    if a < 0 or b < 0 or b < a:
+        raise SystemExit(f"error: {path} has no {MARK_BEGIN} ... {MARK_END} markers")
+    new = text[:a + len(MARK_BEGIN)] + "\n" + readme_block(doc) + "\n" + text[b:]
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(new)
+    os.replace(tmp, path)
+
+
+def write_chart(doc: dict, path: str) -> Optional[str]:
+    """Grouped bars: CPU per operation / uvloop's, per scenario. None if no matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    table = doc["summary"]
+    scens = [s for s in _scenario_order(table) if any(r.get("vs_uvloop") for r in table[s].values())]
+    servers = [s for s in SERVER_ORDER if s != BASELINE and
+               any(table[sc].get(s, {}).get("vs_uvloop") for sc in scens)]
+    if not scens or not servers:
+        return None
+    fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(scens) + 2), 4.8), dpi=110)
+    colors = {s: f"C{i}" for i, s in enumerate(servers)}
+    most = max(sum(1 for s in servers if table[sc].get(s, {}).get("vs_uvloop")) for sc in scens)
+    width = 0.8 / most
+    labelled = set()
+    for j, sc in enumerate(scens):
+        present = [s for s in servers if table[sc].get(s, {}).get("vs_uvloop")]
+        for i, s in enumerate(present):
+            v = table[sc][s]["vs_uvloop"]
+            x = j + (i - (len(present) - 1) / 2) * width
+            ax.bar([x], [v], width, color=colors[s], zorder=3,
+                   label=None if s in labelled else s)
+            labelled.add(s)
+            if s == "netreactor":
+                ax.annotate(f"{v:.2f}", (x, v), ha="center", va="bottom", fontsize=7,
+                            xytext=(0, 2), textcoords="offset points")
+    ax.axhline(1.0, color="black", linewidth=1, zorder=4)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(scens)))
+    ax.set_xticklabels([f"{sc}\n(/{next(iter(table[sc].values()))['unit']})".replace("/B/conn", "mem")
+                        for sc in scens], fontsize=8)
+    ax.set_ylabel("server CPU per operation ÷ uvloop's (log)\nidle: memory per connection")
+    meta = doc["meta"]
+    ax.set_title(f"netreactor bench{' --quick' if meta.get('quick') else ''} "
+                 f"{meta.get('timestamp', '')[:16]} — below 1: less than uvloop", fontsize=10)
+    ax.grid(axis="y", which="both", alpha=0.3, zorder=0)
+    ax.legend(fontsize=8, ncol=min(len(servers), 6))
+    from matplotlib.ticker import FuncFormatter
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if v in (0.5, 2, 3, 5) else ""))
+    fig.text(0.01, 0.01, machine_line(meta), fontsize=7, alpha=0.7)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------- metadata
+
+
+def _metadata(ctx: Ctx, servers_ok: Dict[str, List[str]]) -> dict:
+    def version(dist: str) -> Optional[str]:
+        try:
+            from importlib.metadata import version as v
+            return v(dist)
+        except Exception:
+            return None
+
+    cpu_model = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu_model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+
+    def tool_version(argv: List[str]) -> Optional[str]:
+        if not shutil.which(argv[0]):
+            return None
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=5)
+            return (r.stdout or r.stderr).strip().splitlines()[0][:80]
+        except (OSError, subprocess.TimeoutExpired, IndexError):
+            return None
+
+    rev = subprocess.run(["git", "-C", REPO_ROOT, "rev-parse", "--short", "HEAD"],
+                         capture_output=True, text=True)
+    p = ctx.profile
+    return {
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "quick": ctx.quick,
+        "python": sys.version.split()[0], "implementation": platform.python_implementation(),
+        "kernel": platform.release(), "cpu_model": cpu_model, "cpus": os.cpu_count(),
+        "git_rev": rev.stdout.strip() or None, "server_cpu": ctx.server_cpu,
+        "gen_cpus": ctx.gen_cpus, "loadgen": ctx.loadgen_kind,
+        "echo_rounds": p.echo_rounds, "warmup": p.warmup, "duration": p.duration,
+        "idle_conns": p.idle_conns, "rounds": p.rounds, "resp_requests": p.resp_requests,
+        "wrk_seconds": p.wrk_seconds, "udp_rounds": p.udp_rounds, "servers": servers_ok,
+        "versions": {d: version(d) for d in ("uvloop", "gevent", "twisted", "uvicorn",
+                                             "httptools", "rich", "matplotlib")},
+        "tools": {"redis-server": tool_version(["redis-server", "--version"]),
+                  "redis-benchmark": tool_version(["redis-benchmark", "--version"]),
+                  "wrk": tool_version(["wrk", "--version"])},
+        "loadavg_start": os.getloadavg(), "argv": sys.argv[1:],
+    }
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def _select(only: Optional[List[str]]) -> List[Case]:
+    if not only:
+        return list(CASES.values())
+    out: List[Case] = []
+    for item in only:
+        for part in item.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if part in GROUPS:
+                hits = [c for c in CASES.values() if c.group == part]
+            elif part in CASES:
+                hits = [CASES[part]]
+            else:
+                hits = [c for n, c in CASES.items() if n.startswith(part)]
+                if len(hits) != 1:
+                    raise SystemExit(f"error: {part!r} is {'ambiguous' if hits else 'unknown'}; "
+                                     f"choose from groups {', '.join(GROUPS)} or cases "
+                                     f"{', '.join(CASES)}")
+            out += [c for c in hits if c not in out]
+    return out
+
+
+def _check_servers() -> Dict[str, Dict[str, Optional[str]]]:
+    r = subprocess.run([sys.executable, SERVERS_PY, "--check-all"], capture_output=True,
+                       text=True, timeout=60, cwd=REPO_ROOT)
+    try:
+        return json.loads(r.stdout)
+    except ValueError:
+        why = (r.stderr or r.stdout).strip()[-300:] or "servers.py --check-all failed"
+        return {k: {p: why for p in ("echo", "framed", "resp", "http")} for k in ECHO_KINDS}
+
+
+def _have_uvicorn() -> Optional[str]:
+    import importlib.util
+    missing = [m for m in ("uvicorn", "uvloop", "httptools") if importlib.util.find_spec(m) is None]
+    return f"not installed: {', '.join(missing)} (pip install uvicorn uvloop httptools)" \
+        if missing else None
+
+
+def plan(cases: List[Case], wanted: Optional[List[str]], loadgen_kind: str,
+         ) -> tuple:
+    """{case: [servers]} and the skipped list, from what this machine has."""
+    checks = _check_servers()
+    skipped: List[dict] = []
+    out: Dict[str, List[str]] = {}
+    for case in cases:
+        if case.group == "udp":
+            continue
+        if case.group == "echo" and loadgen_kind == "python" and case.name in E.C_ONLY_SCENARIOS:
+            skipped.append({"what": case.name, "reason": "needs loadgen.c (no C compiler)"})
+            continue
+        tool = {"resp": "redis-benchmark", "http": "wrk"}.get(case.group)
+        if tool and not shutil.which(tool):
+            pkg = "redis-tools" if tool == "redis-benchmark" else "wrk"
+            skipped.append({"what": case.name, "reason": f"{tool} not installed (Debian package {pkg})"})
+            continue
+        proto = {"echo": "framed" if E.SCENARIOS.get(case.name) and
+                 E.SCENARIOS[case.name].proto == "framed" else "echo",
+                 "resp": "resp", "http": "http"}[case.group]
+        servers = []
+        for s in case.servers:
+            if wanted is not None and s not in wanted:
+                continue
+            if s == "redis-server":
+                why = None if shutil.which("redis-server") else \
+                    "redis-server not installed (Debian package redis-server)"
+            elif s == "uvicorn":
+                why = _have_uvicorn()
+            else:
+                why = checks.get(s, {}).get(proto, f"unknown server {s}")
+            if why:
+                skipped.append({"what": f"{case.name}/{s}", "reason": why})
+            else:
+                servers.append(s)
+        if servers:
+            out[case.name] = servers
+    return out, skipped
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="netreactor bench",
+        description="netreactor's benchmark suite: server CPU per operation, throughput and "
+                    "latency against uvloop, asyncio, gevent, Twisted, redis-server and uvicorn, "
+                    "in one run. Other suites: 'netreactor bench echo|protocols|workers ...'.")
+    ap.add_argument("--quick", action="store_true", help="short windows, one round (< 1 minute)")
+    ap.add_argument("--only", nargs="+", metavar="NAME",
+                    help=f"groups ({', '.join(GROUPS)}) or cases ({', '.join(CASES)}) to run")
+    ap.add_argument("--servers", help="comma-separated servers to include (default: all available)")
+    ap.add_argument("--rounds", type=int, help="rounds per scenario (echo, UDP, RESP, HTTP)")
+    ap.add_argument("--duration", type=float, help="echo and UDP: measured seconds per run")
+    ap.add_argument("--warmup", type=float, help="echo and UDP: warm-up seconds per run")
+    ap.add_argument("--json", metavar="PATH",
+                    help="where to save the results (default bench/results/suite-<timestamp>.json)")
+    ap.add_argument("--plain", action="store_true", help="plain text even if rich is installed")
+    ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
+                    help="before each echo/RESP/HTTP run, wait up to S seconds until other "
+                         "processes leave the pinned CPUs (< 10%% busy) -- for shared machines "
+                         "(default: no wait; the total wait is capped at 10 x S)")
+    ap.add_argument("--no-chart", action="store_true", help="do not draw the PNG chart")
+    ap.add_argument("--write-readme", action="store_true",
+                    help="write the table and machine into README.md between the bench-table "
+                         "markers (full runs only)")
+    ap.add_argument("--report", metavar="JSON",
+                    help="do not run: print (and with --write-readme, publish) a saved result")
+    args = ap.parse_args(argv)
+
+    if args.report:
+        with open(args.report) as f:
+            doc = json.load(f)
+        print_report(doc, use_rich=not args.plain)
+        return _publish(doc, args, args.report)
+
+    base = QUICK if args.quick else FULL
+    profile = Profile(**{**base.__dict__})
+    if args.rounds is not None:
+        profile.echo_rounds = profile.rounds = profile.udp_rounds = max(1, args.rounds)
+    if args.duration is not None:
+        profile.duration = args.duration
+    if args.warmup is not None:
+        profile.warmup = args.warmup
+    if not (0 < profile.duration <= 60 and 0 <= profile.warmup <= 60):
+        ap.error("--duration must be in (0, 60] and --warmup in [0, 60]")
+    wanted = [s.strip() for s in args.servers.split(",")] if args.servers else None
+
+    all_cpus = sorted(os.sched_getaffinity(0))
+    server_cpu, gen_cpus = _cpu_layout()
+    if server_cpu is not None:
+        os.sched_setaffinity(0, set(gen_cpus))  # the harness stays off the server's CPU
+    else:
+        print("WARNING: fewer than 2 CPUs: nothing pinned, servers and load generators share",
+              file=sys.stderr)
+    ctx = Ctx(profile, server_cpu, gen_cpus, quick=args.quick, all_cpus=all_cpus)
+    started = time.monotonic()
+    cases = _select(args.only)
+    loadgen, ctx.loadgen_kind, cc = E.build_loadgen("auto")
+    ctx.echo_ctx = E.Ctx(loadgen, server_cpu, gen_cpus[0] if gen_cpus else None,
+                         E.Profile(profile.warmup, profile.duration, 1, profile.settle),
+                         profile.idle_conns)
+    matrix, skipped = plan(cases, wanted, ctx.loadgen_kind)
+    want_udp = any(c.group == "udp" for c in cases)
+    total = sum(len(s) * (profile.echo_rounds if CASES[c].group == "echo" and
+                          E.SCENARIOS[c].mode != "idle" else
+                          1 if CASES[c].group == "echo" else profile.rounds)
+                for c, s in matrix.items()) + (1 if want_udp else 0)
+    meta = _metadata(ctx, matrix)
+    meta["compiler"] = cc
+    json_path = args.json or os.path.join(RESULTS_DIR, f"suite-{time.strftime('%Y%m%d-%H%M%S')}.json")
+
+    def on_term(signum, frame):
+        raise Interrupted()
+
+    signal.signal(signal.SIGTERM, on_term)
+    print(f"netreactor bench{' --quick' if args.quick else ''}: {_n(total, 'run')}; server on CPU "
+          f"{server_cpu}, load generators on CPU {','.join(map(str, gen_cpus or []))}; "
+          f"echo {_n(profile.echo_rounds, 'round')} of {profile.warmup:g}+{profile.duration:g} s, "
+          f"UDP {profile.udp_rounds}, RESP/HTTP {profile.rounds}", flush=True)
+    for s in skipped:
+        print(f"skipping {s['what']}: {s['reason']}", file=sys.stderr)
+
+    runs: List[dict] = []
+    failures: List[dict] = []
+    udp_json = None
+    interrupted = False
+    waited_total = 0.0
+    reporter = Reporter(total, use_rich=not args.plain)
+    try:
+        with tempfile.TemporaryDirectory(prefix="nr-bench-") as workdir:
+            ctx.workdir = workdir
+            with open(os.path.join(workdir, "plaintext_app.py"), "w") as f:
+                f.write(ASGI_APP)
+            with open(os.path.join(workdir, "done.lua"), "w") as f:
+                f.write(WRK_DONE_LUA)
+            with open(os.path.join(workdir, "pipeline16.lua"), "w") as f:
+                f.write(WRK_PIPELINE_LUA)
+            for case in cases:
+                if case.group == "udp":
+                    rows, why, udp_json = run_udp(ctx, wanted, reporter)
+                    if why:
+                        skipped.append({"what": "udp", "reason": why})
+                        reporter.done(f"skipped: {why}")
+                    for r in rows:
+                        r.update(unit="datagram", round=r.get("round") or 1)
+                        runs.append(r)
+                    continue
+                servers = matrix.get(case.name)
+                if not servers:
+                    continue
+                idle = case.group == "echo" and E.SCENARIOS[case.name].mode == "idle"
+                rounds = 1 if idle else (profile.echo_rounds if case.group == "echo"
+                                         else profile.rounds)
+                runner = {"echo": run_echo, "resp": run_resp, "http": run_http}[case.group]
+                for rnd in range(rounds):
+                    # Rotate the order every round so slow drift favours nobody.
+                    order = servers[rnd % len(servers):] + servers[:rnd % len(servers)]
+                    for server in order:
+                        if args.wait_quiet:
+                            waited = wait_quiet(ctx, min(args.wait_quiet,
+                                                         10 * args.wait_quiet - waited_total))
+                            waited_total += waited
+                        reporter.step(case.name, server, rnd + 1)
+                        t_run = time.monotonic() - started
+                        try:
+                            res = runner(ctx, case, server)
+                        except (KeyboardInterrupt, Interrupted):
+                            raise
+                        except Exception as e:  # one failed run must not cost the others
+                            msg = str(e) if isinstance(e, (BenchError, E.BenchError)) \
+                                else f"{type(e).__name__}: {e}"
+                            failures.append({"scenario": case.name, "server": server,
+                                             "round": rnd + 1, "error": msg})
+                            reporter.done(f"FAILED: {(msg.splitlines() or [''])[0][:200]}")
+                            continue
+                        res.update(scenario=case.name, server=server, round=rnd + 1,
+                                   unit=case.unit, t_start=round(t_run, 2))
+                        if args.wait_quiet:
+                            res["waited_for_quiet_s"] = round(waited, 2)
+                        runs.append(res)
+                        reporter.done(_run_line(res))
+    except (KeyboardInterrupt, Interrupted):
+        interrupted = True
+        reporter.note("interrupted: servers stopped; reporting what was measured")
+    finally:
+        reporter.close()
+
+    table = summarize(runs)
+    meta["wall_s"] = round(time.monotonic() - started, 1)
+    meta["loadavg_end"] = os.getloadavg()
+    meta["other_load_note"] = _other_load_note(runs)
+    meta["waited_for_quiet_s"] = round(waited_total, 1)
+    doc = {"suite": "netreactor-bench", "meta": meta, "interrupted": interrupted,
+           "summary": table, "notes": notes_for(table, skipped, failures), "skipped": skipped,
+           "failures": failures, "udp_json": udp_json, "runs": runs}
+    print_report(doc, use_rich=not args.plain)
+    os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
+    with open(json_path, "w") as f:
+        json.dump(doc, f, indent=1, default=str)
+    print(f"saved {os.path.relpath(json_path)} ({meta['wall_s']:.0f} s)")
+    rc = _publish(doc, args, json_path)
+    if interrupted:
+        return 130
+    return rc or (1 if failures else 0)
+
+
+def _other_load_note(runs: List[dict]) -> str:
+    srv = [r["foreign_frac_server_cpu"] for r in runs if r.get("foreign_frac_server_cpu") is not None]
+    gen = [r["foreign_frac_gen_cpu"] for r in runs if r.get("foreign_frac_gen_cpu") is not None]
+    if not srv:
+        return "not measured"
+    return (f"median {statistics.median(srv):.0%} (max {max(srv):.0%}) of the server's CPU, "
+            f"median {statistics.median(gen):.0%} (max {max(gen):.0%}) of the load generator's, "
+            f"over {len(srv)} runs")
+
+
+def _run_line(r: dict) -> str:
+    if r.get("bytes_per_conn") is not None:
+        return f"{r['bytes_per_conn']:,.0f} B/conn RSS, {r['conns']:,} conns" + \
+            (f", {r['errors']} errors" if r.get("errors") else "")
+    other = r.get("foreign_frac_server_cpu")
+    return (f"{r['cpu_us_per_op']:6.2f} µs/{r['unit']:<5} {_fmt_rate(r['ops_per_s']):>7}/s  "
+            f"p50 {_fmt_lat(r.get('lat_p50_us'))}  p99 {_fmt_lat(r.get('lat_p99_us'))}  "
+            f"srv {_pct(r.get('server_cpu_frac'))}"
+            + (f"  other load {other:.0%}" if other and other > 0.05 else "")
+            + (f"  {r['errors']} errors" if r.get("errors") else ""))
+
+
+def _publish(doc: dict, args: argparse.Namespace, json_path: str) -> int:
+    if not args.no_chart:
+        png = os.path.splitext(json_path)[0] + ".png"
+        if os.path.dirname(os.path.abspath(png)) != os.path.abspath(RESULTS_DIR) and args.report:
+            png = os.path.join(RESULTS_DIR, os.path.basename(png))
+        try:
+            made = write_chart(doc, png)
+        except Exception as e:  # a chart must never cost the results
+            print(f"note: chart not drawn: {type(e).__name__}: {e}")
+        else:
+            if made:
+                print(f"chart: {os.path.relpath(made)}")
+            else:
+                print("note: no chart (pip install matplotlib to get a PNG)")
+    if args.write_readme:
+        if doc["meta"].get("quick") or doc.get("interrupted"):
+            print("not writing README.md: --write-readme publishes full, complete runs only",
+                  file=sys.stderr)
+            return 2
+        write_readme(doc)
+        print(f"README.md: table written between {MARK_BEGIN} and {MARK_END}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
