@@ -35,8 +35,8 @@ from typing import Any, Callable, List, Optional, Set, Union
 from .address import Address, parse_address
 from .conn import Conn, EdgeConn
 from .datagram import DatagramConn, DatagramEndpoint
-from .engine import _check_handler, _set_keepalive
-from .listener import _apply_buffer_sizes
+from .engine import _check_handler, run_tick
+from .listener import _apply_buffer_sizes, tune_tcp
 from .errors import EngineStoppedError
 from .eventloop import EventLoop, TimerHandle
 from .handler import Action, EventHandler, report
@@ -285,10 +285,7 @@ class Client:
                     loop.request_shutdown()
             else:
                 if sock.family != socket.AF_UNIX:
-                    if self.options.tcp_no_delay:
-                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    if self.options.tcp_keepalive:
-                        _set_keepalive(sock, self.options.tcp_keepalive)
+                    tune_tcp(sock, self.options)
                 conn = (EdgeConn if loop.edge_triggered else Conn)(
                     loop, sock.detach(), self.handler, pause_on_high_water=False)
                 self._track(conn)
@@ -323,15 +320,9 @@ class Client:
         return any(loop._thread_id == me and not loop.finished for loop in self._loops)
 
     def _tick(self, loop: EventLoop) -> None:
-        from .engine import DEFAULT_TICK, _parse_tick
-
         if self._state != "running":
             return
-        try:
-            delay, action = _parse_tick(self.handler.on_tick())
-        except Exception:
-            self.logger.exception("handler %s.on_tick raised", type(self.handler).__name__)
-            delay, action = DEFAULT_TICK, Action.NONE
+        delay, action = run_tick(self.handler, self.logger)
         if action is Action.SHUTDOWN:
             self._request_stop()
             return

@@ -20,7 +20,7 @@ import signal
 import socket
 import sys
 import threading
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
 from .address import Address, parse_address
 from .balancer import make_balancer
@@ -29,7 +29,7 @@ from .datagram import DatagramEndpoint
 from .errors import EngineStoppedError
 from .eventloop import EventLoop
 from .handler import Action, EventHandler
-from .listener import Acceptor, Listener
+from .listener import Acceptor, Listener, tune_tcp
 from .options import Options
 from .pollers import new_poller
 
@@ -302,14 +302,10 @@ class Engine:
         if getattr(loop, "closing_down", False):
             sock.close()
             return
-        opts = self.options
         try:
             sock.setblocking(False)
             if tcp:
-                if opts.tcp_no_delay:
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                if opts.tcp_keepalive:
-                    _set_keepalive(sock, opts.tcp_keepalive)
+                tune_tcp(sock, self.options)
         except OSError:
             sock.close()  # the peer is already gone
             return
@@ -400,20 +396,27 @@ class Engine:
     def _tick(self) -> None:
         if self._stop_requested:
             return
-        delay, action = DEFAULT_TICK, Action.NONE
-        try:
-            result = self.handler.on_tick()
-        except Exception:
-            self.logger.exception("handler %s.on_tick raised", type(self.handler).__name__)
-            result = None
-        try:
-            delay, action = _parse_tick(result)
-        except ValueError as exc:
-            self.logger.error("on_tick returned %r: %s; ticking again in %ss", result, exc, DEFAULT_TICK)
+        delay, action = run_tick(self.handler, self.logger)
         if action is Action.SHUTDOWN:
             self.stop()
             return
         self._primary.call_later(delay, self._tick)
+
+
+def run_tick(handler: EventHandler, logger: Any) -> Tuple[float, Action]:
+    """Call ``handler.on_tick()`` once: the delay until the next tick and the action.
+    A tick that raises, or returns something unusable, is logged and ticks again
+    after :data:`DEFAULT_TICK`."""
+    try:
+        result = handler.on_tick()
+    except Exception:
+        logger.exception("handler %s.on_tick raised", type(handler).__name__)
+        return DEFAULT_TICK, Action.NONE
+    try:
+        return _parse_tick(result)
+    except ValueError as exc:
+        logger.error("on_tick returned %r: %s; ticking again in %ss", result, exc, DEFAULT_TICK)
+        return DEFAULT_TICK, Action.NONE
 
 
 def _parse_tick(result: Any):
@@ -432,14 +435,6 @@ def _parse_tick(result: Any):
             or result == float("inf")):
         raise ValueError("the delay must be a finite number of seconds")
     return max(0.0, float(result)), action
-
-
-def _set_keepalive(sock: socket.socket, idle: float) -> None:
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    secs = max(1, int(idle))
-    for opt in ("TCP_KEEPIDLE", "TCP_KEEPINTVL"):
-        if hasattr(socket, opt):
-            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), secs)
 
 
 def run(handler: EventHandler, *addrs: str, **options: Any) -> None:

@@ -197,6 +197,19 @@ def _apply_buffer_sizes(sock: socket.socket, options: Any) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, options.socket_send_buffer)
 
 
+def tune_tcp(sock: socket.socket, options: Any) -> None:
+    """Per-connection TCP options of an accepted or dialed socket: TCP_NODELAY
+    and keep-alive (idle time and probe interval both ``tcp_keepalive`` seconds)."""
+    if options.tcp_no_delay:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if options.tcp_keepalive:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        secs = max(1, int(options.tcp_keepalive))
+        for opt in ("TCP_KEEPIDLE", "TCP_KEEPINTVL"):
+            if hasattr(socket, opt):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), secs)
+
+
 class Acceptor:
     """A listener's entry in one loop: accepts until ``EAGAIN`` and hands each
     connection to ``dispatch(sock, addr)``."""
