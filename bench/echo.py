@@ -51,6 +51,8 @@ REPO_ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import _procstat  # noqa: E402  (bench/ helper, needs the path above)
+from _common import (cc_version, compile_c, cpu_model, find_cc, free_port, git_rev,  # noqa: E402,F401
+                     is_stale, package_version, save_json)
 
 LOADGEN_SRC = os.path.join(HERE, "loadgen.c")
 BUILD_DIR = os.path.join(HERE, "_build")
@@ -175,13 +177,6 @@ def _tail(path: str, n: int = 2000) -> str:
         return ""
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now (tiny race, accepted)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
 class ServerProc:
     """An echo server subprocess (``servers.py KIND``), killed on exit."""
 
@@ -220,13 +215,18 @@ class ServerProc:
         return self
 
     def __exit__(self, *exc) -> None:
-        _kill_group(self.proc)
-        self.log.close()
-        # Keep the server's log only when the run failed, for the post-mortem.
-        if exc[0] is None or issubclass(exc[0], (KeyboardInterrupt, Interrupted)):
-            os.unlink(self.log.name)
-        else:
-            print(f"  (server log kept at {self.log.name})", file=sys.stderr)
+        _stop_keeping_log_on_failure(self.proc, self.log, exc[0], "server")
+
+
+def _stop_keeping_log_on_failure(proc: subprocess.Popen, log, exc_type, what: str) -> None:
+    """Kill ``proc``'s group and close its ``log``; delete the log unless the run failed."""
+    _kill_group(proc)
+    log.close()
+    # Keep the log only when the run failed, for the post-mortem.
+    if exc_type is None or issubclass(exc_type, (KeyboardInterrupt, Interrupted)):
+        os.unlink(log.name)
+    else:
+        print(f"  ({what} log kept at {log.name})", file=sys.stderr)
 
 
 class LoadgenProc:
@@ -301,24 +301,16 @@ def build_loadgen(choice: str) -> tuple[list[str], str, str]:
     there is no compiler or the build fails.
     """
     if choice != "python":
-        cc = os.environ.get("CC") or next(
-            (c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
+        cc = find_cc()
         if cc:
-            stale = (not os.path.exists(LOADGEN_BIN)
-                     or os.path.getmtime(LOADGEN_BIN) < os.path.getmtime(LOADGEN_SRC))
-            if stale:
-                os.makedirs(BUILD_DIR, exist_ok=True)
-                tmp = f"{LOADGEN_BIN}.{os.getpid()}.tmp"
-                r = subprocess.run([cc, "-O2", "-Wall", "-o", tmp, LOADGEN_SRC],
-                                   capture_output=True, text=True)
+            if is_stale(LOADGEN_BIN, LOADGEN_SRC):
+                r = compile_c(cc, LOADGEN_SRC, LOADGEN_BIN)
                 if r.returncode == 0:
-                    os.replace(tmp, LOADGEN_BIN)  # atomic: safe against a concurrent run
                     print(f"built {os.path.relpath(LOADGEN_BIN)} with {cc} -O2")
                 else:
                     print(f"WARNING: building loadgen.c failed:\n{r.stderr}", file=sys.stderr)
-            if os.path.exists(LOADGEN_BIN) and os.path.getmtime(LOADGEN_BIN) >= os.path.getmtime(LOADGEN_SRC):
-                ver = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
-                return [LOADGEN_BIN], "c", ver.splitlines()[0] if ver else cc
+            if not is_stale(LOADGEN_BIN, LOADGEN_SRC):
+                return [LOADGEN_BIN], "c", cc_version(cc)
         if choice == "c":
             raise SystemExit("error: --loadgen c requested but loadgen.c could not be built")
         print("WARNING: no working C compiler: falling back to the pure-Python load generator.\n"
@@ -687,29 +679,11 @@ def _pick_scenarios(names: list[str] | None) -> list[Scenario]:
 
 
 def _metadata(args, loadgen_kind: str, cc: str, servers: list[str], ctx: Ctx) -> dict:
-    def version(dist: str) -> str | None:
-        try:
-            from importlib.metadata import version as v
-            return v(dist)
-        except Exception:
-            return None
-
-    cpu_model = None
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu_model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    rev = subprocess.run(["git", "-C", REPO_ROOT, "rev-parse", "--short", "HEAD"],
-                         capture_output=True, text=True)
     return {
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "python": sys.version.split()[0], "implementation": platform.python_implementation(),
-        "kernel": platform.release(), "cpu_model": cpu_model, "cpus": os.cpu_count(),
-        "uvloop": version("uvloop"), "git_rev": rev.stdout.strip() or None,
+        "kernel": platform.release(), "cpu_model": cpu_model(), "cpus": os.cpu_count(),
+        "uvloop": package_version("uvloop"), "git_rev": git_rev(),
         "loadgen": loadgen_kind, "compiler": cc, "servers": servers,
         "server_cpu": ctx.server_cpu, "loadgen_cpu": ctx.gen_cpu,
         "warmup": ctx.profile.warmup, "duration": ctx.profile.duration,
@@ -872,9 +846,7 @@ def main(argv: list[str] | None = None) -> int:
         "failures": summary.failures,
         "runs": [r for runs in summary.runs.values() for r in runs],
     }
-    os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
-    with open(json_path, "w") as f:
-        json.dump(doc, f, indent=2)
+    save_json(json_path, doc)
     print(f"saved {os.path.relpath(json_path)} ({meta['wall_s']:.0f} s)")
     if interrupted:
         return 130

@@ -25,7 +25,6 @@ times. Results are printed as a table and saved as JSON in ``bench/results/``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import re
@@ -45,28 +44,10 @@ HOST = "127.0.0.1"
 sys.path.insert(0, HERE)
 
 from _procstat import cpu_seconds  # noqa: E402  (bench/ is on the path)
+from _common import ASGI_APP, WRK_PIPELINE_LUA, free_port, save_json  # noqa: E402
 
 #: The targets of issue 6: ours / peer throughput.
 TARGETS = {"resp": 0.6, "resp-P16": 0.2, "http": 2.5}
-
-ASGI_APP = '''
-async def app(scope, receive, send):
-    if scope["type"] != "http":
-        return
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"text/plain"), (b"content-length", b"13")]})
-    await send({"type": "http.response.body", "body": b"Hello, World!"})
-'''
-
-WRK_PIPELINE_LUA = '''
-init = function(args)
-   local r = {}
-   for i = 1, 16 do r[i] = wrk.format(nil, "/plaintext") end
-   req = table.concat(r)
-end
-request = function() return req end
-'''
-
 
 class BenchError(RuntimeError):
     pass
@@ -87,12 +68,6 @@ def _pinned(cpu: Optional[int]):
         if cpu is not None:
             os.sched_setaffinity(0, {cpu})
     return setup
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 class Server:
@@ -344,9 +319,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "quick": args.quick, "rounds": args.rounds, "results": results,
     }
     path = args.json or os.path.join(RESULTS_DIR, time.strftime("protocols-%Y%m%d-%H%M%S.json"))
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(doc, f, indent=2)
+    save_json(path, doc)
     print(f"results saved to {os.path.relpath(path)}")
     return 0
 

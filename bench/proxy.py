@@ -48,7 +48,9 @@ REPO_ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import _procstat  # noqa: E402  (bench/ helper)
-from echo import BenchError, Interrupted, LoadgenProc, _child_setup, _kill_group  # noqa: E402
+from _common import run_rounds, save_json  # noqa: E402
+from echo import (BenchError, Interrupted, LoadgenProc, _child_setup,  # noqa: E402
+                  _stop_keeping_log_on_failure)
 
 PROXY_EXAMPLE = os.path.join(REPO_ROOT, "examples", "tcp_proxy.py")
 RESULTS_DIR = os.path.join(HERE, "results")
@@ -303,12 +305,7 @@ class ProxyProc:
         return self
 
     def __exit__(self, *exc) -> None:
-        _kill_group(self.proc)
-        self.log.close()
-        if exc[0] is None or issubclass(exc[0], (KeyboardInterrupt, Interrupted)):
-            os.unlink(self.log.name)
-        else:
-            print(f"  (proxy log kept at {self.log.name})", file=sys.stderr)
+        _stop_keeping_log_on_failure(self.proc, self.log, exc[0], "proxy")
 
 
 def run_one(kind: str, sc: Scenario, profile: Profile, proxy_cpu: int | None) -> dict:
@@ -461,35 +458,15 @@ def main(argv: list[str] | None = None) -> int:
         raise Interrupted()
 
     signal.signal(signal.SIGTERM, on_term)
-    runs: dict = {}
-    failures = []
-    interrupted = False
-    total = profile.rounds * len(scenarios) * len(servers)
-    step = 0
-    started = time.monotonic()
-    print(f"proxies: {', '.join(servers)}; scenarios: {', '.join(s.name for s in scenarios)}; "
-          f"warmup {profile.warmup:g}s, window {profile.duration:g}s, rounds {profile.rounds}; "
-          f"proxy on CPU {proxy_cpu}, load on CPU {load_cpu}")
-    try:
-        for sc in scenarios:
-            for rnd in range(profile.rounds):
-                order = servers[rnd % len(servers):] + servers[:rnd % len(servers)]
-                for kind in order:
-                    step += 1
-                    label = f"[{step}/{total}] {sc.name:<9} {kind:<10} round {rnd + 1}"
-                    try:
-                        run = run_one(kind, sc, profile, proxy_cpu)
-                    except BenchError as exc:
-                        print(f"{label}: FAILED: {exc}", file=sys.stderr)
-                        failures.append({"scenario": sc.name, "server": kind, "error": str(exc)})
-                        continue
-                    run["round"] = rnd + 1
-                    runs.setdefault((sc.name, kind), []).append(run)
-                    print(f"{label}: {run['mb_per_s']:7.0f} MB/s  {run['cpu_s_per_gb']:.2f} CPU s/GB  "
-                          f"proxy {100 * run['proxy_cpu_frac']:.0f}%, load {100 * run['load_cpu_frac']:.0f}%")
-    except (KeyboardInterrupt, Interrupted):
-        interrupted = True
-        print("\ninterrupted: reporting what was measured", file=sys.stderr)
+    runs, failures, interrupted, started = run_rounds(
+        scenarios, servers, profile.rounds,
+        f"proxies: {', '.join(servers)}; scenarios: {', '.join(s.name for s in scenarios)}; "
+        f"warmup {profile.warmup:g}s, window {profile.duration:g}s, rounds {profile.rounds}; "
+        f"proxy on CPU {proxy_cpu}, load on CPU {load_cpu}",
+        9, lambda kind, sc: run_one(kind, sc, profile, proxy_cpu),
+        lambda run: (f"{run['mb_per_s']:7.0f} MB/s  {run['cpu_s_per_gb']:.2f} CPU s/GB  "
+                     f"proxy {100 * run['proxy_cpu_frac']:.0f}%, load {100 * run['load_cpu_frac']:.0f}%"),
+        BenchError, Interrupted)
 
     result = summarize(runs, scenarios, servers)
     notes = print_report(result)
@@ -500,10 +477,8 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": profile.rounds, "argv": sys.argv[1:], "wall_s": round(time.monotonic() - started, 1),
     }
     path = args.json or os.path.join(RESULTS_DIR, f"proxy-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump({"meta": meta, "interrupted": interrupted, "summary": result, "notes": notes,
-                   "failures": failures, "runs": [r for rs in runs.values() for r in rs]}, f, indent=2)
+    save_json(path, {"meta": meta, "interrupted": interrupted, "summary": result, "notes": notes,
+                     "failures": failures, "runs": [r for rs in runs.values() for r in rs]})
     print(f"saved {os.path.relpath(path)} ({meta['wall_s']:.0f} s)")
     if interrupted:
         return 130

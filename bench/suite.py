@@ -60,6 +60,8 @@ REPO_ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import _procstat  # noqa: E402  (bench/ helpers)
+import _common  # noqa: E402
+from _common import ASGI_APP, cpu_model, git_rev, package_version, save_json  # noqa: E402
 import echo as E  # noqa: E402  (echo scenarios: servers, load generator, one run)
 
 RESULTS_DIR = os.path.join(HERE, "results")
@@ -79,15 +81,6 @@ BASELINE = "uvloop"  # the ratios of the main figure are "CPU per op / uvloop's"
 TARGETS = {"resp": ("redis-server", 0.6), "resp-P16": ("redis-server", 0.2),
            "http": ("uvicorn", 2.5)}
 
-ASGI_APP = '''
-async def app(scope, receive, send):
-    if scope["type"] != "http":
-        return
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"text/plain"), (b"content-length", b"13")]})
-    await send({"type": "http.response.body", "body": b"Hello, World!"})
-'''
-
 # wrk: print a machine-readable summary with the latency percentiles (in µs).
 WRK_DONE_LUA = r'''
 done = function(summary, latency, requests)
@@ -101,14 +94,7 @@ done = function(summary, latency, requests)
       latency:percentile(99.9), latency.max, latency.mean))
 end
 '''
-WRK_PIPELINE_LUA = r'''
-init = function(args)
-   local r = {}
-   for i = 1, 16 do r[i] = wrk.format(nil, "/plaintext") end
-   req = table.concat(r)
-end
-request = function() return req end
-''' + WRK_DONE_LUA
+WRK_PIPELINE_LUA = _common.WRK_PIPELINE_LUA + WRK_DONE_LUA
 
 
 class BenchError(RuntimeError):
@@ -1037,23 +1023,6 @@ def write_chart(doc: dict, path: str) -> Optional[str]:
 
 
 def _metadata(ctx: Ctx, servers_ok: Dict[str, List[str]]) -> dict:
-    def version(dist: str) -> Optional[str]:
-        try:
-            from importlib.metadata import version as v
-            return v(dist)
-        except Exception:
-            return None
-
-    cpu_model = None
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu_model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-
     def tool_version(argv: List[str]) -> Optional[str]:
         if not shutil.which(argv[0]):
             return None
@@ -1063,19 +1032,17 @@ def _metadata(ctx: Ctx, servers_ok: Dict[str, List[str]]) -> dict:
         except (OSError, subprocess.TimeoutExpired, IndexError):
             return None
 
-    rev = subprocess.run(["git", "-C", REPO_ROOT, "rev-parse", "--short", "HEAD"],
-                         capture_output=True, text=True)
     p = ctx.profile
     return {
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "quick": ctx.quick,
         "python": sys.version.split()[0], "implementation": platform.python_implementation(),
-        "kernel": platform.release(), "cpu_model": cpu_model, "cpus": os.cpu_count(),
-        "git_rev": rev.stdout.strip() or None, "server_cpu": ctx.server_cpu,
+        "kernel": platform.release(), "cpu_model": cpu_model(), "cpus": os.cpu_count(),
+        "git_rev": git_rev(), "server_cpu": ctx.server_cpu,
         "gen_cpus": ctx.gen_cpus, "loadgen": ctx.loadgen_kind,
         "echo_rounds": p.echo_rounds, "warmup": p.warmup, "duration": p.duration,
         "idle_conns": p.idle_conns, "rounds": p.rounds, "resp_requests": p.resp_requests,
         "wrk_seconds": p.wrk_seconds, "udp_rounds": p.udp_rounds, "servers": servers_ok,
-        "versions": {d: version(d) for d in ("uvloop", "gevent", "twisted", "uvicorn",
+        "versions": {d: package_version(d) for d in ("uvloop", "gevent", "twisted", "uvicorn",
                                              "httptools", "rich", "matplotlib")},
         "tools": {"redis-server": tool_version(["redis-server", "--version"]),
                   "redis-benchmark": tool_version(["redis-benchmark", "--version"]),
@@ -1322,9 +1289,7 @@ def main(argv: Optional[List[str]] = None) -> int:
            "summary": table, "notes": notes_for(table, skipped, failures), "skipped": skipped,
            "failures": failures, "udp_json": udp_json, "runs": runs}
     print_report(doc, use_rich=not args.plain)
-    os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
-    with open(json_path, "w") as f:
-        json.dump(doc, f, indent=1, default=str)
+    save_json(json_path, doc, indent=1, default=str)
     print(f"saved {os.path.relpath(json_path)} ({meta['wall_s']:.0f} s)")
     rc = _publish(doc, args, json_path)
     if interrupted:

@@ -35,10 +35,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
-import json
 import os
 import platform
-import shutil
 import signal
 import socket
 import statistics
@@ -53,7 +51,9 @@ REPO_ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import _procstat  # noqa: E402  (bench/ helper)
-from echo import BenchError, Interrupted, LoadgenProc, _kill_group, _spawn  # noqa: E402
+from _common import cc_version, compile_c, find_cc, is_stale, run_rounds, save_json  # noqa: E402
+from echo import (BenchError, Interrupted, LoadgenProc, _spawn,  # noqa: E402
+                  _stop_keeping_log_on_failure)
 
 SRC = os.path.join(HERE, "udploadgen.c")
 BUILD_DIR = os.path.join(HERE, "_build")
@@ -196,12 +196,7 @@ class ServerProc:
         return self
 
     def __exit__(self, *exc) -> None:
-        _kill_group(self.proc)
-        self.log.close()
-        if exc[0] is None or issubclass(exc[0], (KeyboardInterrupt, Interrupted)):
-            os.unlink(self.log.name)
-        else:
-            print(f"  (server log kept at {self.log.name})", file=sys.stderr)
+        _stop_keeping_log_on_failure(self.proc, self.log, exc[0], "server")
 
 
 def _all_process_cpu() -> dict[int, float]:
@@ -220,19 +215,15 @@ def _others(before: dict[int, float], after: dict[int, float], ours: set[int]) -
 
 def build_loadgen() -> tuple[str, str]:
     """Compile udploadgen.c when the binary is missing or older than the source."""
-    cc = os.environ.get("CC") or next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
+    cc = find_cc()
     if cc is None:
         raise SystemExit("error: bench/udp.py needs a C compiler (cc) for udploadgen.c")
-    if not os.path.exists(BIN) or os.path.getmtime(BIN) < os.path.getmtime(SRC):
-        os.makedirs(BUILD_DIR, exist_ok=True)
-        tmp = f"{BIN}.{os.getpid()}.tmp"
-        r = subprocess.run([cc, "-O2", "-Wall", "-o", tmp, SRC], capture_output=True, text=True)
+    if is_stale(BIN, SRC):
+        r = compile_c(cc, SRC, BIN)
         if r.returncode != 0:
             raise SystemExit(f"error: building udploadgen.c failed:\n{r.stderr}")
-        os.replace(tmp, BIN)  # atomic: safe against a concurrent run
         print(f"built {os.path.relpath(BIN)} with {cc} -O2")
-    ver = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
-    return BIN, (ver.splitlines()[0] if ver else cc)
+    return BIN, cc_version(cc)
 
 
 def run_one(kind: str, sc: Scenario, profile: Profile, server_cpu: int | None,
@@ -415,36 +406,16 @@ def main(argv: list[str] | None = None) -> int:
         raise Interrupted()
 
     signal.signal(signal.SIGTERM, on_term)
-    runs: dict = {}
-    failures = []
-    interrupted = False
-    total = profile.rounds * len(scenarios) * len(servers)
-    step = 0
-    started = time.monotonic()
-    print(f"servers: {', '.join(servers)}; scenarios: {', '.join(s.name for s in scenarios)}; "
-          f"warmup {profile.warmup:g}s, window {profile.duration:g}s, rounds {profile.rounds}; "
-          f"server on CPU {server_cpu}, udploadgen on CPU {gen_cpu}")
-    try:
-        for sc in scenarios:
-            for rnd in range(profile.rounds):
-                order = servers[rnd % len(servers):] + servers[:rnd % len(servers)]
-                for kind in order:
-                    step += 1
-                    label = f"[{step}/{total}] {sc.name:<12} {kind:<10} round {rnd + 1}"
-                    try:
-                        run = run_one(kind, sc, profile, server_cpu, gen_cpu)
-                    except BenchError as exc:
-                        print(f"{label}: FAILED: {exc}", file=sys.stderr)
-                        failures.append({"scenario": sc.name, "server": kind, "error": str(exc)})
-                        continue
-                    run["round"] = rnd + 1
-                    runs.setdefault((sc.name, kind), []).append(run)
-                    print(f"{label}: {run['cpu_us_per_msg']:6.2f} us/dgram {run['msgs_per_s']:>10,.0f} "
-                          f"dgrams/s  server {100 * run['server_cpu_frac']:.0f}%, lost {run['lost']}"
-                          + (f", {run['errors']} errors" if run["errors"] else ""))
-    except (KeyboardInterrupt, Interrupted):
-        interrupted = True
-        print("\ninterrupted: reporting what was measured", file=sys.stderr)
+    runs, failures, interrupted, started = run_rounds(
+        scenarios, servers, profile.rounds,
+        f"servers: {', '.join(servers)}; scenarios: {', '.join(s.name for s in scenarios)}; "
+        f"warmup {profile.warmup:g}s, window {profile.duration:g}s, rounds {profile.rounds}; "
+        f"server on CPU {server_cpu}, udploadgen on CPU {gen_cpu}",
+        12, lambda kind, sc: run_one(kind, sc, profile, server_cpu, gen_cpu),
+        lambda run: (f"{run['cpu_us_per_msg']:6.2f} us/dgram {run['msgs_per_s']:>10,.0f} "
+                     f"dgrams/s  server {100 * run['server_cpu_frac']:.0f}%, lost {run['lost']}"
+                     + (f", {run['errors']} errors" if run["errors"] else "")),
+        BenchError, Interrupted)
 
     result = summarize(runs, scenarios, servers)
     notes = print_report(result)
@@ -461,10 +432,8 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": round(time.monotonic() - started, 1),
     }
     path = args.json or os.path.join(RESULTS_DIR, f"udp-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump({"meta": meta, "interrupted": interrupted, "summary": result, "notes": notes,
-                   "failures": failures, "runs": [r for rs in runs.values() for r in rs]}, f, indent=2)
+    save_json(path, {"meta": meta, "interrupted": interrupted, "summary": result, "notes": notes,
+                     "failures": failures, "runs": [r for rs in runs.values() for r in rs]})
     print(f"saved {os.path.relpath(path)} ({meta['wall_s']:.0f} s)")
     if interrupted:
         return 130

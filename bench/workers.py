@@ -45,7 +45,6 @@ import os
 import platform
 import re
 import selectors
-import shutil
 import signal
 import socket
 import statistics
@@ -61,6 +60,7 @@ REPO_ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import _procstat  # noqa: E402  (bench/ helper)
+from _common import compile_c, find_cc, free_port, is_stale, save_json  # noqa: E402,F401
 
 LOADGEN_SRC = os.path.join(HERE, "loadgen.c")
 LOADGEN_BIN = os.path.join(HERE, "_build", "loadgen")
@@ -134,12 +134,6 @@ def _kill(proc: subprocess.Popen, grace: float = 3.0) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def _read_lines_until(proc: subprocess.Popen, stream, pattern: str, count: int, timeout: float) -> None:
@@ -219,17 +213,11 @@ class Servers:
 
 def build_loadgen() -> List[str]:
     """The C generator (built with ``cc -O2`` when missing or stale), else the Python one."""
-    cc = os.environ.get("CC") or next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
+    cc = find_cc()
     if os.path.exists(LOADGEN_SRC) and cc:
-        stale = (not os.path.exists(LOADGEN_BIN)
-                 or os.path.getmtime(LOADGEN_BIN) < os.path.getmtime(LOADGEN_SRC))
-        if stale:
-            os.makedirs(os.path.dirname(LOADGEN_BIN), exist_ok=True)
-            tmp = f"{LOADGEN_BIN}.{os.getpid()}.tmp"
-            r = subprocess.run([cc, "-O2", "-Wall", "-o", tmp, LOADGEN_SRC], capture_output=True, text=True)
-            if r.returncode == 0:
-                os.replace(tmp, LOADGEN_BIN)  # atomic: safe against a concurrent bench/echo.py
-            else:
+        if is_stale(LOADGEN_BIN, LOADGEN_SRC):
+            r = compile_c(cc, LOADGEN_SRC, LOADGEN_BIN)
+            if r.returncode != 0:
                 print(f"WARNING: building loadgen.c failed:\n{r.stderr}", file=sys.stderr)
         if os.path.exists(LOADGEN_BIN):
             return [LOADGEN_BIN]
@@ -481,9 +469,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "runs": [r for rs in runs.values() for r in rs],
     }
     path = args.json or os.path.join(RESULTS_DIR, f"workers-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(doc, f, indent=2)
+    save_json(path, doc)
     print(f"saved {os.path.relpath(path)}")
     return 1 if failures else 0
 

@@ -87,6 +87,19 @@ def unix_path() -> Iterator[str]:
         os.rmdir(d)
 
 
+@pytest.fixture
+def pair():
+    """A non-blocking ``socket.socketpair()``, closed after the test."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+
+
 def address_for(transport: str, unix_path: str) -> str:
     return "tcp://127.0.0.1:0" if transport == "tcp" else f"unix://{unix_path}"
 
@@ -104,6 +117,18 @@ def serving(handler: nr.EventHandler, *addrs: str, **options) -> Iterator[nr.Eng
             engine._thread.join(5)
 
 
+@contextlib.contextmanager
+def serving_port(handler: nr.EventHandler, **options) -> Iterator[int]:
+    """Serve ``handler`` on a free 127.0.0.1 TCP port; yield the port number."""
+    engine = nr.Engine(handler, "tcp://127.0.0.1:0", **options)
+    engine.start()
+    try:
+        yield int(engine.addresses[0].rsplit(":", 1)[1])
+    finally:
+        engine.stop()
+        engine.wait(10)
+
+
 def connect(address: str, timeout: float = 10.0) -> socket.socket:
     """A blocking client socket connected to a bound engine address."""
     if address.startswith("unix://"):
@@ -115,6 +140,28 @@ def connect(address: str, timeout: float = 10.0) -> socket.socket:
     host, port = rest.rsplit(":", 1)
     s = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
     return s
+
+
+def exchange(port: int, data: bytes, wait: float = 5.0):
+    """Send ``data`` to 127.0.0.1:``port``; return (all bytes received, whether the server closed).
+
+    Reads until the server closes, or until it stays silent for 0.3 s after
+    the first bytes (``wait`` s before any).
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as s:
+        s.sendall(data)
+        received = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                return received, False
+            except ConnectionResetError:
+                return received, True
+            if not chunk:
+                return received, True
+            received += chunk
+            s.settimeout(0.3)
 
 
 def recv_exact(sock: socket.socket, n: int) -> bytes:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import socket
 import threading
 import time
 
@@ -117,18 +116,6 @@ def harness(kind):
     finally:
         h.shutdown()
     assert not h.errors, h.errors
-
-
-@pytest.fixture
-def pair():
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    try:
-        yield a, b
-    finally:
-        a.close()
-        b.close()
 
 
 # ---------------------------------------------------------------- tasks

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
 import shutil
 import socket
@@ -11,9 +10,9 @@ import time
 
 import pytest
 
-from netreactor import Engine
 from netreactor.examples import DESCRIPTIONS, load_example
 from netreactor.examples.http import HTTPServer, StaticRoute
+from conftest import exchange, serving_port
 
 CURL = shutil.which("curl")
 WRK = shutil.which("wrk")
@@ -23,39 +22,14 @@ need_wrk = pytest.mark.skipif(WRK is None, reason="wrk not installed (Debian pac
 GET = b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n"
 
 
-@contextlib.contextmanager
 def serving(handler=None, **options):
-    engine = Engine(handler or HTTPServer(), "tcp://127.0.0.1:0", **options)
-    engine.start()
-    try:
-        yield int(engine.addresses[0].rsplit(":", 1)[1])
-    finally:
-        engine.stop()
-        engine.wait(10)
+    return serving_port(handler or HTTPServer(), **options)
 
 
 @pytest.fixture(scope="module")
 def port():
     with serving() as p:
         yield p
-
-
-def exchange(port: int, data: bytes, wait: float = 5.0):
-    """Send ``data``; return (all bytes received, whether the server closed)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=wait) as s:
-        s.sendall(data)
-        received = b""
-        while True:
-            try:
-                chunk = s.recv(65536)
-            except socket.timeout:
-                return received, False
-            except ConnectionResetError:
-                return received, True
-            if not chunk:
-                return received, True
-            received += chunk
-            s.settimeout(0.3)
 
 
 def split_responses(data: bytes):

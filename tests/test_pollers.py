@@ -28,18 +28,6 @@ def poller(request):
         p.close()
 
 
-@pytest.fixture
-def pair():
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    try:
-        yield a, b
-    finally:
-        a.close()
-        b.close()
-
-
 def events_of(result, fd):
     """The event bits reported for ``fd`` (0 if not reported); each fd at most once."""
     hits = [ev for f, ev in result if f == fd]

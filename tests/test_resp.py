@@ -3,7 +3,6 @@ raw RESP, redis-cli, redis-benchmark and, for byte compatibility, redis-server."
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import socket
@@ -13,10 +12,10 @@ import time
 
 import pytest
 
-from netreactor import Engine
 from netreactor.examples import DESCRIPTIONS, load_example
 from netreactor.examples.redis import KeyValueStore, RedisServer, glob_to_regex
 from netreactor.protocols.resp import ReplyParser, RespError, encode_command
+from conftest import exchange, serving_port
 
 REDIS_CLI = shutil.which("redis-cli")
 REDIS_BENCHMARK = shutil.which("redis-benchmark")
@@ -176,15 +175,8 @@ def test_server_commands(store):
 
 # --------------------------------------------------------------------------- over sockets
 
-@contextlib.contextmanager
 def serving(handler=None, **options):
-    engine = Engine(handler or RedisServer(), "tcp://127.0.0.1:0", **options)
-    engine.start()
-    try:
-        yield int(engine.addresses[0].rsplit(":", 1)[1])
-    finally:
-        engine.stop()
-        engine.wait(10)
+    return serving_port(handler or RedisServer(), **options)
 
 
 @pytest.fixture(scope="module")
@@ -461,24 +453,6 @@ def _transcript(port: int) -> list:
     return out
 
 
-def _raw_transcript(port: int, data: bytes):
-    """What the server sends back to ``data``, and whether it then closed."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(data)
-        received = b""
-        while True:
-            try:
-                chunk = s.recv(65536)
-            except socket.timeout:
-                return received, False
-            except ConnectionResetError:
-                return received, True
-            if not chunk:
-                return received, True
-            received += chunk
-            s.settimeout(0.3)
-
-
 @need_server
 def test_replies_are_byte_compatible_with_redis(port, redis_port):
     ours = _transcript(port)
@@ -490,4 +464,4 @@ def test_replies_are_byte_compatible_with_redis(port, redis_port):
 @need_server
 @pytest.mark.parametrize("data", RAW_COMPAT)
 def test_protocol_handling_is_compatible_with_redis(port, redis_port, data):
-    assert _raw_transcript(port, data) == _raw_transcript(redis_port, data)
+    assert exchange(port, data) == exchange(redis_port, data)
