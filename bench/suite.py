@@ -540,7 +540,9 @@ def run_udp(ctx: Ctx, servers: Optional[List[str]], reporter: "Reporter") -> tup
         if flag in help_text:
             argv += [flag, f"{value:g}"]
     if servers:
-        m = re.search(r"default ([\w,-]+)\)", help_text.split("--servers", 1)[-1])
+        # The option's own help line, not the usage line (whose tail would find
+        # the "(default all)" of --scenario).
+        m = re.search(r"--servers SERVERS\s+[^(]*\(default\s+([\w,-]+)\)", help_text)
         known = m.group(1).split(",") if m else None
         chosen = [s for s in servers if known is None or s in known]
         if not chosen:
