@@ -47,10 +47,6 @@ class Listener:
     def is_tcp(self) -> bool:
         return self.address.transport == "tcp"
 
-    @property
-    def is_datagram(self) -> bool:
-        return self.address.transport == "udp"
-
     def bound_address(self) -> str:
         """The address actually bound (with the real port when port 0 was asked)."""
         if self.address.transport == "unix":
