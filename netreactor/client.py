@@ -36,7 +36,7 @@ from .address import Address, parse_address
 from .conn import Conn, EdgeConn
 from .datagram import DatagramConn, DatagramEndpoint
 from .engine import _check_handler, run_tick
-from .listener import _apply_buffer_sizes, tune_tcp
+from .listener import apply_buffer_sizes, tune_tcp
 from .errors import EngineStoppedError
 from .eventloop import EventLoop, TimerHandle
 from .handler import Action, EventHandler, report
@@ -230,7 +230,7 @@ class Client:
         sock.setblocking(False)
         try:
             # Before connecting, so TCP window scaling agrees with the buffer sizes.
-            _apply_buffer_sizes(sock, self.options)
+            apply_buffer_sizes(sock, self.options)
         except OSError as exc:
             sock.close()
             report(self.logger, callback, None, _with_address(exc, address))

@@ -94,7 +94,7 @@ def _bind(address: Address, options: Any, reuse_port: bool) -> socket.socket:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if fam == socket.AF_INET6 and address.scheme in ("tcp6", "udp6"):
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        _apply_buffer_sizes(sock, options)
+        apply_buffer_sizes(sock, options)
         # Bound to the group address, a multicast socket receives that group only.
         sock.bind(sockaddr)
         if multicast:
@@ -153,7 +153,7 @@ def _bind_unix(address: Address, options: Any) -> socket.socket:
         _remove_stale_unix_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        _apply_buffer_sizes(sock, options)
+        apply_buffer_sizes(sock, options)
         sock.bind(address.sockaddr())
         sock.listen(options.backlog)
         sock.setblocking(False)
@@ -185,7 +185,7 @@ def _remove_stale_unix_socket(path: str) -> None:
     raise OSError(errno.EADDRINUSE, f"unix socket {path} is in use by another server")
 
 
-def _apply_buffer_sizes(sock: socket.socket, options: Any) -> None:
+def apply_buffer_sizes(sock: socket.socket, options: Any) -> None:
     # Set on the listener so accepted sockets inherit them (and TCP window scaling agrees).
     if options.socket_recv_buffer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, options.socket_recv_buffer)
