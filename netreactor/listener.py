@@ -186,7 +186,8 @@ def _remove_stale_unix_socket(path: str) -> None:
 
 
 def apply_buffer_sizes(sock: socket.socket, options: Any) -> None:
-    # Set on the listener so accepted sockets inherit them (and TCP window scaling agrees).
+    """SO_RCVBUF/SO_SNDBUF from the options, set before listen() or connect():
+    accepted sockets inherit a listener's, and TCP window scaling agrees."""
     if options.socket_recv_buffer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, options.socket_recv_buffer)
     if options.socket_send_buffer:
