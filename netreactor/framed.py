@@ -20,7 +20,7 @@ the bad one are still delivered.
 
 from __future__ import annotations
 
-from typing import List, Optional, Union
+from typing import Iterable, List, Optional, Union
 
 from .codec import Codec, FrameError
 from .conn import Conn
@@ -29,6 +29,7 @@ from .handler import Action, EventHandler
 __all__ = ["FramedHandler"]
 
 FrameResult = Union[None, Action, bytes, bytearray, memoryview]
+FramesResult = Union[None, Action, List[bytes], Iterable[Union[bytes, bytearray, memoryview]]]
 
 
 class FramedHandler(EventHandler):
@@ -58,11 +59,35 @@ class FramedHandler(EventHandler):
         frame, or an :class:`Action`, or None."""
         return None
 
+    def on_frames(self, conn: Conn, frames: List[bytes]) -> FramesResult:
+        """All the frames one read completed, in order (never empty).
+
+        Return the replies as a list of payloads -- they are encoded together
+        and sent with one write -- or an :class:`Action`, or None. The default
+        calls :meth:`on_frame` for each frame; override this instead when a
+        whole burst is cheaper to handle at once (a pipelining client sends
+        many frames per read). ``frames`` is yours to keep or return.
+        """
+        replies = conn._framing[1]  # the list send() also gathers into
+        on_frame = self.on_frame
+        for frame in frames:
+            result = on_frame(conn, frame)
+            if result.__class__ is bytes:
+                replies.append(result)
+            elif result is None:
+                continue
+            elif isinstance(result, Action):
+                if result is not Action.NONE:
+                    return result
+            else:
+                replies.append(bytes(result))
+        return None
+
     def send(self, conn: Conn, payload: Union[bytes, bytearray, memoryview]) -> int:
         """Encode ``payload`` as one frame and write it (any time, on the loop).
 
-        Inside ``on_frame`` the frame joins the replies being gathered, so it
-        keeps its place among them."""
+        Inside ``on_frame``/``on_frames`` the frame joins the replies being
+        gathered, so it keeps its place among them."""
         state = conn._framing
         if state is not None and state[1] is not None:
             state[1].append(bytes(payload))
@@ -78,33 +103,37 @@ class FramedHandler(EventHandler):
             frames: List[bytes] = state[0].feed(conn.read())
         except FrameError as exc:
             # Frames that preceded the bad one are the peer's real requests.
-            action = self._deliver(conn, state, exc.frames)
+            action = self._deliver(conn, state, exc.frames) if exc.frames else None
             conn._begin_close(exc)  # replies already written still go out first
             return action
-        return self._deliver(conn, state, frames)
+        if frames:
+            return self._deliver(conn, state, frames)
+        return None
 
     def _deliver(self, conn: Conn, state: list, frames: List[bytes]) -> Optional[Action]:
-        on_frame = self.on_frame
-        replies: List[bytes] = []
-        state[1] = replies
-        action = None
+        gathered: List[bytes] = []
+        state[1] = gathered
         try:
-            for frame in frames:
-                result = on_frame(conn, frame)
-                if result.__class__ is bytes:
-                    replies.append(result)
-                elif result is None:
-                    continue
-                elif isinstance(result, Action):
-                    if result is not Action.NONE:
-                        action = result
-                        break
-                else:
-                    replies.append(bytes(result))
+            result = self.on_frames(conn, frames)
         finally:
+            # A handler that raised closes its connection (the engine's rule), so
+            # what it gathered goes nowhere; only a normal return sends.
             state[1] = None
-            # One encode pass and one write for the whole burst, also when a
-            # later on_frame raised: the replies before it were owed.
-            if replies:
-                conn.write(self._encode_many(replies))
-        return action
+        if result.__class__ is list:
+            if gathered:
+                gathered += result  # send()s made during the call go first
+                result = gathered
+            if result:
+                conn.write(self._encode_many(result))  # one encode pass, one write
+            return None
+        if gathered:
+            conn.write(self._encode_many(gathered))
+        if result is None:
+            return None
+        if isinstance(result, Action):
+            return None if result is Action.NONE else result
+        # Any other iterable of payloads (a tuple, a generator).
+        replies = [r if r.__class__ is bytes else bytes(r) for r in result]
+        if replies:
+            conn.write(self._encode_many(replies))
+        return None
