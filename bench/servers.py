@@ -14,6 +14,16 @@ KINDs:
   connection with blocking-style ``recv``/``sendall`` (skipped if not installed).
 * ``twisted``    -- a Twisted ``Protocol`` on the default (epoll) reactor
   (skipped if not installed).
+* ``c-floor``    -- a floor, not a contender: ``cfloor.c``, the cheapest
+  server the same syscalls allow (one read, one write, a share of one
+  epoll_wait per batch), built on demand.  Its CPU per message is what the
+  kernel costs here; the gap between it and a Python server is all that user
+  space can win back.  echo and framed only.
+* ``py-floor``   -- the other floor: the barest pure-Python epoll loop with the
+  same syscalls (``os.read``/``os.write`` straight from the dispatch loop, no
+  handler, no connection object), and for framed the hand-written frame loop
+  inline.  No pure-Python framework can use less CPU than this, whatever its
+  design; netreactor's distance to it is its whole overhead.  echo and framed.
 
 PROTOs:
 
@@ -21,8 +31,9 @@ PROTOs:
 * ``framed`` -- length-prefixed frames (4-byte big-endian length of the bytes
   that follow, then the payload); every frame is decoded and its payload sent
   back re-encoded as one frame.  All kinds.  netreactor: a
-  ``nr.FramedHandler`` with ``codec = LengthFieldCodec(4)`` whose ``on_frame``
-  returns the frame.  asyncio/uvloop: the same protocol hand-written on the
+  ``nr.FramedHandler`` with ``codec = LengthFieldCodec(4)`` whose ``on_frames``
+  returns the frames of each read (the burst API; ``on_frame``, one call per
+  frame, costs about 15% more per frame).  asyncio/uvloop: the same protocol hand-written on the
   Protocol API the way a competent asyncio user writes it -- a bytearray
   buffer, a loop of ``struct.unpack_from`` over the complete frames, the
   replies gathered and written with one ``transport.write(b"".join(...))``
@@ -62,7 +73,7 @@ import socket
 import struct
 import sys
 
-KINDS = ("netreactor", "uvloop", "asyncio", "gevent", "twisted")
+KINDS = ("netreactor", "uvloop", "asyncio", "gevent", "twisted", "c-floor", "py-floor")
 PROTOS = ("echo", "framed", "resp", "http")
 #: Protocols that only these kinds serve (the netreactor example handlers).
 APP_PROTOS = {"resp": "redis", "http": "http"}
@@ -226,8 +237,8 @@ def serve_netreactor(host: str, port: int, unix: str | None, proto: str = "echo"
         class FramedEcho(nr.FramedHandler):
             codec = LengthFieldCodec(4)
 
-            def on_frame(self, conn, frame):
-                return frame  # encoded again by the codec and written back
+            def on_frames(self, conn, frames):
+                return frames  # the burst, encoded again by the codec in one pass
 
         handler = FramedEcho()
     elif proto in APP_PROTOS:
@@ -332,8 +343,141 @@ def serve_twisted(host: str, port: int, unix: str | None, proto: str = "echo") -
     reactor.run()
 
 
+# --------------------------------------------------------------------------
+# c: the kernel floor (bench/cfloor.c), exec'd in place so the harness's pid,
+# CPU pinning and CPU accounting apply to it unchanged
+# --------------------------------------------------------------------------
+CFLOOR_SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cfloor.c")
+CFLOOR_BIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_build", "cfloor")
+
+
+def _build_cfloor() -> str | None:
+    """Build cfloor.c if needed; None when ready, else why not."""
+    from _common import compile_c, find_cc, is_stale
+
+    if not is_stale(CFLOOR_BIN, CFLOOR_SRC):
+        return None
+    cc = find_cc()
+    if cc is None:
+        return "no C compiler (cc, gcc or clang) to build bench/cfloor.c"
+    r = compile_c(cc, CFLOOR_SRC, CFLOOR_BIN)
+    return None if r.returncode == 0 else f"building bench/cfloor.c failed: {r.stderr.strip()}"
+
+
+def serve_c_floor(host: str, port: int, unix: str | None, proto: str = "echo") -> None:
+    where = ["--unix", unix] if unix else ["--host", host, "--port", str(port)]
+    os.execv(CFLOOR_BIN, [CFLOOR_BIN, *where, "--proto", proto])
+
+
+# --------------------------------------------------------------------------
+# py-floor: the barest pure-Python loop with the same syscalls
+# --------------------------------------------------------------------------
+def serve_py_floor(host: str, port: int, unix: str | None, proto: str = "echo") -> None:
+    import select
+
+    if unix:
+        lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        lsock.bind(unix)
+    else:
+        lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        lsock.bind((host, port))
+    lsock.listen(1024)
+    lsock.setblocking(False)
+    lfd = lsock.fileno()
+    ep = select.epoll()
+    ep.register(lfd, select.EPOLLIN)
+    socks: dict = {}        # fd -> socket (kept alive)
+    pending: dict = {}      # fd -> reply bytes the socket did not take yet
+    bufs: dict = {}         # framed: fd -> partial frame
+    read, write, IN, OUT = os.read, os.write, select.EPOLLIN, select.EPOLLOUT
+    unpack_from, pack = _HEADER.unpack_from, _HEADER.pack
+    framed = proto == "framed"
+
+    def drop(fd: int) -> None:
+        ep.unregister(fd)
+        socks.pop(fd).close()
+        pending.pop(fd, None)
+        bufs.pop(fd, None)
+
+    while True:
+        for fd, ev in ep.poll():
+            if fd == lfd:
+                while True:
+                    try:
+                        s, _ = lsock.accept()
+                    except BlockingIOError:
+                        break
+                    s.setblocking(False)
+                    if not unix:
+                        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    socks[s.fileno()] = s
+                    ep.register(s.fileno(), IN)
+                continue
+            if fd in pending:  # writable again: send the rest, then read again
+                data = pending.pop(fd)
+                try:
+                    n = write(fd, data)
+                except OSError:
+                    drop(fd)
+                    continue
+                if n < len(data):
+                    pending[fd] = data[n:]
+                else:
+                    ep.modify(fd, IN)
+                continue
+            try:
+                data = read(fd, 65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                drop(fd)
+                continue
+            if framed:  # the hand-written frame loop, as in FramedEchoProtocol
+                buf = bufs.get(fd)
+                if buf:
+                    buf += data
+                    data = bytes(buf)
+                end, pos, out = len(data), 0, []
+                while end - pos >= 4:
+                    (length,) = unpack_from(data, pos)
+                    if length > MAX_FRAME - 4:
+                        end = -1
+                        break
+                    stop = pos + 4 + length
+                    if stop > end:
+                        break
+                    payload = data[pos + 4:stop]
+                    out.append(pack(len(payload)))
+                    out.append(payload)
+                    pos = stop
+                if end < 0:
+                    drop(fd)
+                    continue
+                if pos < end:
+                    bufs[fd] = bytearray(data[pos:])
+                elif buf:
+                    del bufs[fd]
+                if not out:
+                    continue
+                data = b"".join(out)
+            try:
+                n = write(fd, data)
+            except BlockingIOError:
+                n = 0
+            except OSError:
+                drop(fd)
+                continue
+            if n < len(data):  # stop reading until the reply is out: bounded memory
+                pending[fd] = data[n:]
+                ep.modify(fd, OUT)
+
+
 SERVE = {"asyncio": serve_asyncio, "uvloop": serve_uvloop, "netreactor": serve_netreactor,
-         "gevent": serve_gevent, "twisted": serve_twisted}
+         "gevent": serve_gevent, "twisted": serve_twisted,
+         "c-floor": serve_c_floor, "py-floor": serve_py_floor}
 
 
 def _importable(module: str, kind: str, pip: str) -> str | None:
@@ -359,6 +503,10 @@ def check(kind: str, proto: str = "echo") -> str | None:
             return f"netreactor's {APP_PROTOS[proto]} example is not importable: {e}"
     if kind == "asyncio":
         return None
+    if kind in ("c-floor", "py-floor"):
+        if proto not in ("echo", "framed"):
+            return f"{kind} serves echo and framed only, not {proto}"
+        return _build_cfloor() if kind == "c-floor" else None
     if kind == "uvloop":
         return _importable("uvloop", "uvloop", "uvloop")
     if kind == "gevent":
