@@ -24,6 +24,10 @@ KINDs:
   handler, no connection object), and for framed the hand-written frame loop
   inline.  No pure-Python framework can use less CPU than this, whatever its
   design; netreactor's distance to it is its whole overhead.  echo and framed.
+* ``py-api-floor`` -- ``py-floor`` plus the least a callback API costs: each
+  read is handed to ``handler.on_traffic(conn)``, which calls ``conn.read()``
+  and ``conn.write(data)`` on a three-slot connection object.  What any
+  gnet-style pure-Python framework pays at the very least.  echo only.
 
 PROTOs:
 
@@ -73,7 +77,7 @@ import socket
 import struct
 import sys
 
-KINDS = ("netreactor", "uvloop", "asyncio", "gevent", "twisted", "c-floor", "py-floor")
+KINDS = ("netreactor", "uvloop", "asyncio", "gevent", "twisted", "c-floor", "py-floor", "py-api-floor")
 PROTOS = ("echo", "framed", "resp", "http")
 #: Protocols that only these kinds serve (the netreactor example handlers).
 APP_PROTOS = {"resp": "redis", "http": "http"}
@@ -372,7 +376,32 @@ def serve_c_floor(host: str, port: int, unix: str | None, proto: str = "echo") -
 # --------------------------------------------------------------------------
 # py-floor: the barest pure-Python loop with the same syscalls
 # --------------------------------------------------------------------------
-def serve_py_floor(host: str, port: int, unix: str | None, proto: str = "echo") -> None:
+class _FloorConn:
+    """py-api-floor's connection: the least a ``read``/``write`` API can hold."""
+
+    __slots__ = ("_in", "_out", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._in = b""
+        self._out = None
+
+    def read(self) -> bytes:
+        data, self._in = self._in, b""
+        return data
+
+    def write(self, data: bytes) -> int:
+        self._out = data  # the loop sends it when on_traffic returns
+        return len(data)
+
+
+class _FloorEcho:
+    def on_traffic(self, conn: _FloorConn) -> None:
+        conn.write(conn.read())
+
+
+def serve_py_floor(host: str, port: int, unix: str | None, proto: str = "echo",
+                   api: bool = False) -> None:
     import select
 
     if unix:
@@ -387,16 +416,18 @@ def serve_py_floor(host: str, port: int, unix: str | None, proto: str = "echo") 
     lfd = lsock.fileno()
     ep = select.epoll()
     ep.register(lfd, select.EPOLLIN)
-    socks: dict = {}        # fd -> socket (kept alive)
+    socks: dict = {}        # fd -> socket (kept alive); with api, fd -> _FloorConn
     pending: dict = {}      # fd -> reply bytes the socket did not take yet
     bufs: dict = {}         # framed: fd -> partial frame
     read, write, IN, OUT = os.read, os.write, select.EPOLLIN, select.EPOLLOUT
     unpack_from, pack = _HEADER.unpack_from, _HEADER.pack
     framed = proto == "framed"
+    handler = _FloorEcho()
 
     def drop(fd: int) -> None:
         ep.unregister(fd)
-        socks.pop(fd).close()
+        s = socks.pop(fd)
+        (s.sock if api else s).close()
         pending.pop(fd, None)
         bufs.pop(fd, None)
 
@@ -411,7 +442,7 @@ def serve_py_floor(host: str, port: int, unix: str | None, proto: str = "echo") 
                     s.setblocking(False)
                     if not unix:
                         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    socks[s.fileno()] = s
+                    socks[s.fileno()] = _FloorConn(s) if api else s
                     ep.register(s.fileno(), IN)
                 continue
             if fd in pending:  # writable again: send the rest, then read again
@@ -435,7 +466,15 @@ def serve_py_floor(host: str, port: int, unix: str | None, proto: str = "echo") 
             if not data:
                 drop(fd)
                 continue
-            if framed:  # the hand-written frame loop, as in FramedEchoProtocol
+            if api:
+                conn = socks[fd]
+                conn._in = data
+                handler.on_traffic(conn)
+                data = conn._out
+                if data is None:
+                    continue
+                conn._out = None
+            elif framed:  # the hand-written frame loop, as in FramedEchoProtocol
                 buf = bufs.get(fd)
                 if buf:
                     buf += data
@@ -477,7 +516,8 @@ def serve_py_floor(host: str, port: int, unix: str | None, proto: str = "echo") 
 
 SERVE = {"asyncio": serve_asyncio, "uvloop": serve_uvloop, "netreactor": serve_netreactor,
          "gevent": serve_gevent, "twisted": serve_twisted,
-         "c-floor": serve_c_floor, "py-floor": serve_py_floor}
+         "c-floor": serve_c_floor, "py-floor": serve_py_floor,
+         "py-api-floor": lambda *a: serve_py_floor(*a, api=True)}
 
 
 def _importable(module: str, kind: str, pip: str) -> str | None:
@@ -503,7 +543,9 @@ def check(kind: str, proto: str = "echo") -> str | None:
             return f"netreactor's {APP_PROTOS[proto]} example is not importable: {e}"
     if kind == "asyncio":
         return None
-    if kind in ("c-floor", "py-floor"):
+    if kind == "py-api-floor" and proto != "echo":
+        return f"{kind} serves echo only, not {proto}"
+    if kind in ("c-floor", "py-floor", "py-api-floor"):
         if proto not in ("echo", "framed"):
             return f"{kind} serves echo and framed only, not {proto}"
         return _build_cfloor() if kind == "c-floor" else None

@@ -24,8 +24,10 @@ REPO = Path(__file__).resolve().parents[1]
 SERVERS = REPO / "bench" / "servers.py"
 HAVE_CC = any(shutil.which(c) for c in ("cc", "gcc", "clang"))
 
-KINDS = ["py-floor", pytest.param("c-floor", marks=pytest.mark.skipif(not HAVE_CC, reason="no C compiler")),
-         "netreactor"]
+_NEEDS_CC = pytest.mark.skipif(not HAVE_CC, reason="no C compiler")
+CASES = [pytest.param(kind, proto, id=f"{kind}-{proto}", marks=[_NEEDS_CC] if kind == "c-floor" else [])
+         for kind in ("py-floor", "c-floor", "netreactor") for proto in ("echo", "framed")]
+CASES.append(pytest.param("py-api-floor", "echo", id="py-api-floor-echo"))
 
 
 def _serve(kind: str, proto: str, port: int) -> subprocess.Popen:
@@ -49,8 +51,7 @@ def _connect(port: int, proc: subprocess.Popen):
             time.sleep(0.05)
 
 
-@pytest.mark.parametrize("proto", ["echo", "framed"])
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind, proto", CASES)
 def test_floor_servers_serve_their_protocol(kind, proto):
     import socket
 
