@@ -206,6 +206,11 @@ class Conn(Inbound):
         except OSError as exc:
             self._close_now(exc)
             return
+        self._sent(out, sent)
+
+    def _sent(self, out: List[Any], sent: int) -> None:
+        """The kernel took ``sent`` bytes of ``out``: drop them, then settle the
+        events, the high-water state and the drain waiters."""
         left = self._out_bytes - sent
         self._out_bytes = left
         if not left:
@@ -306,8 +311,26 @@ class Conn(Inbound):
             self._keep_inbound()
         if action is not None:
             self._apply(action)
-        if self._out:
-            self._flush()
+        out = self._out
+        if out:
+            # _flush's common case written out: one reply, taken whole.
+            if len(out) == 1:
+                try:
+                    sent = _write(self.fd, out[0])
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError as exc:
+                    self._close_now(exc)
+                    return False
+                if sent == self._out_bytes:
+                    self._out = None
+                    self._out_bytes = 0
+                    if self._events != READABLE:
+                        self._drained()
+                else:
+                    self._sent(out, sent)
+            else:
+                self._flush()
         return self._alive
 
     def _open(self) -> None:
