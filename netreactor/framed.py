@@ -11,6 +11,10 @@
 
     nr.run(Reverse(), "tcp://127.0.0.1:9000")
 
+Or implement ``on_frames(conn, frames)`` to take every frame a read completed
+in one call and return the list of replies: the faster choice when clients
+pipeline, since no Python call is made per frame.
+
 The decoder of each connection lives in the connection itself, so frames split
 across reads and many frames per read both just work. A peer that sends a
 malformed or oversized frame has its connection closed, and ``on_close``
@@ -36,7 +40,8 @@ class FramedHandler(EventHandler):
     """An :class:`EventHandler` that speaks in frames.
 
     Set ``codec`` as a class attribute or pass it to ``__init__``, and implement
-    :meth:`on_frame`. Override ``on_open``/``on_close`` freely; if you override
+    :meth:`on_frame` (one call per frame) or :meth:`on_frames` (one call per
+    read, with all the frames it completed). Override ``on_open``/``on_close`` freely; if you override
     ``on_traffic``, frames are no longer decoded for you.
     """
 
