@@ -37,7 +37,7 @@ PROTOs:
   back re-encoded as one frame.  All kinds.  netreactor: a
   ``nr.FramedHandler`` with ``codec = LengthFieldCodec(4)`` whose ``on_frames``
   returns the frames of each read (the burst API; ``on_frame``, one call per
-  frame, costs about 15% more per frame).  asyncio/uvloop: the same protocol hand-written on the
+  frame, runs ~15% more instructions per frame).  asyncio/uvloop: the same protocol hand-written on the
   Protocol API the way a competent asyncio user writes it -- a bytearray
   buffer, a loop of ``struct.unpack_from`` over the complete frames, the
   replies gathered and written with one ``transport.write(b"".join(...))``
