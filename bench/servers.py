@@ -90,6 +90,12 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(1, REPO_ROOT)
 
 
+def _nodelay(sock) -> None:
+    """TCP_NODELAY on an accepted TCP socket (None and Unix sockets are left as they are)."""
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 # --------------------------------------------------------------------------
 # asyncio / uvloop: the Protocol API (callbacks, no task per connection)
 # --------------------------------------------------------------------------
@@ -97,9 +103,7 @@ class EchoProtocol(asyncio.Protocol):
     """Echo every chunk back as it arrives."""
 
     def connection_made(self, transport):
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _nodelay(transport.get_extra_info("socket"))
         self.transport = transport
 
     def data_received(self, data):
@@ -114,9 +118,7 @@ class FramedEchoProtocol(asyncio.Protocol):
     """Length-prefixed frames; each payload is sent back as one frame."""
 
     def connection_made(self, transport):
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _nodelay(transport.get_extra_info("socket"))
         self.transport = transport
         self.buf = bytearray()
 
@@ -178,9 +180,7 @@ def _app_protocol_factory(proto: str):
 
     class AppProtocol(asyncio.Protocol):
         def connection_made(self, transport):
-            sock = transport.get_extra_info("socket")
-            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _nodelay(transport.get_extra_info("socket"))
             self.transport = transport
             self.conn = _ShimConn(transport)
             handler.on_open(self.conn)
@@ -260,8 +260,7 @@ def serve_gevent(host: str, port: int, unix: str | None, proto: str = "echo") ->
     from gevent.server import StreamServer
 
     def echo(sock, _addr):
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _nodelay(sock)
         recv, sendall = sock.recv, sock.sendall
         try:
             while True:
@@ -273,8 +272,7 @@ def serve_gevent(host: str, port: int, unix: str | None, proto: str = "echo") ->
             pass
 
     def framed(sock, _addr):
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _nodelay(sock)
         recv, sendall = sock.recv, sock.sendall
         unpack_from, pack = _HEADER.unpack_from, _HEADER.pack
         buf = bytearray()
@@ -440,8 +438,7 @@ def serve_py_floor(host: str, port: int, unix: str | None, proto: str = "echo",
                     except BlockingIOError:
                         break
                     s.setblocking(False)
-                    if not unix:
-                        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    _nodelay(s)
                     socks[s.fileno()] = _FloorConn(s) if api else s
                     ep.register(s.fileno(), IN)
                 continue
