@@ -57,8 +57,6 @@ EXIT_USAGE = 2
 EXIT_RUNTIME = 1
 #: Options that have no command-line form.
 NO_FLAG = frozenset({"logger"})
-#: Default address of ``netreactor example``.
-EXAMPLE_LISTEN = "tcp://127.0.0.1:9000"
 
 _log = logging.getLogger("netreactor.cli")
 
@@ -242,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     example.add_argument("name", nargs="?", metavar="NAME", help=f"the example to run ({names})")
     example.add_argument("--list", action="store_true", help="list the examples and exit")
     example.add_argument("--listen", "-l", action="append", metavar="ADDR",
-                         help=f"address to serve; repeat for several (default: {EXAMPLE_LISTEN})")
+                         help="address to serve; repeat for several (default: tcp://127.0.0.1:9000, "
+                              "udp://127.0.0.1:9000 for udp-echo)")
 
     sub.add_parser("check", allow_abbrev=False, help="self-check: boot the echo example and test it",
                    description="Boot the echo example on a free loopback TCP port and a Unix "
@@ -340,7 +339,10 @@ def _serve(handler: EventHandler, listen: Sequence[str], args: argparse.Namespac
     except OSError as exc:
         if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES) or \
                 isinstance(exc, FileExistsError):
-            raise RunError(f"cannot listen on {', '.join(listen)}: {exc.strerror or exc}") from None
+            reason = exc.strerror or str(exc)
+            if not reason.startswith("cannot listen on"):  # the engine names the address it was
+                reason = f"cannot listen on {', '.join(listen)}: {reason}"
+            raise RunError(reason) from None
         _log.debug("the server failed", exc_info=True)
         raise RunError(f"the server failed: {_describe(exc)} (--log-level debug shows the "
                        f"traceback)") from None
@@ -363,7 +365,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_example(args: argparse.Namespace) -> int:
-    from .examples import DESCRIPTIONS, EXAMPLES, load_example
+    from .examples import DESCRIPTIONS, EXAMPLES, default_listen, load_example
 
     if args.list:
         width = max(len(name) for name in EXAMPLES)
@@ -378,7 +380,8 @@ def _cmd_example(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     _setup_logging(args.log_level)
-    return _serve(_make_handler(factory, f"example {args.name}"), args.listen or [EXAMPLE_LISTEN], args)
+    return _serve(_make_handler(factory, f"example {args.name}"),
+                  args.listen or [default_listen(args.name)], args)
 
 
 def _bench_dir() -> Optional[str]:

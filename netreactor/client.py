@@ -278,11 +278,7 @@ class Client:
                 self._endpoints.append(endpoint)
                 loop.conn_count += 1
                 self._track(conn)
-                action = self.handler.on_open(conn)
-                if action is Action.CLOSE:
-                    endpoint.end(conn, None)
-                elif action is Action.SHUTDOWN:
-                    loop.request_shutdown()
+                endpoint.open_peer()
             else:
                 if sock.family != socket.AF_UNIX:
                     tune_tcp(sock, self.options)

@@ -207,6 +207,22 @@ class DatagramEndpoint:
         if not connected and self._timeout is None:
             self._io = self._io_datagrams  # the common case gets its own flat loop
 
+    def open_peer(self) -> None:
+        """A connected (client) endpoint: run ``on_open`` for its one peer. A handler
+        that raises is logged and the connection closed, as for a stream."""
+        conn = self.peer
+        try:
+            action = self.handler.on_open(conn)
+        except Exception as exc:
+            self.logger.error("handler %s.on_open raised; closing connection fd=%d",
+                              type(self.handler).__name__, self.fd, exc_info=exc)
+            self.end(conn, exc)
+            return
+        if action is Action.CLOSE:
+            self.end(conn, None)
+        elif action is Action.SHUTDOWN:
+            self.loop.request_shutdown()
+
     def start(self) -> None:
         self.loop.add(self.fd, self, READABLE)
         if self._timeout is not None and not self._connected:

@@ -15,6 +15,7 @@ runs ``on_boot``, ``on_tick`` and ``on_shutdown``. The other loops are threads.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -28,8 +29,9 @@ from .conn import Conn, EdgeConn
 from .datagram import DatagramEndpoint
 from .errors import EngineStoppedError
 from .eventloop import EventLoop
+from .framed import FramedHandler
 from .handler import Action, EventHandler
-from .listener import Acceptor, Listener, tune_tcp
+from .listener import Acceptor, Listener, bind_group, tune_tcp
 from .options import Options
 from .pollers import new_poller
 
@@ -52,6 +54,8 @@ def _check_handler(handler: Any) -> None:
     if not isinstance(handler, EventHandler):
         raise ValueError(
             f"handler must be an instance of netreactor.EventHandler, got {type(handler).__name__}")
+    if isinstance(handler, FramedHandler):
+        handler.check_codec()
 
 
 def parse_addresses(addrs: Sequence[Any]) -> List[Address]:
@@ -89,6 +93,7 @@ class Engine:
         self._booted = threading.Event()
         self._done = threading.Event()
         self._boot_error: Optional[BaseException] = None
+        self._escaped: Optional[BaseException] = None  # SystemExit/KeyboardInterrupt from a loop thread
         self._thread: Optional[threading.Thread] = None
         self._listeners: List[Listener] = []
         self._bound: List[Listener] = []         # one per address, in the order given
@@ -215,12 +220,18 @@ class Engine:
                     for loop in self._all_loops:
                         loop.call_soon_threadsafe(self._shutdown_loop, loop, urgent=True)
             self._booted.set()
-            self._run_loops()
-            self._close_leftovers()
             try:
-                self.handler.on_shutdown(self)
-            except Exception:
-                self.logger.exception("handler %s.on_shutdown raised", type(self.handler).__name__)
+                self._run_loops()
+            finally:
+                # Also when SystemExit or KeyboardInterrupt escaped a handler:
+                # every peer gets its close, and the handler its on_shutdown.
+                self._close_leftovers()
+                try:
+                    self.handler.on_shutdown(self)
+                except Exception:
+                    self.logger.exception("handler %s.on_shutdown raised", type(self.handler).__name__)
+            if self._escaped is not None:  # it escaped on a loop thread: raise it here
+                raise self._escaped
         finally:
             self._release()
 
@@ -256,21 +267,20 @@ class Engine:
 
     def _bind_per_loop(self, addr: Address, reuse_port: bool,
                        first: Optional[Listener] = None) -> List[Listener]:
-        """One socket per loop for ``addr``; the first (bound here unless a worker
-        supervisor bound it) fixes the port when 0 was asked."""
+        """One socket per loop for ``addr``. ``first`` is the socket a worker
+        supervisor bound for this process (its SO_REUSEPORT group is ours
+        already); otherwise the whole group is bound here, checked first."""
         if first is None:
-            first = Listener(addr, self.options, reuse_port=reuse_port)
-        self._listeners.append(first)
-        self._bound.append(first)
-        if addr.port == 0:
-            port = first.sock.getsockname()[1]
-            addr = Address(addr.scheme, addr.transport, addr.family, addr.host, port)
-        out = [first]
-        for _ in self._loops[1:]:
-            lst = Listener(addr, self.options, reuse_port=reuse_port)
-            self._listeners.append(lst)
-            out.append(lst)
-        return out
+            group = (bind_group(addr, self.options, len(self._loops)) if reuse_port
+                     else [Listener(addr, self.options)])
+        else:
+            if addr.port == 0:
+                addr = dataclasses.replace(addr, port=first.sock.getsockname()[1])
+            group = [first] + [Listener(addr, self.options, reuse_port=True)
+                               for _ in self._loops[1:]]
+        self._listeners.extend(group)
+        self._bound.append(group[0])
+        return group
 
     # ------------------------------------------------------------------ accepting
 
@@ -340,6 +350,14 @@ class Engine:
     def _loop_main(self, loop: EventLoop) -> None:
         try:
             loop.run()
+        except (SystemExit, KeyboardInterrupt) as exc:
+            # Not contained (as in asyncio): the engine stops and run() raises it.
+            self.logger.info("%s raised on event loop %d; stopping", type(exc).__name__, loop.index)
+            self.stop()
+            if loop is self._primary:
+                raise
+            if self._escaped is None:  # raised again on the thread that called run()
+                self._escaped = exc
         except BaseException:
             self.logger.exception("event loop %d crashed", loop.index)
             self.stop()
@@ -433,7 +451,10 @@ def _parse_tick(result: Any):
             raise ValueError(f"expected an Action, got {action!r}")
     if (isinstance(result, bool) or not isinstance(result, (int, float)) or result != result
             or result == float("inf")):
-        raise ValueError("the delay must be a finite number of seconds")
+        raise ValueError("the delay must be a finite number of seconds > 0")
+    if result <= 0 and action is not Action.SHUTDOWN:
+        # Zero would call on_tick again at once, forever: a spinning core.
+        raise ValueError("the delay must be a number of seconds > 0")
     return max(0.0, float(result)), action
 
 

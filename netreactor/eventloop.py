@@ -26,21 +26,39 @@ TASK_BUDGET = 256
 READ_BUDGET = 16
 #: Longest single poll() sleep, in seconds; a later timer just takes several.
 MAX_POLL_TIMEOUT = 3600.0
+#: The heap is rebuilt without its cancelled entries once they are more than
+#: this many and more than half of it (asyncio's rule): re-arming a timer per
+#: message then costs O(1) amortised and bounded memory.
+MIN_CANCELLED_TO_COMPACT = 100
 
 
 class TimerHandle:
-    """A scheduled call; :meth:`cancel` it before it runs to drop it."""
+    """A scheduled call; :meth:`cancel` it before it runs to drop it.
 
-    __slots__ = ("when", "callback", "args", "cancelled")
+    Cancelling releases the callback and its arguments at once (a cancelled
+    timer must not pin a connection until its deadline), and the loop drops
+    cancelled entries from its heap once they are most of it.
+    """
 
-    def __init__(self, when: float, callback: Callable[..., Any], args: tuple) -> None:
+    __slots__ = ("when", "callback", "args", "cancelled", "_loop")
+
+    def __init__(self, when: float, callback: Callable[..., Any], args: tuple,
+                 loop: "EventLoop") -> None:
         self.when = when
-        self.callback = callback
+        self.callback: Optional[Callable[..., Any]] = callback
         self.args = args
         self.cancelled = False
+        self._loop: Optional[EventLoop] = loop
 
     def cancel(self) -> None:
+        if self.cancelled:
+            return
         self.cancelled = True
+        self.callback = None
+        self.args = ()
+        loop, self._loop = self._loop, None
+        if loop is not None:  # None once it ran: nothing is left in the heap
+            loop._timer_cancelled()
 
 
 class _WakerEntry:
@@ -87,6 +105,7 @@ class EventLoop:
         self._tasks: Deque[Tuple[Callable[..., Any], tuple]] = deque()
         self._timers: List[Tuple[float, int, TimerHandle]] = []
         self._timer_seq = itertools.count()
+        self._cancelled_timers = 0
         self._dirty: List[Any] = []   # connections written to outside their own callback
         self._drain_waiters: Dict[Any, List[Callable[..., Any]]] = {}  # Conn.when_drained
         self._ready: List[Any] = []   # edge-triggered connections with reads left over
@@ -128,9 +147,21 @@ class EventLoop:
 
     def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> TimerHandle:
         """Run ``callback(*args)`` after ``delay`` seconds (loop thread only)."""
-        handle = TimerHandle(monotonic() + max(0.0, delay), callback, args)
+        handle = TimerHandle(monotonic() + max(0.0, delay), callback, args, self)
         heapq.heappush(self._timers, (handle.when, next(self._timer_seq), handle))
         return handle
+
+    def timer_count(self) -> int:
+        """Entries in the timer heap, cancelled ones not yet dropped included."""
+        return len(self._timers)
+
+    def _timer_cancelled(self) -> None:
+        self._cancelled_timers += 1
+        if (self._cancelled_timers > MIN_CANCELLED_TO_COMPACT
+                and self._cancelled_timers * 2 > len(self._timers)):
+            self._timers[:] = [entry for entry in self._timers if not entry[2].cancelled]
+            heapq.heapify(self._timers)
+            self._cancelled_timers = 0
 
     # ------------------------------------------------------------------ fd table
 
@@ -254,8 +285,13 @@ class EventLoop:
         now = monotonic()
         while timers and timers[0][0] <= now:
             handle = heapq.heappop(timers)[2]
-            if not handle.cancelled:
-                self._call(handle.callback, handle.args)
+            if handle.cancelled:
+                self._cancelled_timers -= 1
+                continue
+            callback, args = handle.callback, handle.args
+            handle._loop = handle.callback = None  # a late cancel() has nothing to do
+            handle.args = ()
+            self._call(callback, args)
 
     def _run_tasks(self) -> None:
         urgent = self._urgent

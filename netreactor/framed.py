@@ -48,16 +48,24 @@ class FramedHandler(EventHandler):
     codec: Optional[Codec] = None
 
     def __init__(self, codec: Optional[Codec] = None) -> None:
+        # Optional for subclasses: nothing here is needed later except the
+        # codec, read from ``self.codec`` (a class attribute usually) at each use.
         if codec is not None:
             self.codec = codec
-        if not isinstance(self.codec, Codec):
+        self.check_codec()
+
+    def check_codec(self) -> Codec:
+        """The codec this handler frames with; ``ValueError`` if it has none.
+
+        The engine and the client call it before binding, so a subclass whose
+        ``__init__`` forgot to pass its codec on fails at construction."""
+        codec = self.codec
+        if not isinstance(codec, Codec):
             raise ValueError(
                 f"{type(self).__name__} needs a codec (a netreactor.codec.Codec): "
-                f"set the class attribute 'codec' or pass codec=..., got {self.codec!r}")
-        # Bound once: on_traffic runs for every read.
-        self._encode = self.codec.encode
-        self._encode_many = self.codec.encode_many
-        self._new_decoder = self.codec.decoder
+                f"set the class attribute 'codec', or pass codec=... to "
+                f"FramedHandler.__init__(), got {codec!r}")
+        return codec
 
     def on_frame(self, conn: Conn, frame: bytes) -> FrameResult:
         """One whole frame arrived. Return bytes to send them back encoded as one
@@ -97,13 +105,13 @@ class FramedHandler(EventHandler):
         if state is not None and state[1] is not None:
             state[1].append(bytes(payload))
             return len(payload)
-        return conn.write(self._encode(payload))
+        return conn.write(self.codec.encode(payload))
 
     def on_traffic(self, conn: Conn) -> Optional[Action]:
         state = conn._framing
         if state is None:
             # [decoder, replies being gathered during a delivery (or None)]
-            state = conn._framing = [self._new_decoder(), None]
+            state = conn._framing = [self.codec.decoder(), None]
         try:
             frames: List[bytes] = state[0].feed(conn.read())
         except FrameError as exc:
@@ -129,10 +137,10 @@ class FramedHandler(EventHandler):
                 gathered += result  # send()s made during the call go first
                 result = gathered
             if result:
-                conn.write(self._encode_many(result))  # one encode pass, one write
+                conn.write(self.codec.encode_many(result))  # one encode pass, one write
             return None
         if gathered:
-            conn.write(self._encode_many(gathered))
+            conn.write(self.codec.encode_many(gathered))
         if result is None:
             return None
         if isinstance(result, Action):
@@ -140,5 +148,5 @@ class FramedHandler(EventHandler):
         # Any other iterable of payloads (a tuple, a generator).
         replies = [r if r.__class__ is bytes else bytes(r) for r in result]
         if replies:
-            conn.write(self._encode_many(replies))
+            conn.write(self.codec.encode_many(replies))
         return None

@@ -9,18 +9,21 @@ wakes one loop.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import ipaddress
 import os
 import socket
 import stat
 import struct
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional, Tuple, TypeVar
 
 from .address import Address
 from .pollers import EXCLUSIVE, READABLE
 
-__all__ = ["Listener", "Acceptor"]
+__all__ = ["Listener", "Acceptor", "bind_group"]
+
+_T = TypeVar("_T")
 
 # Errors that mean "this one pending connection is gone", not "the listener is broken".
 _TRANSIENT_ACCEPT = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN,
@@ -38,7 +41,7 @@ class Listener:
 
     def __init__(self, address: Address, options: Any, reuse_port: bool = False) -> None:
         self.address = address
-        self.sock = _bind(address, options, reuse_port)
+        self.sock = _named_errors(address, _bind, address, options, reuse_port)
         self._unix_inode: Optional[int] = None
         if address.transport == "unix" and not address.path.startswith("@"):
             self._unix_inode = os.stat(address.path).st_ino
@@ -70,9 +73,57 @@ class Listener:
             self._unix_inode = None
 
 
-def _bind(address: Address, options: Any, reuse_port: bool) -> socket.socket:
-    if address.transport == "unix":
-        return _bind_unix(address, options)
+def bind_group(address: Address, options: Any, count: int) -> List[Listener]:
+    """``count`` SO_REUSEPORT listeners sharing ``address`` (the kernel spreads
+    connections or datagrams over them), after checking that nobody else holds
+    the port: SO_REUSEPORT would otherwise let this group bind beside another
+    server of the same user and silently take half of its traffic. With port 0
+    the first socket picks a free port and the others join it."""
+    if address.transport != "unix" and address.port != 0:
+        _named_errors(address, _probe_free, address, options)
+    first = Listener(address, options, reuse_port=True)
+    group = [first]
+    try:
+        if address.port == 0 and address.transport != "unix":
+            address = dataclasses.replace(address, port=first.sock.getsockname()[1])
+        for _ in range(count - 1):
+            group.append(Listener(address, options, reuse_port=True))
+    except BaseException:
+        for lst in group:
+            lst.close()
+        raise
+    return group
+
+
+def _named_errors(address: Address, fn: Callable[..., _T], *args: Any) -> _T:
+    """Call ``fn``; a resolution or bind error names the address it was for."""
+    try:
+        return fn(*args)
+    except socket.gaierror as exc:
+        raise socket.gaierror(exc.errno, f"cannot resolve {address}: {exc.strerror}") from None
+    except OSError as exc:
+        if exc.errno is None or isinstance(exc, FileExistsError):
+            raise
+        reason = exc.strerror or os.strerror(exc.errno)
+        raise type(exc)(exc.errno, f"cannot listen on {address}: {reason}") from None
+
+
+def _probe_free(address: Address, options: Any) -> None:
+    """Bind (and drop) a socket without SO_REUSEPORT: EADDRINUSE if anyone holds the port."""
+    fam, type_, proto, sockaddr = _resolve(address)
+    probe = socket.socket(fam, type_, proto)
+    try:
+        if type_ == socket.SOCK_STREAM and options.reuse_addr:
+            # As the real listener will: a port with connections in TIME_WAIT is free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if fam == socket.AF_INET6 and address.scheme in ("tcp6", "udp6"):
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        probe.bind(sockaddr)
+    finally:
+        probe.close()
+
+
+def _resolve(address: Address) -> Tuple[int, int, int, Any]:
     datagram = address.transport == "udp"
     host = address.host
     family = address.family
@@ -83,10 +134,20 @@ def _bind(address: Address, options: Any, reuse_port: bool) -> socket.socket:
                                socket.SOCK_DGRAM if datagram else socket.SOCK_STREAM, 0,
                                socket.AI_PASSIVE)
     fam, type_, proto, _, sockaddr = infos[0]
+    return fam, type_, proto, sockaddr
+
+
+def _bind(address: Address, options: Any, reuse_port: bool) -> socket.socket:
+    if address.transport == "unix":
+        return _bind_unix(address, options)
+    datagram = address.transport == "udp"
+    fam, type_, proto, sockaddr = _resolve(address)
     multicast = datagram and ipaddress.ip_address(sockaddr[0]).is_multicast
     sock = socket.socket(fam, type_, proto)
     try:
-        if options.reuse_addr or multicast:
+        # SO_REUSEADDR means "ignore TIME_WAIT" for TCP, but for unicast UDP it
+        # lets a second socket share the port outright: only multicast wants that.
+        if (options.reuse_addr and not datagram) or multicast:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
             if not hasattr(socket, "SO_REUSEPORT"):
@@ -182,7 +243,7 @@ def _remove_stale_unix_socket(path: str) -> None:
         return
     finally:
         probe.close()
-    raise OSError(errno.EADDRINUSE, f"unix socket {path} is in use by another server")
+    raise OSError(errno.EADDRINUSE, "Address already in use (another server listens on it)")
 
 
 def apply_buffer_sizes(sock: socket.socket, options: Any) -> None:

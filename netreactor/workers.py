@@ -81,7 +81,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from .engine import gil_enabled
 from .errors import NetreactorError
-from .listener import Listener
+from .listener import Listener, bind_group
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Engine
@@ -289,12 +289,10 @@ class _Supervisor:
                 for lsts in per_slot:
                     lsts.append(lst)
                 continue
-            for lsts in per_slot:
-                lst = Listener(addr, self.opts, reuse_port=True)
-                self.bound.append(lst)
+            group = bind_group(addr, self.opts, self.count)
+            self.bound.extend(group)
+            for lsts, lst in zip(per_slot, group):
                 lsts.append(lst)
-                if addr.port == 0:  # the first socket picks the port; the others join it
-                    addr = dataclasses.replace(addr, port=lst.sock.getsockname()[1])
         self.slots = [_Slot(i, lsts) for i, lsts in enumerate(per_slot)]
 
     def _setup(self) -> None:

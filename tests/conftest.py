@@ -8,6 +8,7 @@ fixture and asserts on what was logged.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 import socket
@@ -195,3 +196,26 @@ def wait_for(predicate, timeout: float = 10.0, what: str = "condition") -> None:
         event.wait(step)
         waited += step
         step = min(step * 2, 0.05)
+
+
+@pytest.fixture
+def fake_resolver(monkeypatch):
+    """Answer ``*.invalid`` with EAI_NONAME and ``slow.test`` only once released,
+    without asking any DNS server; other names are not expected here."""
+    release = threading.Event()
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, port, family=0, type=0, proto=0, flags=0):
+        if isinstance(host, str) and host.endswith(".invalid"):
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        if host == "slow.test":
+            release.wait(10)
+            return real("127.0.0.1", port, family or socket.AF_INET, type, proto, flags)
+        try:
+            ipaddress.ip_address(host)  # a literal address: no lookup happens
+        except ValueError:
+            raise AssertionError(f"unexpected name lookup for {host!r}") from None
+        return real(host, port, family, type, proto, flags)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return release

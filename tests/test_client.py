@@ -10,7 +10,6 @@ answered by a stand-in resolver (no query leaves the machine).
 from __future__ import annotations
 
 import errno
-import ipaddress
 import os
 import queue
 import select
@@ -268,29 +267,6 @@ def test_dial_timeout(full_backlog):
         with pytest.raises(TimeoutError) as info:
             client.dial(full_backlog, timeout=0.3)
     assert full_backlog in str(info.value)
-
-
-@pytest.fixture
-def fake_resolver(monkeypatch):
-    """Answer ``*.invalid`` with EAI_NONAME and ``slow.test`` only once released,
-    without asking any DNS server; other names are not expected here."""
-    release = threading.Event()
-    real = socket.getaddrinfo
-
-    def getaddrinfo(host, port, family=0, type=0, proto=0, flags=0):
-        if isinstance(host, str) and host.endswith(".invalid"):
-            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-        if host == "slow.test":
-            release.wait(10)
-            return real("127.0.0.1", port, family or socket.AF_INET, type, proto, flags)
-        try:
-            ipaddress.ip_address(host)  # a literal address: no lookup happens
-        except ValueError:
-            raise AssertionError(f"unexpected name lookup for {host!r}") from None
-        return real(host, port, family, type, proto, flags)
-
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    return release
 
 
 def test_dial_unknown_host_raises_gaierror(fake_resolver):

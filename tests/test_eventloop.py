@@ -544,12 +544,9 @@ def test_far_future_timer_does_not_crash_the_loop(kind):
         (None, (DEFAULT_TICK, Action.NONE)),
         (0.5, (0.5, Action.NONE)),
         (2, (2.0, Action.NONE)),
-        (0, (0.0, Action.NONE)),
         ((0.25, Action.SHUTDOWN), (0.25, Action.SHUTDOWN)),
         ((1, Action.NONE), (1.0, Action.NONE)),
         ((1, None), (1.0, Action.NONE)),
-        (-3, (0.0, Action.NONE)),           # negative delays mean "now"
-        (-0.5, (0.0, Action.NONE)),
         ((-1, Action.SHUTDOWN), (0.0, Action.SHUTDOWN)),
     ],
 )
@@ -564,7 +561,8 @@ def test_parse_tick(result, expected):
     "result",
     ["1", b"1", True, False, math.nan, [1, Action.NONE], (1,), (1, Action.NONE, 3), (),
      (1, "close"), (1, 99), (3, 2), (1, True), (float("inf"), Action.NONE), ("1", Action.NONE), (None, Action.SHUTDOWN), (True, Action.NONE),
-     (math.nan, Action.NONE), object()],
+     (math.nan, Action.NONE), object(),
+     0, 0.0, -3, -0.5, (0, Action.NONE)],  # a non-positive delay would tick again at once, forever
     ids=repr,
 )
 def test_parse_tick_rejects(result):

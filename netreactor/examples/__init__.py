@@ -12,7 +12,7 @@ from typing import Callable, Dict
 
 from ..handler import EventHandler
 
-__all__ = ["EXAMPLES", "DESCRIPTIONS", "load_example"]
+__all__ = ["EXAMPLES", "DESCRIPTIONS", "load_example", "default_listen"]
 
 EXAMPLES: Dict[str, str] = {
     "echo": "netreactor.examples.echo:Echo",
@@ -26,9 +26,18 @@ DESCRIPTIONS: Dict[str, str] = {
     "echo": "TCP/Unix echo server: writes back every byte it receives",
     "redis": "Redis-compatible (RESP2) in-memory key-value server: works with redis-cli and redis-benchmark",
     "http": "HTTP/1.1 server: GET /plaintext, GET /json, POST /echo (keep-alive, pipelining, chunked bodies)",
-    "udp-echo": "UDP echo server: sends every datagram back to its sender (give --listen udp://127.0.0.1:9000)",
+    "udp-echo": "UDP echo server: sends every datagram back to its sender",
     "push": "pushes a 'tick N TIME' line to every client each second (give --ticker)",
 }
+
+
+#: Where an example listens when no --listen is given: its own transport.
+_DEFAULT_LISTEN: Dict[str, str] = {"udp-echo": "udp://127.0.0.1:9000"}
+
+
+def default_listen(name: str) -> str:
+    """The address example ``name`` serves when none is given."""
+    return _DEFAULT_LISTEN.get(name, "tcp://127.0.0.1:9000")
 
 
 def load_example(name: str) -> Callable[[], EventHandler]:
