@@ -11,19 +11,21 @@
 
 from . import codec
 from .client import Client
-from .conn import Conn
-from .engine import Engine, gil_enabled, run
+from .engine import Engine, run
 from .errors import (BufferOverflowError, ClosedError, EngineStoppedError, NetreactorError,
                      PeerClosedError)
 from .framed import FramedHandler
 from .handler import Action, EventHandler
 from .options import Options
 from .pool import WorkerPool
+from .runtime import gil_enabled
+from .stream import Conn, Pause
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Action", "EventHandler", "FramedHandler", "codec", "Conn", "Client", "Engine", "Options", "WorkerPool", "run", "gil_enabled",
+    "Action", "EventHandler", "FramedHandler", "codec", "Conn", "Pause", "Client", "Engine", "Options",
+    "WorkerPool", "run", "gil_enabled",
     "NetreactorError", "ClosedError", "PeerClosedError", "BufferOverflowError", "EngineStoppedError",
     "__version__",
 ]

@@ -30,18 +30,19 @@ import ipaddress
 import os
 import socket
 import threading
-from typing import Any, Callable, List, Optional, Set, Union
+from typing import Any, Callable, Dict, List, Optional, Set, Union
 
 from .address import Address, parse_address
-from .conn import Conn, EdgeConn
-from .datagram import DatagramConn, DatagramEndpoint
-from .engine import _check_handler, run_tick
-from .listener import apply_buffer_sizes, tune_tcp
+from .callbacks import report
+from .engine import check_handler
 from .errors import EngineStoppedError
-from .eventloop import EventLoop, TimerHandle
-from .handler import Action, EventHandler, report
+from .handler import Action, EventHandler
 from .options import Options
-from .pollers import WRITABLE, new_poller
+from .reactor import WRITABLE, EventLoop, TimerHandle, new_poller
+from .server.datagram import DatagramConn, DatagramEndpoint
+from .stream import Conn, EdgeConn, StreamContext, for_socket
+from .stream.sockopts import apply_buffer_sizes, tune_tcp
+from .ticker import run_tick
 
 __all__ = ["Client"]
 
@@ -50,6 +51,7 @@ DialCallback = Callable[[Optional[AnyConn], Optional[BaseException]], Any]
 
 # Options that only make sense for a server.
 _SERVER_ONLY = ("lb", "reuse_port", "reuse_addr", "workers", "cpu_affinity", "multicore", "backlog",
+                "graceful_timeout",
                 "udp_session_timeout", "udp_max_sessions", "multicast_interface")
 _IN_PROGRESS = {errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK}
 
@@ -65,7 +67,7 @@ class Client:
     """
 
     def __init__(self, handler: EventHandler, *, engine: Any = None, **options: Any) -> None:
-        _check_handler(handler)
+        check_handler(handler)
         for name in _SERVER_ONLY:
             if name in options:
                 raise ValueError(f"option {name!r} does not apply to a Client")
@@ -74,6 +76,7 @@ class Client:
         self.logger = self.options.get_logger()
         self._engine = engine
         self._loops: List[EventLoop] = []
+        self._contexts: Dict[EventLoop, StreamContext] = {}
         self._threads: List[threading.Thread] = []
         self._conns: Set[Any] = set()
         self._endpoints: List[DatagramEndpoint] = []  # connected UDP sockets
@@ -91,14 +94,14 @@ class Client:
                 raise RuntimeError("a client can be started once")
             self._state = "running"
         if self._engine is not None:
-            loops = list(self._engine._loops)
+            loops = list(self._engine.loops)
             if not loops or any(lp.finished for lp in loops):
                 raise EngineStoppedError("the engine is not running")
             self._loops = loops
+            self._make_contexts()
             return self
         for i in range(self.options.loops):
-            loop = EventLoop(i, new_poller(self.options.poller), self.handler, self.options,
-                             self.logger, self._request_stop)
+            loop = EventLoop(i, new_poller(self.options.poller), self.logger)
             self._loops.append(loop)
             started = threading.Event()
             thread = threading.Thread(target=self._loop_main, args=(loop, started), daemon=True,
@@ -106,7 +109,14 @@ class Client:
             self._threads.append(thread)
             thread.start()
             started.wait()
+        self._make_contexts()
         return self
+
+    def _make_contexts(self) -> None:
+        # Dialed connections do not pause at write_high_water (see StreamContext).
+        for loop in self._loops:
+            self._contexts[loop] = StreamContext(loop, self.handler, self.options, self._request_stop,
+                                                 pause_on_high_water=False)
 
     def _loop_main(self, loop: EventLoop, started: threading.Event) -> None:
         loop.call_soon(started.set)
@@ -131,7 +141,7 @@ class Client:
             self._state = "stopped"
         if self._engine is not None:
             for conn in list(self._conns):
-                if conn._alive:
+                if not conn.closed:
                     conn.close()
             return
         for loop in self._loops:
@@ -184,15 +194,16 @@ class Client:
         if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
             raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
         self._require_running()
-        loop = near._loop if near is not None else self._pick_loop()
+        loop = near.loop if near is not None else self._pick_loop()
         if addr.transport == "unix":
-            loop.call_soon_threadsafe(self._connect, loop, addr, address, socket.AF_UNIX,
-                                      addr.sockaddr(), timeout, callback)
+            loop.call_soon_threadsafe(self._dial_step, callback, self._connect, loop, addr, address,
+                                      socket.AF_UNIX, addr.sockaddr(), timeout, callback)
             return
         literal = _ip_literal(addr)
         if literal is not None:
             family, sockaddr = literal
-            loop.call_soon_threadsafe(self._connect, loop, addr, address, family, sockaddr, timeout, callback)
+            loop.call_soon_threadsafe(self._dial_step, callback, self._connect, loop, addr, address,
+                                      family, sockaddr, timeout, callback)
             return
         # A host name: getaddrinfo blocks, so it runs on a helper thread.
         if self._resolver is None:
@@ -213,12 +224,22 @@ class Client:
             loop.call_soon_threadsafe(report, self.logger, callback, None, err)
             return
         family, _, _, _, sockaddr = infos[0]
-        loop.call_soon_threadsafe(self._connect, loop, addr, address, family, sockaddr, timeout, callback)
+        loop.call_soon_threadsafe(self._dial_step, callback, self._connect, loop, addr, address,
+                                  family, sockaddr, timeout, callback)
+
+    def _dial_step(self, callback: DialCallback, step: Callable[..., None], *args: Any) -> None:
+        """Run one step of a dial on the loop; a bug in it still ends the dial
+        (with the error), so that dial() cannot wait forever."""
+        try:
+            step(*args)
+        except Exception as exc:
+            self.logger.error("dialing failed inside netreactor", exc_info=exc)
+            report(self.logger, callback, None, exc)
 
     def _connect(self, loop: EventLoop, addr: Address, address: str, family: int, sockaddr: Any,
                  timeout: Optional[float], callback: DialCallback) -> None:
         """On the loop: a non-blocking connect; completion is a writable socket."""
-        if loop.closing_down or self._state != "running":
+        if loop.stopping or self._state != "running":
             report(self.logger, callback, None, EngineStoppedError(f"client stopped; not dialing {address}"))
             return
         kind = socket.SOCK_DGRAM if addr.transport == "udp" else socket.SOCK_STREAM
@@ -253,7 +274,7 @@ class Client:
         after ``on_open``. The client owns the socket from now on."""
         self._require_running()
         loop = self._pick_loop()
-        if loop._thread_id == threading.get_ident():
+        if loop.on_loop_thread():
             box: List[Any] = []
             self._adopt(loop, sock, lambda c, e: box.append((c, e)))
             conn, err = box[0]
@@ -261,7 +282,8 @@ class Client:
             if self._on_a_loop_thread():
                 raise RuntimeError("enroll() from another loop's thread would block it")
             future: "concurrent.futures.Future[Any]" = concurrent.futures.Future()
-            loop.call_soon_threadsafe(self._adopt, loop, sock, lambda c, e: future.set_result((c, e)))
+            done: DialCallback = lambda c, e: future.set_result((c, e))  # noqa: E731
+            loop.call_soon_threadsafe(self._dial_step, done, self._adopt, loop, sock, done)
             conn, err = future.result()
         if err is not None:
             raise err
@@ -272,20 +294,21 @@ class Client:
         try:
             sock.setblocking(False)
             if sock.type == socket.SOCK_DGRAM:
-                endpoint = DatagramEndpoint(loop, sock, self.handler, self.options, connected=True)
+                endpoint = DatagramEndpoint(loop, sock, self.handler, self.options, self._request_stop,
+                                            connected=True)
                 conn: Any = endpoint.peer
                 endpoint.start()
                 self._endpoints.append(endpoint)
-                loop.conn_count += 1
                 self._track(conn)
                 endpoint.open_peer()
             else:
                 if sock.family != socket.AF_UNIX:
                     tune_tcp(sock, self.options)
-                conn = (EdgeConn if loop.edge_triggered else Conn)(
-                    loop, sock.detach(), self.handler, pause_on_high_water=False)
+                transport = for_socket(sock)
+                conn = (EdgeConn if self.options.edge_triggered else Conn)(
+                    self._contexts[loop], sock.detach(), transport)
                 self._track(conn)
-                conn._open()
+                conn.start()
         except OSError as exc:
             sock.close()
             report(self.logger, callback, None, exc)
@@ -297,7 +320,7 @@ class Client:
     def _track(self, conn: Any) -> None:
         conns = self._conns
         if len(conns) > 64 and len(conns) & 63 == 0:  # drop closed ones now and then
-            for dead in [c for c in conns if not c._alive]:
+            for dead in [c for c in conns if c.closed]:
                 conns.discard(dead)
         conns.add(conn)
 
@@ -312,8 +335,7 @@ class Client:
                                      if self._state == "new" else "the client is stopped")
 
     def _on_a_loop_thread(self) -> bool:
-        me = threading.get_ident()
-        return any(loop._thread_id == me and not loop.finished for loop in self._loops)
+        return any(loop.on_loop_thread() and not loop.finished for loop in self._loops)
 
     def _tick(self, loop: EventLoop) -> None:
         if self._state != "running":
@@ -329,6 +351,7 @@ class _Connector:
     """A connect in progress: its fd waits for writability in the loop's table."""
 
     __slots__ = ("client", "loop", "sock", "fd", "address", "callback", "timer")
+    is_connection = False
 
     def __init__(self, client: Client, loop: EventLoop, sock: socket.socket, address: str,
                  timeout: Optional[float], callback: DialCallback) -> None:
@@ -350,7 +373,7 @@ class _Connector:
         if self.timer is not None:
             self.timer.cancel()
 
-    def _io(self, ev: int) -> None:
+    def handle_io(self, events: int) -> None:
         self._finish()
         err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
@@ -360,7 +383,7 @@ class _Connector:
             return
         self.client._adopt(self.loop, self.sock, self.callback)
 
-    def _close_now(self, err: Optional[BaseException]) -> None:
+    def abort(self, err: Optional[BaseException]) -> None:
         # The loop's last resort after an internal error.
         self._finish()
         self.sock.close()

@@ -8,6 +8,7 @@ __all__ = [
     "PeerClosedError",
     "BufferOverflowError",
     "EngineStoppedError",
+    "one_line",
 ]
 
 
@@ -35,3 +36,9 @@ class BufferOverflowError(NetreactorError, BufferError):
 
 class EngineStoppedError(NetreactorError, RuntimeError):
     """The engine (or client) is stopped; the request cannot be served."""
+
+
+def one_line(exc: BaseException) -> str:
+    """``"ValueError: the first line of its message"``, for one-line reports."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__

@@ -15,8 +15,9 @@ Or implement ``on_frames(conn, frames)`` to take every frame a read completed
 in one call and return the list of replies: the faster choice when clients
 pipeline, since no Python call is made per frame.
 
-The decoder of each connection lives in the connection itself, so frames split
-across reads and many frames per read both just work. A peer that sends a
+The decoder of each connection lives in the connection's ``handler_state``
+(the slot the core leaves to handler base classes), so frames split across
+reads and many frames per read both just work, and ``context`` stays yours. A peer that sends a
 malformed or oversized frame has its connection closed, and ``on_close``
 receives the :class:`netreactor.codec.FrameError`; the frames it sent before
 the bad one are still delivered.
@@ -26,14 +27,25 @@ from __future__ import annotations
 
 from typing import Iterable, List, Optional, Union
 
-from .codec import Codec, FrameError
-from .conn import Conn
+from .codec import Codec, Decoder, FrameError
 from .handler import Action, EventHandler
+from .stream.conn import Conn
 
 __all__ = ["FramedHandler"]
 
 FrameResult = Union[None, Action, bytes, bytearray, memoryview]
 FramesResult = Union[None, Action, List[bytes], Iterable[Union[bytes, bytearray, memoryview]]]
+
+
+class _FrameState:
+    """One connection's framing: its decoder, and the replies being gathered
+    while ``on_frames`` runs (None outside it)."""
+
+    __slots__ = ("decoder", "gathered")
+
+    def __init__(self, decoder: Decoder) -> None:
+        self.decoder = decoder
+        self.gathered: Optional[List[bytes]] = None
 
 
 class FramedHandler(EventHandler):
@@ -81,7 +93,7 @@ class FramedHandler(EventHandler):
         whole burst is cheaper to handle at once (a pipelining client sends
         many frames per read). ``frames`` is yours to keep or return.
         """
-        replies = conn._framing[1]  # the list send() also gathers into
+        replies: List[bytes] = conn.handler_state.gathered  # the list send() also gathers into
         on_frame = self.on_frame
         for frame in frames:
             result = on_frame(conn, frame)
@@ -101,37 +113,36 @@ class FramedHandler(EventHandler):
 
         Inside ``on_frame``/``on_frames`` the frame joins the replies being
         gathered, so it keeps its place among them."""
-        state = conn._framing
-        if state is not None and state[1] is not None:
-            state[1].append(bytes(payload))
+        state = conn.handler_state
+        if state is not None and state.gathered is not None:
+            state.gathered.append(bytes(payload))
             return len(payload)
-        return conn.write(self.codec.encode(payload))
+        return conn.write(self.codec.encode(payload))  # type: ignore[union-attr]
 
     def on_traffic(self, conn: Conn) -> Optional[Action]:
-        state = conn._framing
+        state = conn.handler_state
         if state is None:
-            # [decoder, replies being gathered during a delivery (or None)]
-            state = conn._framing = [self.codec.decoder(), None]
+            state = conn.handler_state = _FrameState(self.codec.decoder())  # type: ignore[union-attr]
         try:
-            frames: List[bytes] = state[0].feed(conn.read())
+            frames: List[bytes] = state.decoder.feed(conn.read())
         except FrameError as exc:
             # Frames that preceded the bad one are the peer's real requests.
             action = self._deliver(conn, state, exc.frames) if exc.frames else None
-            conn._begin_close(exc)  # replies already written still go out first
+            conn.close(error=exc)  # replies already written still go out first
             return action
         if frames:
             return self._deliver(conn, state, frames)
         return None
 
-    def _deliver(self, conn: Conn, state: list, frames: List[bytes]) -> Optional[Action]:
+    def _deliver(self, conn: Conn, state: _FrameState, frames: List[bytes]) -> Optional[Action]:
         gathered: List[bytes] = []
-        state[1] = gathered
+        state.gathered = gathered
         try:
             result = self.on_frames(conn, frames)
         finally:
             # A handler that raised closes its connection (the engine's rule), so
             # what it gathered goes nowhere; only a normal return sends.
-            state[1] = None
+            state.gathered = None
         if result.__class__ is list:
             if gathered:
                 gathered += result  # send()s made during the call go first

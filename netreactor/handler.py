@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Optional, Tuple, Union
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .conn import Conn
+    from .stream.conn import Conn
     from .engine import Engine
 
-__all__ = ["Action", "EventHandler", "report"]
+__all__ = ["Action", "EventHandler", "TickResult"]
 
 
 class Action(enum.IntEnum):
@@ -26,18 +26,6 @@ class Action(enum.IntEnum):
 
 
 TickResult = Union[float, Tuple[float, Action], None]
-
-
-def report(logger: Any, callback: Optional[Callable[..., Any]], conn: Any,
-           err: Optional[BaseException]) -> None:
-    """Tell an outcome callback ``callback(conn, err)``; a callback that raises is
-    logged, never allowed to break the loop that runs it."""
-    if callback is None:
-        return
-    try:
-        callback(conn, err)
-    except Exception as exc:
-        logger.error("callback %r raised", callback, exc_info=exc)
 
 
 class EventHandler:

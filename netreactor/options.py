@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Mapping, Optional
 
-__all__ = ["Options", "LOAD_BALANCERS", "POLLERS"]
+__all__ = ["Options", "LOAD_BALANCERS", "POLLERS", "option_docs"]
 
 LOAD_BALANCERS = ("round-robin", "least-connections", "source-addr-hash")
 POLLERS = ("auto", "epoll", "selectors")
@@ -20,66 +20,64 @@ KiB = 1024
 MiB = 1024 * KiB
 
 
+def opt(default: Any, doc: str) -> Any:
+    """A field of :class:`Options` with its one-line documentation (the CLI's ``--help``)."""
+    return field(default=default, metadata={"doc": doc})
+
+
+def option_docs() -> Dict[str, str]:
+    """Option name -> its documentation line."""
+    return {f.name: f.metadata["doc"] for f in fields(Options)}
+
+
 @dataclass
 class Options:
     """All options of :func:`netreactor.run` / :class:`netreactor.Engine`, with defaults."""
 
-    #: Number of event loops (threads). See the README on threads versus processes.
-    loops: int = 1
-    #: One worker process per CPU (GIL builds) or one loop per CPU (free-threaded builds).
-    multicore: bool = False
-    #: How the main reactor spreads new connections over loops.
-    lb: str = "round-robin"
-    #: Each loop owns its own SO_REUSEPORT listener instead of a main reactor accepting.
-    reuse_port: bool = False
-    #: SO_REUSEADDR on listeners.
-    reuse_addr: bool = True
-    #: Call ``on_tick``.
-    ticker: bool = False
-    #: Bytes read from a socket per readable event.
-    read_buffer_cap: int = 64 * KiB
-    #: Hard cap of one connection's unconsumed inbound bytes; past it the connection is closed.
-    inbound_buffer_cap: int = 4 * MiB
-    #: Outbound bytes above which a connection stops being read (back-pressure).
-    write_high_water: int = 256 * KiB
-    #: Outbound bytes below which a paused connection is read again.
-    write_low_water: int = 64 * KiB
-    #: Hard cap of one connection's queued outbound bytes; past it the connection is closed.
-    write_buffer_cap: int = 8 * MiB
-    #: TCP_NODELAY on accepted TCP connections.
-    tcp_no_delay: bool = True
-    #: Keep-alive idle seconds on accepted TCP connections (None: off).
-    tcp_keepalive: Optional[float] = None
-    #: SO_RCVBUF / SO_SNDBUF in bytes (None: kernel default).
-    socket_recv_buffer: Optional[int] = None
-    socket_send_buffer: Optional[int] = None
-    #: Edge-triggered epoll (drain reads until EAGAIN, with a per-wake budget).
-    edge_triggered: bool = False
-    #: Worker processes (None or 1: serve in this process).
-    workers: Optional[int] = None
-    #: Pin worker i to CPU i (workers only).
-    cpu_affinity: bool = False
-    #: Logger to use instead of ``logging.getLogger("netreactor")``.
-    logger: Optional[Any] = None
-    #: Poller backend: "epoll" (Linux), "selectors" (portable) or "auto".
-    poller: str = "auto"
-    #: Seconds a graceful shutdown waits for pending output before closing anyway.
-    shutdown_timeout: float = 5.0
-    #: listen() backlog.
-    backlog: int = 4096
-    #: UDP: give each peer a persistent session closed after this many idle seconds (None: per-datagram).
-    udp_session_timeout: Optional[float] = None
-    #: UDP: most sessions at once; datagrams from new peers beyond it are dropped.
-    udp_max_sessions: int = 65536
-    #: UDP multicast: the interface to join on (an IPv4 address or an interface name).
-    multicast_interface: Optional[str] = None
-    #: Extra fields other components read (never user-facing).
-    _extra: Dict[str, Any] = field(default_factory=dict, repr=False)
+    loops: int = opt(1, "Number of event loops (threads). See the README on threads versus processes.")
+    multicore: bool = opt(False, "One worker process per CPU (GIL builds) or one loop per CPU "
+                                 "(free-threaded builds).")
+    lb: str = opt("round-robin", "How the main reactor spreads new connections over loops.")
+    reuse_port: bool = opt(False, "Each loop owns its own SO_REUSEPORT listener instead of a main "
+                                  "reactor accepting.")
+    reuse_addr: bool = opt(True, "SO_REUSEADDR on TCP listeners (a port in TIME_WAIT can be bound).")
+    ticker: bool = opt(False, "Call ``on_tick``.")
+    read_buffer_cap: int = opt(64 * KiB, "Most bytes read from a socket per readable event (reads "
+                                         "start small and grow while they fill up).")
+    inbound_buffer_cap: int = opt(4 * MiB, "Hard cap of one connection's unconsumed inbound bytes; "
+                                           "past it the connection is closed.")
+    write_high_water: int = opt(256 * KiB, "Outbound bytes above which a connection stops being read "
+                                           "(back-pressure).")
+    write_low_water: int = opt(64 * KiB, "Outbound bytes below which a paused connection is read again.")
+    write_buffer_cap: int = opt(8 * MiB, "Hard cap of one connection's queued outbound bytes; past it "
+                                         "the connection is closed.")
+    tcp_no_delay: bool = opt(True, "TCP_NODELAY on accepted TCP connections.")
+    tcp_keepalive: Optional[float] = opt(None, "Keep-alive idle seconds on accepted TCP connections "
+                                               "(None: off).")
+    socket_recv_buffer: Optional[int] = opt(None, "SO_RCVBUF in bytes (None: kernel default).")
+    socket_send_buffer: Optional[int] = opt(None, "SO_SNDBUF in bytes (None: kernel default).")
+    edge_triggered: bool = opt(False, "Edge-triggered epoll (drain reads until EAGAIN, with a "
+                                      "per-wake budget).")
+    workers: Optional[int] = opt(None, "Worker processes (None or 1: serve in this process).")
+    cpu_affinity: bool = opt(False, "Pin worker i to CPU i (workers only).")
+    logger: Optional[Any] = opt(None, "Logger to use instead of ``logging.getLogger(\"netreactor\")``.")
+    poller: str = opt("auto", "Poller backend: \"epoll\" (Linux), \"selectors\" (portable) or \"auto\".")
+    shutdown_timeout: float = opt(5.0, "Seconds a graceful close may take (flushing what is owed, "
+                                       "then waiting for the peer's EOF) before closing anyway.")
+    graceful_timeout: float = opt(30.0, "Seconds a worker being replaced (SIGHUP roll) keeps serving "
+                                        "its open connections before it stops.")
+    backlog: int = opt(4096, "listen() backlog.")
+    udp_session_timeout: Optional[float] = opt(None, "UDP: give each peer a persistent session closed "
+                                                     "after this many idle seconds (None: per-datagram).")
+    udp_max_sessions: int = opt(65536, "UDP: most sessions at once; datagrams from new peers beyond "
+                                       "it are dropped.")
+    multicast_interface: Optional[str] = opt(None, "UDP multicast: the interface to join on (an IPv4 "
+                                                   "address or an interface name).")
 
     @classmethod
     def from_kwargs(cls, kwargs: Mapping[str, Any]) -> "Options":
         """Build and validate options from keyword arguments."""
-        names = [f.name for f in fields(cls) if not f.name.startswith("_")]
+        names = [f.name for f in fields(cls)]
         for key in kwargs:
             if key not in names:
                 close = difflib.get_close_matches(key, names, n=1)
@@ -121,6 +119,7 @@ class Options:
         if self.workers is not None:
             _int("workers", self.workers, 1, 1024)
         _positive_seconds("shutdown_timeout", self.shutdown_timeout, zero_ok=True)
+        _positive_seconds("graceful_timeout", self.graceful_timeout, zero_ok=True)
         _int("backlog", self.backlog, 1, 1 << 20)
         if self.udp_session_timeout is not None:
             _positive_seconds("udp_session_timeout", self.udp_session_timeout, allow_none=True)

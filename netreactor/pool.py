@@ -48,10 +48,9 @@ What :meth:`WorkerPool.submit` guarantees:
   :class:`PoolFullError`; without a callback a WARNING is logged (once until
   the pool has room again) and the job is counted in :attr:`WorkerPool.dropped`.
 
-The pool's pause and the handler's own ``pause_reading()`` share one switch:
-the pool does not pause a connection the handler has paused, and resumes only
-connections it paused itself, but a handler that pauses a connection while the
-pool holds it paused will see it resumed when the pool has room.
+The pool's pause and the handler's own ``pause_reading()`` are separate
+switches (``Pause.POOL`` and ``Pause.HANDLER``): a connection reads again only
+when neither holds it, so the pool never resumes what the handler paused.
 
 Jobs submitted for a connection that is closed, or closes meanwhile, still run
 (they may have side effects); their result is dropped (``write`` on a closed
@@ -70,6 +69,7 @@ from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Set
 
 from .errors import NetreactorError
+from .stream.conn import Pause
 
 __all__ = ["WorkerPool", "PoolFullError"]
 
@@ -77,7 +77,6 @@ __all__ = ["WorkerPool", "PoolFullError"]
 ResultCallback = Callable[[Any, Any, Optional[BaseException]], Any]
 
 _BYTES_LIKE = (bytes, bytearray, memoryview)
-_get_ident = threading.get_ident
 
 
 class PoolFullError(NetreactorError):
@@ -238,19 +237,15 @@ class WorkerPool:
 
     @staticmethod
     def _on_loop(conn: Any, task: Callable[..., None], *args: Any, defer: bool = False) -> None:
-        """Run ``task(*args)`` on ``conn``'s loop: at once if we are on it, or, with
-        ``defer``, as the loop's next task (so that an outcome known inside
-        ``submit`` -- a dropped job -- never runs ``on_result`` inside the caller)."""
+        """Run ``task(*args)`` on ``conn``'s loop (``EventLoop.post``), or at once
+        when already on it and not ``defer``: a pause decided inside
+        ``submit()`` takes effect before the handler's callback returns, while
+        an outcome (``defer``) never runs ``on_result`` inside the caller."""
         loop = conn._loop
-        if loop.finished:
-            task(*args)  # nothing runs there any more; the connection is closed
-        elif loop._thread_id == _get_ident():
-            if defer:
-                loop.call_soon(task, *args)
-            else:
-                task(*args)
+        if not defer and loop.on_loop_thread():
+            task(*args)
         else:
-            loop.call_soon_threadsafe(task, *args)
+            loop.post(task, *args)
 
     def _deliver(self, conn: Any) -> None:
         """Deliver the outcomes at the head of ``conn``'s queue that are done, in order."""
@@ -291,8 +286,7 @@ class WorkerPool:
             want = conn in self._waiting
             held = conn in self._holding
             if want and not held:
-                # A connection the handler paused itself (or a closed one) is left alone.
-                if conn._held or conn.closed:
+                if conn.closed:
                     return
                 self._holding.add(conn)
                 self.pauses += 1
@@ -302,7 +296,7 @@ class WorkerPool:
                 action = conn.resume_reading
             else:
                 return
-        action()
+        action(Pause.POOL)
 
     def _report(self, conn: Any, job: _Job, future: concurrent.futures.Future) -> None:
         """Hand one job's outcome to its callback, or write / log it."""

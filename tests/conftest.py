@@ -19,7 +19,7 @@ from typing import Iterator, List
 import pytest
 
 import netreactor as nr
-from netreactor.pollers import epoll_available
+from netreactor.reactor.pollers import epoll_available
 
 
 class _Capture(logging.Handler):

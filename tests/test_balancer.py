@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from netreactor.balancer import make_balancer
+from netreactor.server.balancer import make_balancer
 from netreactor.options import LOAD_BALANCERS
 
 

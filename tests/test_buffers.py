@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from netreactor.buffers import BlockPool
+from netreactor.reactor.buffers import BlockPool
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -391,7 +391,9 @@ def test_self_check_reports_failure(monkeypatch, capsys):
     def broken_clients(addresses, deadline):
         raise AssertionError("echo of 7 bytes differs at byte 3")
 
-    monkeypatch.setattr(cli, "_check_clients", broken_clients)
+    from netreactor.cli import selfcheck
+
+    monkeypatch.setattr(selfcheck, "_check_clients", broken_clients)
     assert cli.self_check() == 1
     out = capsys.readouterr().out
     assert "FAIL  concurrent echo clients: AssertionError: echo of 7 bytes differs" in out

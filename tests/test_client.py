@@ -20,7 +20,7 @@ import threading
 import pytest
 
 import netreactor as nr
-from netreactor.pollers import epoll_available
+from netreactor.reactor.pollers import epoll_available
 from conftest import connect, recv_exact, serving, wait_for
 
 
@@ -437,7 +437,7 @@ def test_dial_applies_socket_options():
 
     class Probe(nr.EventHandler):
         def on_open(self, conn):
-            with conn._borrowed_socket() as sock:
+            with conn.borrow_socket() as sock:
                 seen["rcvbuf"] = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
                 seen["keepalive"] = sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
 

@@ -21,7 +21,7 @@ import pytest
 
 import netreactor as nr
 from netreactor.codec import LineCodec
-from netreactor.pollers import epoll_available
+from netreactor.reactor.pollers import epoll_available
 from conftest import connect, recv_exact, serving, wait_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -367,7 +367,7 @@ def test_cancelled_timers_do_not_accumulate():
     class Rearm(nr.EventHandler):
         def on_traffic(self, conn):
             conn.read()
-            loops.append(conn._loop)
+            loops.append(conn.loop)
             handle = conn.call_later(300, conn.close)
             for _ in range(100_000):
                 handle.cancel()
@@ -397,7 +397,7 @@ def test_a_cancelled_timer_releases_its_callback():
 
     holder = []
     with serving(nr.EventHandler(), "tcp://127.0.0.1:0") as engine:
-        loop = engine._loops[0]
+        loop = engine.loops[0]
         done = threading.Event()
 
         def arm():

@@ -191,7 +191,7 @@ def test_ticker_survives_a_raising_on_tick(expected_errors):
                 raise ValueError("tick bug")
             return 0, nr.Action.SHUTDOWN
 
-    import netreactor.engine as eng
+    import netreactor.ticker as eng
 
     old, eng.DEFAULT_TICK = eng.DEFAULT_TICK, 0.01
     try:

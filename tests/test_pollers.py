@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from netreactor.pollers import (EDGE, ERROR, EXCLUSIVE, HANGUP, READABLE, WRITABLE, epoll_available,
+from netreactor.reactor.pollers import (EDGE, ERROR, EXCLUSIVE, HANGUP, READABLE, WRITABLE, epoll_available,
                                 new_poller)
-from netreactor.waker import Waker
+from netreactor.reactor.waker import Waker
 
 BACKENDS = [pytest.param("epoll", marks=pytest.mark.skipif(not epoll_available(), reason="no epoll")),
             "selectors"]

@@ -256,9 +256,12 @@ def test_handler_pause_is_left_alone_by_the_pool():
                 # The handler pauses the connection itself, then submits into a full pool.
                 conn.wake(lambda c, e: (c.pause_reading(), pool.submit(c, lambda: b"b\n"), done.set()))
                 assert done.wait(5)
-                assert pool.paused_connections == 0  # already paused by the handler
+                # The pool holds its own pause (Pause.POOL), beside the handler's.
+                assert pool.paused_connections == 1
+                assert conn.paused_by(nr.Pause.HANDLER) and conn.paused_by(nr.Pause.POOL)
                 gate.set()
                 assert recv_exact(s, 4) == b"a\nb\n"
+                wait_for(lambda: pool.paused_connections == 0, what="the pool to release its pause")
                 # Still paused: the pool resumes only what it paused.
                 conn.wake(lambda c, e: c.resume_reading())
                 s.sendall(b"c\n")

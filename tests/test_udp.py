@@ -19,8 +19,8 @@ import time
 import pytest
 
 import netreactor as nr
-from netreactor.datagram import MAX_DATAGRAM
-from netreactor.pollers import epoll_available
+from netreactor.server.datagram import MAX_DATAGRAM
+from netreactor.reactor.pollers import epoll_available
 from conftest import connect, recv_exact, serving, wait_for
 
 SIZES = (0, 1, 64, 1500, 9000, MAX_DATAGRAM)
@@ -388,7 +388,7 @@ def test_send_errors_cost_one_datagram():
             conn.write(b"%s:%d" % (data, n))
 
     with serving(Sender(), "udp://127.0.0.1:0") as engine:
-        endpoint = next(a for a in engine._acceptors if hasattr(a, "send_errors"))
+        endpoint = next(a for a in engine._impl._sources if hasattr(a, "send_errors"))
         with udp_socket() as s:
             addr = target(engine.addresses[0])
             for _ in range(3):

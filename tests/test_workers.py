@@ -25,7 +25,7 @@ from typing import List, Optional, Set
 import pytest
 
 import netreactor as nr
-from netreactor import workers
+from netreactor import supervisor as workers
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
@@ -394,6 +394,39 @@ def test_sighup_rolls_workers_without_refusing_a_connection(serve):
     assert set(answered) <= set(old) | set(new)
     server.signal(signal.SIGTERM)
     assert server.wait_exit(10) == 0
+
+
+def test_sighup_roll_lets_open_connections_finish(serve):
+    """A retired worker stops accepting but serves its open connections until
+    they close (issue 10, item 7): no EOF one second after SIGHUP."""
+    server = serve("--listen", f"tcp://{HOST}:0", "--workers", "2", "--graceful-timeout", "30")
+    address, old = server.ready()
+    port = tcp_port(address)
+    with connect(port) as sock:
+        pid = int(readline(sock))
+        mark = server.mark()
+        server.signal(signal.SIGHUP)
+        server.wait_line(r"restarted all 2 workers", start=mark)
+        time.sleep(1.5)  # the old code closed every connection about a second after SIGHUP
+        for _ in range(3):
+            sock.sendall(b"who\n")
+            assert int(readline(sock)) == pid  # still served by the retired worker
+        assert alive(pid)
+    wait_gone([pid])  # it leaves once its last connection is closed
+
+
+def test_sighup_roll_closes_stragglers_after_graceful_timeout(serve):
+    server = serve("--listen", f"tcp://{HOST}:0", "--workers", "2", "--graceful-timeout", "1")
+    address, old = server.ready()
+    with connect(tcp_port(address), timeout=15) as sock:
+        pid = int(readline(sock))
+        mark = server.mark()
+        started = time.monotonic()
+        server.signal(signal.SIGHUP)
+        server.wait_line(r"restarted all 2 workers", start=mark)
+        assert sock.recv(1) == b""  # a clean EOF once graceful_timeout has passed
+        assert 1.0 <= time.monotonic() - started < 1.0 + 5 + workers.KILL_GRACE
+    wait_gone([pid])
 
 
 def test_unix_socket_shared_by_several_workers(serve, tmp_path):

@@ -698,7 +698,7 @@ class RedisServer(EventHandler):
                                "raise write_buffer_cap to store bigger values", cap - 64)
             self.max_bulk = max(1, cap - 64)
         try:
-            from ..workers import worker_count
+            from ..supervisor import worker_count
         except ImportError:  # pragma: no cover - workers are optional here
             worker_count = None
         if worker_count is not None and options is not None and worker_count(options) > 1:

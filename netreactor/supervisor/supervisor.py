@@ -3,8 +3,10 @@
 CPython's GIL keeps one process's loops on one core at a time, so real
 multi-core serving is N worker processes, each a whole engine, under a
 supervisor -- the gunicorn/uvicorn habit. ``run(..., workers=N)`` (or
-``multicore=True`` on a GIL build) turns :meth:`Engine.run` into that
-supervisor; see :func:`supervise`.
+``multicore=True`` on a GIL build) makes :meth:`Engine.run` run a
+:class:`Supervisor`, which forks workers that each run the engine through
+its worker interface (:class:`~netreactor.supervisor.worker.WorkerTarget`);
+this package never imports the engine.
 
 How it works
 ------------
@@ -34,14 +36,16 @@ How it works
   within :data:`CRASH_WINDOW` seconds of the start is an *immediate crash*;
   the restart then waits ``BACKOFF_BASE * 2**(k-1)`` seconds for the k-th in
   a row, and after :data:`CRASH_LIMIT` of them in a row the supervisor gives
-  up: it stops the other workers and :func:`supervise` raises
+  up: it stops the other workers and :meth:`Supervisor.run` raises
   :class:`SupervisorError` with the last worker's error.
 * **Signals to the supervisor.** SIGTERM/SIGINT: stop every worker gracefully
   (SIGTERM, which each worker's engine turns into a graceful stop), wait up
   to ``shutdown_timeout`` + :data:`KILL_GRACE` seconds, then SIGKILL what is
   left; a second SIGINT kills at once. SIGHUP: restart the workers one by
   one; each replacement is started and must report ready before the worker
-  it replaces is stopped. The replacements are forked from the supervisor,
+  it replaces is retired (SIGUSR1: it stops accepting and serves its open
+  connections until they close, for at most ``graceful_timeout``, then
+  stops as on SIGTERM). The replacements are forked from the supervisor,
   so they start from fresh state with the same code: SIGHUP does not reload
   modules (restart the supervisor to deploy new code).
 * **Worker -> supervisor.** A pipe per worker carries ``ready`` once the
@@ -68,29 +72,25 @@ systems fork and supervise the same way but may not spread TCP connections.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
-import select
 import selectors
 import signal
-import sys
 import threading
 from time import monotonic
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
-from .engine import gil_enabled
-from .errors import NetreactorError
-from .listener import Listener, bind_group
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .engine import Engine
-    from .options import Options
+from ..address import Address
+from ..errors import NetreactorError, one_line
+from ..options import Options
+from ..runtime import gil_enabled, usable_cpus
+from ..server.listener import Listener, bind_group
+from .worker import (EXIT_FAILED, EXIT_OK, EXIT_SHUTDOWN, RETIRE_SIGNAL, Prefixed, WorkerInfo,
+                     WorkerTarget, flush_output, run_worker, send_line)
 
 __all__ = [
-    "WorkerInfo", "SupervisorError", "current_worker", "worker_count", "supervise",
+    "Supervisor", "SupervisorError", "worker_count",
     "CRASH_WINDOW", "CRASH_LIMIT", "BACKOFF_BASE", "BACKOFF_MAX", "KILL_GRACE",
-    "EXIT_OK", "EXIT_FAILED", "EXIT_SHUTDOWN",
 ]
 
 #: A worker that dies sooner than this (seconds) after it was started crashed "immediately".
@@ -104,48 +104,13 @@ BACKOFF_MAX = 5.0
 #: Seconds, beyond ``shutdown_timeout``, a stopping worker gets before SIGKILL.
 KILL_GRACE = 2.0
 
-#: Worker exit codes (the supervisor reads them).
-EXIT_OK = 0        # stopped by a signal, or because the supervisor went away
-EXIT_FAILED = 1    # an exception (boot failure, crashed loop); its text went up the status pipe
-EXIT_SHUTDOWN = 3  # the application stopped the engine: stop the whole server
-
 # Longest the supervisor sleeps: it also polls Engine.stop() called from another thread.
 _POLL = 0.25
-# The worker's watcher polls for "booted" this often until it is (then only blocks).
-_BOOT_POLL = 0.02
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD)
 
 
 class SupervisorError(NetreactorError, RuntimeError):
     """The supervisor gave up: a worker kept crashing right after it started."""
-
-
-@dataclasses.dataclass(frozen=True)
-class WorkerInfo:
-    """Who this worker is (see :func:`current_worker`)."""
-
-    #: Slot number, 0 .. count-1; a restarted worker keeps its slot's number.
-    index: int
-    #: Number of worker slots.
-    count: int
-    #: This process's id.
-    pid: int
-    #: How many workers this slot had before this one (0 for the first).
-    generation: int
-
-
-_current: Optional[WorkerInfo] = None
-
-
-def current_worker() -> Optional[WorkerInfo]:
-    """This process's :class:`WorkerInfo` inside a worker; ``None`` elsewhere."""
-    return _current
-
-
-def _cpus() -> List[int]:
-    if hasattr(os, "sched_getaffinity"):
-        return sorted(os.sched_getaffinity(0))
-    return list(range(os.cpu_count() or 1))
 
 
 def worker_count(options: "Options") -> int:
@@ -158,49 +123,14 @@ def worker_count(options: "Options") -> int:
     if options.workers is not None:
         return options.workers
     if options.multicore and gil_enabled():
-        return len(_cpus())
+        return len(usable_cpus())
     return 1
-
-
-def supervise(engine: "Engine") -> None:
-    """Serve ``engine`` with worker processes until stopped (called by :meth:`Engine.run`).
-
-    Binds every address first (so a busy port is an ``OSError`` here, before
-    any worker exists), starts the workers, restarts those that die, rolls
-    them on SIGHUP, and stops them all on SIGTERM/SIGINT, on
-    :meth:`Engine.stop`, or when a worker's application shuts down. Returns
-    after a graceful stop; raises :class:`SupervisorError` after giving up.
-    Must run on the main thread (it owns signals and forks).
-    """
-    if not hasattr(os, "fork"):
-        raise RuntimeError("worker processes need os.fork(); use workers=None on this platform")
-    if threading.current_thread() is not threading.main_thread():
-        raise RuntimeError("an engine with worker processes must run on the main thread "
-                           "(use run(), not start(): the supervisor owns signals and forks)")
-    _Supervisor(engine, worker_count(engine.options)).run()
-
-
-class _Prefixed(logging.LoggerAdapter):
-    """Prefix every message with who speaks: ``[worker 2 pid 1234] ...``."""
-
-    def process(self, msg: Any, kwargs: Any) -> Any:
-        return f"[{self.extra['who']}] {msg}", kwargs
-
-
-class _InheritedListener(Listener):
-    """A listening socket the supervisor bound and owns. The worker closes only
-    its own descriptor and never unlinks a Unix socket file."""
-
-    def __init__(self, origin: Listener) -> None:  # noqa: super().__init__ would bind
-        self.address = origin.address
-        self.sock = origin.sock
-        self._unix_inode = None
 
 
 class _Worker:
     """The supervisor's record of one worker process."""
 
-    __slots__ = ("slot", "pid", "status_fd", "started", "ready", "retiring", "kill_at",
+    __slots__ = ("slot", "pid", "status_fd", "started", "ready", "retiring", "retired_at", "kill_at",
                  "killed", "error", "buf")
 
     def __init__(self, slot: int, pid: int, status_fd: int) -> None:
@@ -210,6 +140,7 @@ class _Worker:
         self.started = monotonic()
         self.ready = False
         self.retiring = False     # we asked it to stop: its exit is expected
+        self.retired_at = 0.0     # when we asked
         self.kill_at = 0.0        # SIGKILL deadline once retiring
         self.killed = False
         self.error = ""           # last "error" line it sent
@@ -232,14 +163,27 @@ class _Slot:
         self.generation = 0                         # workers started so far
 
 
-class _Supervisor:
-    def __init__(self, engine: "Engine", count: int) -> None:
-        self.engine = engine
-        self.opts = engine.options
+class Supervisor:
+    """Serve ``target`` with ``count`` worker processes on ``addresses``.
+
+    :meth:`run` binds every address first (so a busy port is an ``OSError``
+    there, before any worker exists), starts the workers, restarts those that
+    die, rolls them on SIGHUP, and stops them all on SIGTERM/SIGINT, on
+    :meth:`stop`, or when a worker's application shuts down. It returns after
+    a graceful stop and raises :class:`SupervisorError` after giving up. It
+    must run on the main thread (it owns signals and forks).
+    """
+
+    def __init__(self, target: WorkerTarget, addresses: Sequence[Address], options: Options,
+                 logger: Any, count: int) -> None:
+        self.target = target
+        self.addresses = list(addresses)
+        self.opts = options
         self.count = count
-        self.base_log = engine.logger
-        self.log = _Prefixed(engine.logger, {"who": f"supervisor pid {os.getpid()}"})
-        self.cpus = _cpus()
+        self.base_log = logger
+        self.log = Prefixed(logger, {"who": f"supervisor pid {os.getpid()}"})
+        self.cpus = usable_cpus()
+        self._stop_requested = False
         self.slots: List[_Slot] = []
         self.bound: List[Listener] = []        # every socket bound here; closed at the end
         self.workers: Dict[int, _Worker] = {}  # live worker processes by pid
@@ -255,7 +199,21 @@ class _Supervisor:
 
     # ------------------------------------------------------------------ main
 
+    @property
+    def bound_addresses(self) -> List[str]:
+        """The addresses the workers serve (real port numbers), once bound."""
+        return [lst.bound_address() for lst in self.slots[0].listeners] if self.slots else []
+
+    def stop(self) -> None:
+        """Stop every worker gracefully; from any thread."""
+        self._stop_requested = True
+
     def run(self) -> None:
+        if not hasattr(os, "fork"):
+            raise RuntimeError("worker processes need os.fork(); use workers=None on this platform")
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("an engine with worker processes must run on the main thread "
+                               "(use run(), not start(): the supervisor owns signals and forks)")
         if self.opts.cpu_affinity and not hasattr(os, "sched_setaffinity"):
             raise ValueError("option 'cpu_affinity' needs os.sched_setaffinity (Linux)")
         try:
@@ -264,7 +222,6 @@ class _Supervisor:
             self.log.info("listening on %s; starting %d workers", addrs, self.count)
             try:
                 self._setup()
-                self.engine._state = "running"
                 for slot in self.slots:
                     slot.current = self._spawn(slot)
                 self._loop()
@@ -280,7 +237,7 @@ class _Supervisor:
 
     def _bind(self) -> None:
         """Bind every address for every slot, before any worker exists."""
-        addrs = list(self.engine._addresses)
+        addrs = self.addresses
         per_slot: List[List[Listener]] = [[] for _ in range(self.count)]
         for addr in addrs:
             if addr.transport == "unix":
@@ -327,7 +284,7 @@ class _Supervisor:
             # Signals first: a Ctrl-C reaches the workers too, and their exits
             # must be read knowing that we are stopping.
             self._read_signals()
-            if self.engine._stop_requested and not self.stopping:
+            if self._stop_requested and not self.stopping:
                 self._begin_stop("stop() was called")
             self._reap()
             now = monotonic()
@@ -375,7 +332,7 @@ class _Supervisor:
     def _spawn(self, slot: _Slot) -> Optional[_Worker]:
         """Fork a worker for ``slot``; None if fork failed (a restart is scheduled)."""
         status_r, status_w = os.pipe()
-        _flush_output()
+        flush_output()
         # Blocked across fork: a signal must not reach the child while it still
         # has our handlers and wake-up fd (it would land in *our* wake-up pipe).
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
@@ -394,10 +351,10 @@ class _Supervisor:
                 os.close(status_r)
                 code = self._worker_main(slot, status_w, old_mask)
             except BaseException as exc:  # set-up failed before the engine ran (e.g. affinity)
-                _send(status_w, "error " + _one_line(exc))
+                send_line(status_w, "error " + one_line(exc))
                 code = EXIT_FAILED
             finally:
-                _flush_output()
+                flush_output()
                 os._exit(code)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         os.close(status_w)
@@ -519,14 +476,17 @@ class _Supervisor:
                 slot.restart_at = None
                 slot.current = self._spawn(slot)
 
-    def _retire(self, w: _Worker) -> None:
-        """Ask ``w`` to stop gracefully; SIGKILL it if it is still there at the deadline."""
+    def _retire(self, w: _Worker, graceful: bool = False) -> None:
+        """Ask ``w`` to stop gracefully (``graceful``: once its open connections
+        are done, as in a SIGHUP roll); SIGKILL it if it is still there at the deadline."""
         if w.retiring:
             return
         w.retiring = True
-        w.kill_at = monotonic() + self.opts.shutdown_timeout + KILL_GRACE
+        grace = self.opts.graceful_timeout if graceful else 0.0
+        w.retired_at = monotonic()
+        w.kill_at = w.retired_at + grace + self.opts.shutdown_timeout + KILL_GRACE
         try:
-            os.kill(w.pid, signal.SIGTERM)
+            os.kill(w.pid, RETIRE_SIGNAL if graceful else signal.SIGTERM)
         except ProcessLookupError:
             pass
 
@@ -542,7 +502,7 @@ class _Supervisor:
         for w in self.workers.values():
             if w.retiring and not w.killed and w.kill_at <= now:
                 self.log.warning("worker %d (pid %d) did not stop within %.1f s; killing it",
-                                 w.slot, w.pid, self.opts.shutdown_timeout + KILL_GRACE)
+                                 w.slot, w.pid, w.kill_at - w.retired_at)
                 self._kill(w)
 
     def _begin_stop(self, reason: str) -> None:
@@ -553,6 +513,14 @@ class _Supervisor:
         if self.workers:
             self.log.info("%s: stopping %d worker(s)", reason, len(self.workers))
         for w in list(self.workers.values()):
+            if w.retiring and not w.killed:
+                # A roll was retiring it gently: stopping now means stopping now.
+                w.retired_at = monotonic()
+                w.kill_at = min(w.kill_at, w.retired_at + self.opts.shutdown_timeout + KILL_GRACE)
+                try:
+                    os.kill(w.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
             self._retire(w)
 
     def _kill_all(self) -> None:
@@ -588,7 +556,7 @@ class _Supervisor:
                     return  # the old worker serves until its replacement is ready
                 old, slot.current, slot.successor = slot.current, slot.successor, None
                 if old is not None:
-                    self._retire(old)
+                    self._retire(old, graceful=True)
                 self.roll.pop(0)
                 continue
             if slot.current is None:  # dead and due to restart anyway
@@ -605,26 +573,8 @@ class _Supervisor:
 
     def _worker_main(self, slot: _Slot, status_w: int, old_mask: Any) -> int:
         """Run in the forked child: become worker ``slot.index``; return the exit code."""
-        global _current
-        # Drop the supervisor's signal set-up before anything can deliver a signal.
-        # SIGTERM/SIGINT stop the engine gracefully from the start (the engine
-        # installs the same handlers once serving, and puts these back after).
-        signal.set_wakeup_fd(-1)
-        engine = self.engine
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda signum, frame: engine.stop())
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # SIGHUP is for the supervisor
-        # Our own wake-up pipe records which signals reach the engine's handlers,
-        # to tell "stopped by a signal" from "the application shut down".
-        sig_r, sig_w = os.pipe()
-        os.set_blocking(sig_r, False)
-        os.set_blocking(sig_w, False)
-        signal.set_wakeup_fd(sig_w, warn_on_full_buffer=False)
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-
         # Close what belongs to the supervisor and to the other slots.
-        self.sel.close()
+        self.sel.close()  # type: ignore[union-attr]
         for fd in (self.wake_r, self.wake_w, self.life_w):
             os.close(fd)
         for w in self.workers.values():
@@ -634,79 +584,16 @@ class _Supervisor:
         for lst in self.bound:
             if id(lst) not in mine:
                 lst.sock.close()  # our copy only; never Listener.close(), which unlinks
-
-        if self.opts.cpu_affinity:
-            os.sched_setaffinity(0, {self.cpus[slot.index % len(self.cpus)]})
-        pid = os.getpid()
-        _current = WorkerInfo(slot.index, self.count, pid, slot.generation)
-        log = _Prefixed(self.base_log, {"who": f"worker {slot.index} pid {pid}"})
-        engine.logger = log
-        engine._prebound = {i: _InheritedListener(lst) for i, lst in enumerate(slot.listeners)}
-
-        orphaned = threading.Event()
-        threading.Thread(target=_watch, args=(engine, self.life_r, status_w, orphaned, log),
-                         name="netreactor-worker-watch", daemon=True).start()
-        try:
-            engine._serve()
-        except BaseException as exc:
-            text = _one_line(exc)
-            # The traceback once per crash streak; the repeats say the same.
-            log.error("failed: %s", text, exc_info=exc if slot.crashes == 0 else None)
-            _send(status_w, "error " + text)
-            return EXIT_FAILED
-        try:
-            received = os.read(sig_r, 512)
-        except BlockingIOError:
-            received = b""
-        if orphaned.is_set() or signal.SIGTERM in received or signal.SIGINT in received:
-            return EXIT_OK
-        return EXIT_SHUTDOWN
-
-
-def _watch(engine: "Engine", life_fd: int, status_fd: int, orphaned: threading.Event,
-           log: logging.LoggerAdapter) -> None:
-    """Worker thread: report "ready" once booted, and stop the engine when the
-    supervisor's end of the lifeline closes (the supervisor is gone)."""
-    poller = select.poll()
-    poller.register(life_fd, select.POLLIN)
-    ready = False
-    while True:
-        if not ready and engine._booted.is_set():
-            ready = True
-            _send(status_fd, "ready")
-        try:
-            events = poller.poll(None if ready else _BOOT_POLL * 1000)
-        except InterruptedError:
-            continue
-        if events:
-            orphaned.set()
-            log.warning("the supervisor is gone; stopping")
-            engine.stop()
-            return
-
-
-def _send(fd: int, line: str) -> None:
-    try:
-        os.write(fd, (line.replace("\n", " ") + "\n").encode("utf-8", "replace"))
-    except OSError:  # the supervisor is gone; the lifeline will stop us
-        pass
+        info = WorkerInfo(slot.index, self.count, os.getpid(), slot.generation)
+        cpu = self.cpus[slot.index % len(self.cpus)] if self.opts.cpu_affinity else None
+        # run_worker installs its handlers first; signals stay blocked until then.
+        return run_worker(self.target, info, slot.listeners, status_w, self.life_r, self.base_log,
+                          self.opts.graceful_timeout, cpu, traceback=slot.crashes == 0,
+                          restore_mask=old_mask)
 
 
 def _ignore_signal(signum: int, frame: Any) -> None:
     """Installed so that the signal reaches the wake-up pipe; the loop acts on it."""
-
-
-def _flush_output() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (AttributeError, OSError, ValueError):
-            pass
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _describe_exit(code: int, error: str) -> str:

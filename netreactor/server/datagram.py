@@ -29,13 +29,14 @@ import sys
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Optional, Tuple, Union
 
-from .errors import ClosedError
-from .handler import Action, report
-from .inbound import Inbound
-from .pollers import READABLE
+from ..callbacks import Failed, call, log_failure, report
+from ..errors import ClosedError
+from ..handler import Action
+from ..reactor import READABLE
+from ..stream.inbound import Inbound
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .eventloop import EventLoop
+    from ..reactor import EventLoop
 
 __all__ = ["DatagramConn", "DatagramEndpoint", "MAX_DATAGRAM"]
 
@@ -57,7 +58,7 @@ class DatagramConn(Inbound):
     """A UDP peer as handlers see it: the read API over one datagram, ``write`` to
     reply, ``send_to`` to send anywhere. Writes go out at once, one datagram each."""
 
-    __slots__ = ("_loop", "_endpoint", "fd", "_handler", "context", "_in", "_ipos", "_iend",
+    __slots__ = ("_loop", "_endpoint", "fd", "context", "_in", "_ipos", "_iend",
                  "_block", "_raddr", "_alive", "_last", "_session", "_sendto")
 
     def __init__(self, endpoint: "DatagramEndpoint", remote_addr: Any, session: bool = False) -> None:
@@ -65,7 +66,6 @@ class DatagramConn(Inbound):
         self._endpoint = endpoint
         #: The UDP socket's file descriptor (shared by every peer of the endpoint).
         self.fd: int = endpoint.fd
-        self._handler = endpoint.handler
         #: Free slot for the handler's state (per datagram, or per session).
         self.context: Any = None
         self._in: Any = _EMPTY
@@ -91,6 +91,11 @@ class DatagramConn(Inbound):
     def closed(self) -> bool:
         return not self._alive
 
+    @property
+    def loop(self) -> "EventLoop":
+        """The event loop that owns this connection's endpoint."""
+        return self._loop
+
     def write(self, data: Buffer) -> int:
         """Send ``data`` as one datagram to this peer; the bytes sent, or 0 if it was dropped."""
         if not self._alive:
@@ -115,18 +120,12 @@ class DatagramConn(Inbound):
 
     # ------------------------------------------------------------------ any-thread API
 
-    def _on_loop(self, task: Callable[..., None], *args: Any) -> None:
-        if self._loop.finished:
-            task(*args)  # nothing runs there any more; tasks see the closed state
-        else:
-            self._loop.call_soon_threadsafe(task, *args)
-
     def async_write(self, data: Buffer, callback: Optional[Callback] = None) -> None:
         """Send from any thread; ``callback(conn, err)`` runs on the loop afterwards."""
-        self._on_loop(self._async_write_task, bytes(data), callback)
+        self._loop.post(self._async_write_task, bytes(data), callback)
 
     def async_writev(self, buffers: Iterable[Buffer], callback: Optional[Callback] = None) -> None:
-        self._on_loop(self._async_write_task, b"".join(buffers), callback)
+        self._loop.post(self._async_write_task, b"".join(buffers), callback)
 
     def _async_write_task(self, data: bytes, callback: Optional[Callback]) -> None:
         if not self._alive or self._loop.finished:
@@ -137,7 +136,7 @@ class DatagramConn(Inbound):
 
     def wake(self, callback: Optional[Callback] = None) -> None:
         """Run ``on_traffic`` for this peer on the loop (with nothing to read)."""
-        self._on_loop(self._wake_task, callback)
+        self._loop.post(self._wake_task, callback)
 
     def _wake_task(self, callback: Optional[Callback]) -> None:
         if not self._alive or self._loop.finished:
@@ -149,7 +148,7 @@ class DatagramConn(Inbound):
     def close(self, callback: Optional[Callback] = None) -> None:
         """End a session (``on_close`` with ``None``); for a per-datagram
         connection, just stop accepting writes. Safe from any thread."""
-        self._on_loop(self._close_task, callback)
+        self._loop.post(self._close_task, callback)
 
     def _close_task(self, callback: Optional[Callback]) -> None:
         err = None if self._alive else ClosedError()
@@ -181,12 +180,15 @@ class DatagramEndpoint:
     ``connected_conn`` makes it a client endpoint: one peer, ``send``/``recv``.
     """
 
+    is_connection = False
+
     def __init__(self, loop: "EventLoop", sock: Any, handler: Any, options: Any,
-                 connected: bool = False) -> None:
+                 request_shutdown: Callable[[], None], connected: bool = False) -> None:
         self.loop = loop
         self.sock = sock
         self.fd = sock.fileno()
         self.handler = handler
+        self.request_shutdown = request_shutdown
         self.local_addr = sock.getsockname()
         self.logger: logging.Logger = loop.logger
         self._connected = connected
@@ -204,24 +206,21 @@ class DatagramEndpoint:
             self.peer = DatagramConn(self, sock.getpeername(), session=True)
         # A per-datagram connection that no handler kept, reused for the next datagram.
         self._spare: Optional[DatagramConn] = None
-        if not connected and self._timeout is None:
-            self._io = self._io_datagrams  # the common case gets its own flat loop
+        # The common case (unconnected, no sessions) gets its own flat loop.
+        self._flat = not connected and self._timeout is None
 
     def open_peer(self) -> None:
         """A connected (client) endpoint: run ``on_open`` for its one peer. A handler
         that raises is logged and the connection closed, as for a stream."""
         conn = self.peer
-        try:
-            action = self.handler.on_open(conn)
-        except Exception as exc:
-            self.logger.error("handler %s.on_open raised; closing connection fd=%d",
-                              type(self.handler).__name__, self.fd, exc_info=exc)
-            self.end(conn, exc)
-            return
-        if action is Action.CLOSE:
+        self.loop.connection_opened()
+        action = call(self.logger, self.handler, "on_open", conn, self.handler.on_open, conn)
+        if action.__class__ is Failed:
+            self.end(conn, action.exc)
+        elif action is Action.CLOSE:
             self.end(conn, None)
         elif action is Action.SHUTDOWN:
-            self.loop.request_shutdown()
+            self.request_shutdown()
 
     def start(self) -> None:
         self.loop.add(self.fd, self, READABLE)
@@ -243,7 +242,10 @@ class DatagramEndpoint:
 
     # ------------------------------------------------------------------ receiving
 
-    def _io(self, ev: int) -> None:
+    def handle_io(self, events: int) -> None:
+        if self._flat:
+            self._receive_datagrams()
+            return
         sock = self.sock
         for _ in range(DATAGRAM_BUDGET):
             try:
@@ -261,18 +263,20 @@ class DatagramEndpoint:
                 conn = self.peer
                 if conn is None or not conn._alive:
                     continue
-            elif self._timeout is None:
-                conn = DatagramConn(self, addr)
             else:
                 conn = self._session_for(addr)
                 if conn is None:
                     continue
             self.dispatch(conn, data)
 
-    def _io_datagrams(self, ev: int) -> None:
-        """``_io`` for an unconnected endpoint without sessions: the hot path.
+    def abort(self, err: Optional[BaseException]) -> None:
+        self.stop()
 
-        :meth:`dispatch` written out inline, and one connection object reused
+    def _receive_datagrams(self) -> None:
+        """``handle_io`` of an unconnected endpoint without sessions: the hot path.
+
+        :meth:`dispatch` written out inline (``tests/test_hot_paths.py`` runs
+        both on the same datagrams and handlers), and one connection object reused
         for datagram after datagram as long as no handler keeps a reference to
         it (stores it, hands it to a worker, schedules a call on it): the
         reference count after ``on_traffic`` equals the one before. A kept
@@ -303,8 +307,7 @@ class DatagramEndpoint:
                 try:
                     action = on_traffic(conn)
                 except Exception as exc:
-                    self.logger.error("handler %s.on_traffic raised (datagram from %s)",
-                                      type(self.handler).__name__, addr, exc_info=exc)
+                    log_failure(self.logger, self.handler, "on_traffic", conn, exc, closing=False)
                     action = None
                 if conn._iend:  # what was not read of a datagram is dropped
                     conn._in = _EMPTY
@@ -313,7 +316,7 @@ class DatagramEndpoint:
                     if action is Action.CLOSE:
                         conn._alive = False
                     elif action is Action.SHUTDOWN:
-                        self.loop.request_shutdown()
+                        self.request_shutdown()
                 if refs < 0 or refcount(conn) != refs:
                     conn = None  # kept by the handler: it is no longer ours to reuse
                 else:
@@ -329,21 +332,17 @@ class DatagramEndpoint:
         conn._iend = len(data)
         if conn._session:
             conn._last = monotonic()
-        try:
-            action = self.handler.on_traffic(conn)
-        except Exception as exc:
-            self.logger.error("handler %s.on_traffic raised (datagram from %s)",
-                              type(self.handler).__name__, conn._raddr, exc_info=exc)
+        action = call(self.logger, self.handler, "on_traffic", conn, self.handler.on_traffic, conn,
+                      closing=conn._session)
+        conn._in = _EMPTY  # what was not read of a datagram is dropped
+        conn._ipos = conn._iend = 0
+        if action.__class__ is Failed:
             if conn._session:
-                self.end(conn, exc)
-            return
-        finally:
-            conn._in = _EMPTY  # what was not read of a datagram is dropped
-            conn._ipos = conn._iend = 0
-        if action is Action.CLOSE:
+                self.end(conn, action.exc)
+        elif action is Action.CLOSE:
             self.end(conn, None)
         elif action is Action.SHUTDOWN:
-            self.loop.request_shutdown()
+            self.request_shutdown()
 
     # ------------------------------------------------------------------ sessions
 
@@ -360,18 +359,16 @@ class DatagramEndpoint:
         conn = DatagramConn(self, addr, session=True)
         conn._last = monotonic()
         self._sessions[addr] = conn
-        self.loop.conn_count += 1
-        try:
-            action = self.handler.on_open(conn)
-        except Exception as exc:
-            self.logger.error("handler %s.on_open raised", type(self.handler).__name__, exc_info=exc)
-            self.end(conn, exc)
+        self.loop.connection_opened()
+        action = call(self.logger, self.handler, "on_open", conn, self.handler.on_open, conn)
+        if action.__class__ is Failed:
+            self.end(conn, action.exc)
             return None
         if action is Action.CLOSE:
             self.end(conn, None)
             return None
         if action is Action.SHUTDOWN:
-            self.loop.request_shutdown()
+            self.request_shutdown()
         return conn
 
     def end(self, conn: DatagramConn, err: Optional[BaseException]) -> None:
@@ -391,14 +388,11 @@ class DatagramEndpoint:
                 self.sock.close()
             except OSError:
                 pass
-        try:
-            action = self.handler.on_close(conn, err)
-        except Exception as exc:
-            self.logger.error("handler %s.on_close raised", type(self.handler).__name__, exc_info=exc)
-            action = None
-        self.loop.conn_closed()
+        action = call(self.logger, self.handler, "on_close", conn, self.handler.on_close, conn, err,
+                      closing=False)
+        self.loop.connection_closed()
         if action is Action.SHUTDOWN:
-            self.loop.request_shutdown()
+            self.request_shutdown()
 
     def _sweep_interval(self) -> float:
         return max(0.01, min(1.0, self._timeout / 4))

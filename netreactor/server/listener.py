@@ -1,10 +1,8 @@
-"""Listening sockets: binding them, and accepting on a loop.
+"""Listening sockets: binding them (one, or a SO_REUSEPORT group).
 
-A :class:`Listener` is one bound socket. An :class:`Acceptor` is a listener's
-place in one loop's fd table; with ``reuse_port`` each loop has its own
-listener, and a Unix listener (which SO_REUSEPORT does not spread) is shared by
-every loop's acceptor, registered with ``EPOLLEXCLUSIVE`` so a new connection
-wakes one loop.
+A :class:`Listener` is one bound socket; :func:`bind_group` binds several
+that share an address, after checking that nobody else holds it. Accepting
+on them is :mod:`netreactor.server.acceptor`'s job.
 """
 
 from __future__ import annotations
@@ -18,37 +16,42 @@ import stat
 import struct
 from typing import Any, Callable, List, Optional, Tuple, TypeVar
 
-from .address import Address
-from .pollers import EXCLUSIVE, READABLE
+from ..address import Address
+from ..stream.sockopts import apply_buffer_sizes
 
-__all__ = ["Listener", "Acceptor", "bind_group"]
+__all__ = ["Listener", "bind_group"]
 
 _T = TypeVar("_T")
 
-# Errors that mean "this one pending connection is gone", not "the listener is broken".
-_TRANSIENT_ACCEPT = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN,
-                     errno.ENOPROTOOPT, errno.EHOSTDOWN, errno.ENONET, errno.EHOSTUNREACH,
-                     errno.EOPNOTSUPP, errno.ENETUNREACH, errno.ETIMEDOUT}
-# Out of descriptors or memory: back off instead of spinning on a readable listener.
-_RESOURCE_ACCEPT = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
-
-BACKOFF_MIN = 0.05
-BACKOFF_MAX = 1.0
 
 
 class Listener:
-    """A bound, listening, non-blocking socket for one address."""
+    """A bound, listening, non-blocking socket for one address.
+
+    ``Listener(address, options)`` binds it. :meth:`inherit` makes the
+    record a forked worker keeps of a socket its supervisor bound: closing it
+    closes only the worker's descriptor and never unlinks a Unix socket file.
+    """
 
     def __init__(self, address: Address, options: Any, reuse_port: bool = False) -> None:
         self.address = address
-        self.sock = _named_errors(address, _bind, address, options, reuse_port)
+        self.sock: socket.socket = _named_errors(address, _bind, address, options, reuse_port)
         self._unix_inode: Optional[int] = None
         if address.transport == "unix" and not address.path.startswith("@"):
             self._unix_inode = os.stat(address.path).st_ino
 
+    @classmethod
+    def inherit(cls, origin: "Listener") -> "Listener":
+        inherited = cls.__new__(cls)
+        inherited.address = origin.address
+        inherited.sock = origin.sock
+        inherited._unix_inode = None
+        return inherited
+
     @property
-    def is_tcp(self) -> bool:
-        return self.address.transport == "tcp"
+    def transport(self) -> str:
+        """``"tcp"``, ``"udp"`` or ``"unix"``."""
+        return self.address.transport
 
     def bound_address(self) -> str:
         """The address actually bound (with the real port when port 0 was asked)."""
@@ -246,85 +249,3 @@ def _remove_stale_unix_socket(path: str) -> None:
     raise OSError(errno.EADDRINUSE, "Address already in use (another server listens on it)")
 
 
-def apply_buffer_sizes(sock: socket.socket, options: Any) -> None:
-    """SO_RCVBUF/SO_SNDBUF from the options, set before listen() or connect():
-    accepted sockets inherit a listener's, and TCP window scaling agrees."""
-    if options.socket_recv_buffer:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, options.socket_recv_buffer)
-    if options.socket_send_buffer:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, options.socket_send_buffer)
-
-
-def tune_tcp(sock: socket.socket, options: Any) -> None:
-    """Per-connection TCP options of an accepted or dialed socket: TCP_NODELAY
-    and keep-alive (idle time and probe interval both ``tcp_keepalive`` seconds)."""
-    if options.tcp_no_delay:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if options.tcp_keepalive:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        secs = max(1, int(options.tcp_keepalive))
-        for opt in ("TCP_KEEPIDLE", "TCP_KEEPINTVL"):
-            if hasattr(socket, opt):
-                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), secs)
-
-
-class Acceptor:
-    """A listener's entry in one loop: accepts until ``EAGAIN`` and hands each
-    connection to ``dispatch(sock, addr)``."""
-
-    __slots__ = ("loop", "listener", "fd", "_dispatch", "_shared", "_backoff", "_paused", "_stopped")
-
-    def __init__(self, loop: Any, listener: Listener, dispatch: Callable[[socket.socket, Any], None],
-                 shared: bool = False) -> None:
-        self.loop = loop
-        self.listener = listener
-        self.fd = listener.sock.fileno()
-        self._dispatch = dispatch
-        self._shared = shared
-        self._backoff = 0.0
-        self._paused = False
-        self._stopped = False
-
-    def start(self) -> None:
-        self.loop.add(self.fd, self, READABLE | (EXCLUSIVE if self._shared else 0))
-
-    def stop(self) -> None:
-        if not self._paused:
-            self.loop.remove(self.fd)
-        self._paused = True
-        self._stopped = True
-
-    def _io(self, ev: int) -> None:
-        accept = self.listener.sock.accept
-        dispatch = self._dispatch
-        while True:
-            try:
-                sock, addr = accept()
-            except (BlockingIOError, InterruptedError):
-                self._backoff = 0.0
-                return
-            except OSError as exc:
-                if exc.errno in _TRANSIENT_ACCEPT:
-                    continue
-                if exc.errno in _RESOURCE_ACCEPT:
-                    self._pause(exc)
-                    return
-                raise
-            dispatch(sock, addr)
-
-    def _pause(self, exc: OSError) -> None:
-        # The pending connection stays in the backlog; polling the listener now
-        # would spin. Stop watching it, and look again after a growing delay.
-        self._backoff = min(BACKOFF_MAX, max(BACKOFF_MIN, self._backoff * 2))
-        self.loop.logger.warning(
-            "accept on %s failed (%s); pausing accepts for %.2fs",
-            self.listener.address, os.strerror(exc.errno or 0), self._backoff,
-        )
-        self.loop.remove(self.fd)
-        self._paused = True
-        self.loop.call_later(self._backoff, self._resume)
-
-    def _resume(self) -> None:
-        if self._paused and not self._stopped:
-            self._paused = False
-            self.start()

@@ -1,8 +1,9 @@
 """Load balancers: which sub-reactor serves a newly accepted connection.
 
-Used only by the main reactor's thread. ``least-connections`` counts what each
-loop owns plus what was handed to it and not yet adopted, so a burst of
-accepts is spread instead of piling onto the loop that looked emptiest.
+Used only by the main reactor's thread, over the server's loop slots (any
+objects; ``least-connections`` counts what a loop owns, ``conn_count``, plus
+what was ``handed`` to it and not yet ``adopted``, so a burst of accepts is
+spread instead of piling onto the loop that looked emptiest).
 """
 
 from __future__ import annotations

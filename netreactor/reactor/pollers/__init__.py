@@ -11,6 +11,21 @@ only ever calls these five methods, so a backend is one module:
 :data:`WRITABLE`, :data:`ERROR`, :data:`HANGUP`, plus the epoll-only
 :data:`EDGE` and :data:`EXCLUSIVE` registration flags), so the epoll backend
 passes them straight to the kernel with no translation on the hot path.
+
+Kernel facts the loop relies on:
+
+* epoll reports ERROR and HANGUP for every registered fd whatever its
+  interest, even an interest of 0 (``epoll_ctl(2)``: "epoll_wait will always
+  wait for this event; it is not necessary to set it in events"), and keeps
+  reporting them level-triggered. A connection that stops reading must
+  therefore act on them (close on an error, unregister on a hang-up) or the
+  loop spins.
+* A TCP reset raises ERROR (``SO_ERROR`` holds ECONNRESET) together with
+  HANGUP; a Unix stream peer that closes raises HANGUP alone, with its last
+  bytes still readable.
+* ``selectors`` cannot watch an fd for errors alone, so the portable backend
+  probes the fds it has parked (interest 0) once a second and reports their
+  ERROR/HANGUP the way epoll would.
 """
 
 from __future__ import annotations

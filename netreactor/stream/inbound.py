@@ -8,7 +8,10 @@ that stays valid after the callback returns.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..reactor import EventLoop
 
 __all__ = ["Inbound"]
 
@@ -18,11 +21,18 @@ _EMPTY = b""
 class Inbound:
     """``read`` / ``peek`` / ``discard`` / ``next`` over the bytes received so far.
 
-    A mixin: the class using it provides the slots ``_in``, ``_ipos``, ``_iend``,
-    ``_block`` and ``_loop`` (whose ``pool`` takes blocks back).
+    A mixin: the class using it has these slots (declared here for the type
+    checker only; ``__slots__`` stays empty so the mixin adds no layout).
     """
 
     __slots__ = ()
+
+    if TYPE_CHECKING:  # pragma: no cover
+        _in: Any
+        _ipos: int
+        _iend: int
+        _block: Optional[bytearray]
+        _loop: EventLoop
 
     @property
     def inbound_buffered(self) -> int:
@@ -41,7 +51,7 @@ class Inbound:
             # else: the bytes the socket read returned, whole — handed over without a copy
             self._in = _EMPTY
             self._ipos = self._iend = 0
-            return data
+            return data  # type: ignore[no-any-return]
         stop = pos + n
         self._ipos = stop
         return bytes(self._in[pos:stop])
@@ -88,6 +98,5 @@ class Inbound:
             self._release_block()
 
     def _release_block(self) -> None:
-        self._loop.pool.put(self._block)
+        self._loop.pool.put(self._block)  # type: ignore[arg-type]
         self._block = None
-

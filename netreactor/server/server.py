@@ -1,0 +1,395 @@
+"""One process's server: listeners, event loops, load balancing and lifecycle.
+
+Two serving models, as in gnet:
+
+* **main reactor** (default with ``loops > 1``): one loop accepts and hands
+  each connection to a sub-reactor chosen by the load balancer. With
+  ``loops=1`` there is no hand-off at all: the listener lives on the only loop.
+* **reuse_port**: every loop owns its own SO_REUSEPORT listener (Unix
+  listeners, which SO_REUSEPORT does not spread, are shared with
+  ``EPOLLEXCLUSIVE``) and the kernel spreads connections.
+
+The loop that runs in the caller's thread (the main reactor, or loop 0) also
+runs ``on_boot``, ``on_tick`` and ``on_shutdown``. The other loops are threads.
+
+Lifecycle of :meth:`Server.serve`: bind every address (a failure raises before
+anything serves) -> ``on_boot`` -> serve until :meth:`stop` (or SHUTDOWN, or
+SIGINT/SIGTERM when allowed to own signals) -> close every connection after
+flushing (at most ``shutdown_timeout``) -> ``on_shutdown`` -> release.
+:meth:`retire` is the gentler stop of a worker being replaced: stop accepting,
+let open connections finish on their own for up to ``graceful_timeout``, then
+stop.
+
+``SystemExit`` and ``KeyboardInterrupt`` from a handler are not contained: the
+server stops, every connection is closed (``EngineStoppedError``),
+``on_shutdown`` runs, and :meth:`serve` raises the exception.
+
+This module knows nothing of worker processes; the supervisor drives a
+Server through this public interface.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import socket
+import threading
+from typing import Any, Callable, List, Optional, Sequence, Union
+
+from ..address import Address
+from ..callbacks import call
+from ..errors import EngineStoppedError
+from ..handler import Action, EventHandler
+from ..options import Options
+from ..reactor import EventLoop, new_poller
+from ..runtime import gil_enabled
+from ..stream import Conn, EdgeConn, StreamContext, for_socket
+from ..stream.sockopts import tune_tcp
+from ..ticker import run_tick
+from .acceptor import Acceptor
+from .balancer import make_balancer
+from .datagram import DatagramEndpoint
+from .listener import Listener, bind_group
+
+__all__ = ["Server"]
+
+Source = Union[Acceptor, DatagramEndpoint]
+
+
+class _LoopSlot:
+    """A serving loop as the server sees it: the loop, its connection context,
+    and the hand-off counts of the least-connections balancer."""
+
+    __slots__ = ("loop", "ctx", "handed", "adopted")
+
+    def __init__(self, loop: EventLoop, ctx: StreamContext) -> None:
+        self.loop = loop
+        self.ctx = ctx
+        #: Connections handed to this loop by the main reactor (written only by it).
+        self.handed = 0
+        #: Of those, adopted by this loop (written only by this loop's thread).
+        self.adopted = 0
+
+    @property
+    def conn_count(self) -> int:
+        return self.loop.conn_count
+
+
+class Server:
+    """Serve ``handler`` on ``addresses`` in this process.
+
+    ``facade`` is what ``on_boot``/``on_shutdown`` receive (the public Engine);
+    ``prebound`` maps address indexes to listeners a supervisor bound
+    already; ``own_signals`` lets :meth:`serve` handle SIGINT/SIGTERM when it
+    runs on the main thread.
+    """
+
+    def __init__(self, handler: EventHandler, addresses: Sequence[Address], options: Options,
+                 logger: Any, *, facade: Any = None, prebound: Optional[dict] = None,
+                 own_signals: bool = True) -> None:
+        self.handler = handler
+        self.options = options
+        self.logger = logger
+        self._addresses = list(addresses)
+        self._facade = facade if facade is not None else self
+        self._prebound = dict(prebound or {})
+        self._own_signals = own_signals
+        # Reentrant: the SIGINT/SIGTERM handler calls stop() on the main thread,
+        # which may be inside stop() already when the signal lands.
+        self._lock = threading.RLock()
+        self._stop_requested = False
+        self._serving = False
+        self._escaped: Optional[BaseException] = None  # SystemExit/KeyboardInterrupt from a loop thread
+        self._listeners: List[Listener] = []
+        self._bound: List[Listener] = []       # one per address, in the order given
+        self._slots: List[_LoopSlot] = []      # loops that own connections
+        self._all_loops: List[EventLoop] = []  # plus the main reactor, if any
+        self._sources: List[Source] = []
+        self._primary: Optional[EventLoop] = None
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def addresses(self) -> List[str]:
+        """The bound addresses (with real port numbers), once bound."""
+        return [lst.bound_address() for lst in self._bound]
+
+    @property
+    def loops(self) -> List[EventLoop]:
+        """The loops that own connections."""
+        return [slot.loop for slot in self._slots]
+
+    def count_connections(self) -> int:
+        return sum(slot.loop.conn_count for slot in self._slots)
+
+    def stop(self) -> None:
+        """Stop gracefully, from any thread (or a callback). A second call does nothing."""
+        with self._lock:
+            if self._stop_requested:
+                return
+            self._stop_requested = True
+            loops = list(self._all_loops) if self._serving else []
+        for loop in loops:
+            loop.call_soon_threadsafe(self._shutdown_loop, loop, urgent=True)
+
+    def retire(self, timeout: float) -> None:
+        """From any thread: stop accepting, keep serving the open connections until
+        they have all closed or ``timeout`` seconds have passed, then stop."""
+        with self._lock:
+            if self._stop_requested or not self._serving:
+                return
+            loops = list(self._all_loops)
+        remaining = [len(loops)]
+
+        def idle() -> None:
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                self.stop()
+
+        def retire_loop(loop: EventLoop) -> None:
+            for source in self._sources:
+                if source.loop is loop:
+                    source.stop()
+            loop.when_empty(idle)
+
+        for loop in loops:
+            loop.call_soon_threadsafe(retire_loop, loop, urgent=True)
+        self._primary.call_soon_threadsafe(  # type: ignore[union-attr]
+            self._primary.call_later, timeout, self.stop)  # type: ignore[union-attr]
+
+    # ------------------------------------------------------------------ serving
+
+    def serve(self, on_ready: Optional[Callable[[], None]] = None) -> None:
+        """Bind, boot, serve on the calling thread until stopped, then shut down.
+        ``on_ready()`` runs once bound and booted, just before serving."""
+        try:
+            self._setup_loops()
+            self._bind()
+            if self.handler.on_boot(self._facade) is Action.SHUTDOWN:
+                self.logger.info("on_boot returned SHUTDOWN; not serving")
+                return
+            with self._lock:
+                self._serving = True
+                if self._stop_requested:  # stop() during on_boot
+                    for loop in self._all_loops:
+                        loop.call_soon_threadsafe(self._shutdown_loop, loop, urgent=True)
+            try:
+                self._run_loops(on_ready)
+            finally:
+                # Also when SystemExit or KeyboardInterrupt escaped a handler:
+                # every peer gets its close, and the handler its on_shutdown.
+                self._close_leftovers()
+                call(self.logger, self.handler, "on_shutdown", None, self.handler.on_shutdown,
+                     self._facade)
+            if self._escaped is not None:  # it escaped on a loop thread: raise it here
+                raise self._escaped
+        finally:
+            self._release()
+
+    def _loop_count(self) -> int:
+        if self.options.multicore and not gil_enabled():
+            return os.cpu_count() or 1
+        return self.options.loops
+
+    def _setup_loops(self) -> None:
+        opts = self.options
+        n = self._loop_count()
+        for i in range(n):
+            loop = self._new_loop(i)
+            self._slots.append(_LoopSlot(loop, StreamContext(loop, self.handler, opts, self.stop)))
+        self._all_loops = [slot.loop for slot in self._slots]
+        if n > 1 and not opts.reuse_port:
+            self._primary = self._new_loop(-1)
+            self._all_loops.insert(0, self._primary)
+        else:
+            self._primary = self._slots[0].loop
+
+    def _new_loop(self, index: int) -> EventLoop:
+        return EventLoop(index, new_poller(self.options.poller), self.logger)
+
+    # ------------------------------------------------------------------ binding
+
+    def _bind(self) -> None:
+        opts = self.options
+        main_reactor = self._primary is not self._slots[0].loop
+        for index, addr in enumerate(self._addresses):
+            prebound = self._prebound.pop(index, None)
+            if addr.transport == "udp":
+                # Every loop reads the address through its own socket; SO_REUSEPORT
+                # lets the kernel spread datagrams (and worker processes share it).
+                reuse = opts.reuse_port or len(self._slots) > 1
+                for slot, lst in zip(self._slots, self._bind_per_loop(addr, reuse, prebound)):
+                    self._sources.append(DatagramEndpoint(slot.loop, lst.sock, self.handler, opts,
+                                                          self.stop))
+            elif opts.reuse_port and addr.transport != "unix" and prebound is None:
+                for slot, lst in zip(self._slots, self._bind_per_loop(addr, True)):
+                    self._sources.append(Acceptor(slot.loop, lst, self._local_dispatch(slot, lst)))
+            else:
+                lst = prebound if prebound is not None else Listener(addr, opts, reuse_port=opts.reuse_port)
+                self._listeners.append(lst)
+                self._bound.append(lst)
+                if main_reactor:
+                    self._sources.append(Acceptor(self._primary, lst,  # type: ignore[arg-type]
+                                                  self._handoff_dispatch(lst)))
+                else:
+                    shared = len(self._slots) > 1
+                    for slot in self._slots:
+                        self._sources.append(Acceptor(slot.loop, lst, self._local_dispatch(slot, lst), shared))
+        for source in self._sources:
+            source.start()
+
+    def _bind_per_loop(self, addr: Address, reuse_port: bool,
+                       first: Optional[Listener] = None) -> List[Listener]:
+        """One socket per loop for ``addr``. ``first`` is the socket a worker
+        supervisor bound for this process (its SO_REUSEPORT group is ours
+        already); otherwise the whole group is bound here, checked first."""
+        if first is None:
+            group = (bind_group(addr, self.options, len(self._slots)) if reuse_port
+                     else [Listener(addr, self.options)])
+        else:
+            if addr.port == 0:
+                addr = dataclasses.replace(addr, port=first.sock.getsockname()[1])
+            group = [first] + [Listener(addr, self.options, reuse_port=True) for _ in self._slots[1:]]
+        self._listeners.extend(group)
+        self._bound.append(group[0])
+        return group
+
+    # ------------------------------------------------------------------ accepting
+
+    def _local_dispatch(self, slot: _LoopSlot, lst: Listener) -> Callable[[socket.socket, Any], None]:
+        adopt = self._adopt
+        tcp = lst.transport == "tcp"
+
+        def dispatch(sock: socket.socket, addr: Any) -> None:
+            adopt(slot, sock, tcp)
+
+        return dispatch
+
+    def _handoff_dispatch(self, lst: Listener) -> Callable[[socket.socket, Any], None]:
+        pick = make_balancer(self.options.lb, self._slots)
+        adopt = self._adopt
+        tcp = lst.transport == "tcp"
+
+        def dispatch(sock: socket.socket, addr: Any) -> None:
+            slot = pick(addr)
+            slot.handed += 1
+            slot.loop.call_soon_threadsafe(adopt, slot, sock, tcp, True)
+
+        return dispatch
+
+    def _adopt(self, slot: _LoopSlot, sock: socket.socket, tcp: bool, handed: bool = False) -> None:
+        """On the slot's loop: set the socket up, register it, run ``on_open``."""
+        if handed:
+            slot.adopted += 1
+        loop = slot.loop
+        if loop.stopping:
+            sock.close()
+            return
+        try:
+            sock.setblocking(False)
+            if tcp:
+                tune_tcp(sock, self.options)
+        except OSError:
+            sock.close()  # the peer is already gone
+            return
+        transport = for_socket(sock)
+        conn = (EdgeConn if self.options.edge_triggered else Conn)(slot.ctx, sock.detach(), transport)
+        conn.start()
+
+    # ------------------------------------------------------------------ running & stopping
+
+    def _run_loops(self, on_ready: Optional[Callable[[], None]]) -> None:
+        primary: EventLoop = self._primary  # type: ignore[assignment]
+        threads = [threading.Thread(target=self._loop_main, args=(loop,), daemon=True,
+                                    name=f"netreactor-loop-{loop.index}")
+                   for loop in self._all_loops if loop is not primary]
+        if self.options.ticker:
+            primary.call_soon(self._tick)
+        for t in threads:
+            t.start()
+        restore = self._install_signals()
+        # Logged once SIGINT/SIGTERM are handled, so whoever reads it may stop us gracefully.
+        self.logger.info("serving %s on %d loop(s)", ", ".join(self.addresses), len(self._slots))
+        if on_ready is not None:
+            on_ready()
+        try:
+            self._loop_main(primary)
+        finally:
+            self.stop()
+            for t in threads:
+                t.join()
+            restore()
+
+    def _loop_main(self, loop: EventLoop) -> None:
+        try:
+            loop.run()
+        except (SystemExit, KeyboardInterrupt) as exc:
+            # Not contained (as in asyncio): the server stops and serve() raises it.
+            self.logger.info("%s raised on event loop %d; stopping", type(exc).__name__, loop.index)
+            self.stop()
+            if loop is self._primary:
+                raise
+            if self._escaped is None:  # raised again on the thread that called serve()
+                self._escaped = exc
+        except BaseException:
+            self.logger.exception("event loop %d crashed", loop.index)
+            self.stop()
+            raise
+
+    def _shutdown_loop(self, loop: EventLoop) -> None:
+        """On ``loop``: stop accepting, close every connection after flushing, then stop."""
+        loop.shutdown(self.options.shutdown_timeout, [s for s in self._sources if s.loop is loop])
+
+    def _close_leftovers(self) -> None:
+        # A loop that crashed leaves connections behind; close them here so
+        # on_close still runs once for each before on_shutdown.
+        for loop in self._all_loops:
+            for conn in loop.connections():
+                conn.abort(EngineStoppedError("engine stopped"))
+            loop.finish()
+
+    def _release(self) -> None:
+        for lst in self._listeners:
+            lst.close()
+        for loop in self._all_loops:
+            try:
+                loop.close()
+            except OSError:
+                pass
+
+    def _install_signals(self) -> Callable[[], None]:
+        if not self._own_signals or threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = {}
+
+        def on_signal(signum: int, frame: Any) -> None:
+            self.logger.info("received %s, shutting down", signal.Signals(signum).name)
+            self.stop()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[sig] = signal.signal(sig, on_signal)
+            except (ValueError, OSError):
+                pass
+
+        def restore() -> None:
+            for sig, old in previous.items():
+                try:
+                    signal.signal(sig, old)
+                except (ValueError, OSError, TypeError):
+                    pass
+
+        return restore
+
+    # ------------------------------------------------------------------ ticker
+
+    def _tick(self) -> None:
+        if self._stop_requested:
+            return
+        delay, action = run_tick(self.handler, self.logger)
+        if action is Action.SHUTDOWN:
+            self.stop()
+            return
+        self._primary.call_later(delay, self._tick)  # type: ignore[union-attr]
+

@@ -1,0 +1,1020 @@
+"""One stream connection (TCP or Unix): the handler's read/write API over
+inbound and outbound buffers, and the connection's half of the I/O path.
+
+Threading: every method belongs to the loop that owns the connection, except
+:meth:`Conn.async_write`, :meth:`Conn.async_writev`, :meth:`Conn.wake` and
+:meth:`Conn.close`, which may be called from any thread and run on that loop.
+``write``/``writev``/``flush``/``pause_reading``/``resume_reading`` called from
+another thread raise ``RuntimeError`` (checked where it costs nothing: when a
+write would schedule a flush, which a write inside a callback never does;
+``debug=True`` checks every loop-only call).
+
+The syscalls belong to the connection's :class:`~netreactor.stream.transport.Transport`.
+
+State (``_state``), one value at a time::
+
+    OPENING   registered; a preamble (TLS handshake, PROXY header) runs first;
+              the handler has not seen the connection and never will if it fails
+    OPEN      on_open ran; reading unless a pause reason is set
+    CLOSING   a close was asked for: nothing more is read or accepted for
+              writing; queued output drains (for at most ``close_timeout``)
+    LINGER    TCP, closed locally: output sent and our write side shut down;
+              on_close ran, and for the handler the connection is closed; the
+              loop still reads and drops the peer's input until its EOF (a
+              close() with unread input would answer with RST and destroy the
+              reply still in the kernel's send queue), then closes the fd.
+              It still counts in count_connections (it holds an fd).
+    CLOSED    fd closed, buffers dropped, on_close ran
+
+    OPENING -> OPEN      preamble done, or none: on_open
+    OPEN    -> CLOSING   close(), Action.CLOSE, engine stop (linger), peer EOF
+                         (no linger: it sends no more; what we owe still goes)
+    CLOSING -> LINGER    output drained, local close, transport lingers (TCP)
+    CLOSING -> CLOSED    output drained otherwise
+    LINGER  -> CLOSED    peer EOF or error
+    any     -> CLOSED    error, cap passed, handler raised, abort(), and the
+                         close deadline (``close_timeout`` after CLOSING began)
+
+Reasons reading is paused (``_paused``, a bit set; a connection reads when
+it is OPEN and no bit is set): :data:`Pause.BACKLOG` (queued output passed
+``write_high_water``; cleared at ``write_low_water``; accepted connections
+only), :data:`Pause.HANDLER` (``pause_reading()``), :data:`Pause.POOL` (a
+full :class:`netreactor.WorkerPool`). Each owner sets and clears its own bit.
+
+A connection that is not reading still gets errors and hang-ups from the
+poller: an error closes it; a hang-up with no error (a Unix peer that closed,
+its last bytes still unread) mutes the fd until reading resumes, then what
+the peer sent is delivered and its close reported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+import socket
+import threading
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, Optional, Union
+
+from ..callbacks import Failed, call, log_failure, report
+from ..errors import BufferOverflowError, ClosedError, PeerClosedError
+from ..handler import Action
+from ..reactor import EDGE, ERROR, HANGUP, READABLE, WRITABLE
+from . import sockopts
+from .inbound import Inbound
+from .transport import Transport
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..reactor import EventLoop, TimerHandle
+
+__all__ = ["Conn", "EdgeConn", "StreamContext", "Pause", "State"]
+
+Buffer = Union[bytes, bytearray, memoryview]
+Callback = Callable[["Conn", Optional[BaseException]], Any]
+
+
+
+class State(enum.IntEnum):
+    """A connection's state (see the module docstring), ordered: ``>= CLOSING``
+    means no more writes. The hot path compares by identity (``is OPEN``), which
+    costs no truth test."""
+
+    OPEN = 0
+    OPENING = 1
+    CLOSING = 2
+    LINGER = 3
+    CLOSED = 4
+
+
+OPEN, OPENING, CLOSING, LINGER, CLOSED = State
+
+_IN_EV = READABLE | ERROR | HANGUP
+_OUT_EV = WRITABLE | ERROR | HANGUP
+_TROUBLE = ERROR | HANGUP
+#: ``_events`` of a muted fd (see the module docstring).
+_MUTED = -1
+# sendmsg() takes at most IOV_MAX buffers per call.
+_IOV_MAX = 1024
+#: Reads per event while lingering, and their size.
+_LINGER_READS = 16
+_LINGER_READ_SIZE = 65536
+#: The first read size of a connection, and the smallest: the largest bytes
+#: object CPython's small-object allocator serves (512 bytes less the 33 of
+#: a bytes header). A read of it costs ~780 fewer instructions than one of
+#: 64 KiB, which goes to malloc and is shrunk after (bench/instructions.sh).
+SMALL_READ = 479
+_EMPTY = b""
+_get_ident = threading.get_ident
+
+
+class Pause(enum.IntFlag):
+    """Why a connection is not reading; each owner sets and clears its own bit."""
+
+    BACKLOG = 1
+    HANDLER = 2
+    POOL = 4
+
+
+_BACKLOG = int(Pause.BACKLOG)
+
+
+class StreamContext:
+    """What the connections of one owner (an engine or a client) on one loop share:
+    the loop, the handler, and the option values the I/O path reads."""
+
+    __slots__ = ("loop", "handler", "logger", "read_buffer_cap", "inbound_buffer_cap",
+                 "write_high_water", "write_low_water", "write_buffer_cap", "close_timeout",
+                 "pause_on_high_water", "read_budget", "request_shutdown")
+
+    def __init__(self, loop: "EventLoop", handler: Any, options: Any,
+                 request_shutdown: Callable[[], None], *, pause_on_high_water: bool = True) -> None:
+        self.loop = loop
+        self.handler = handler
+        self.logger = loop.logger
+        self.read_buffer_cap: int = options.read_buffer_cap
+        self.inbound_buffer_cap: int = options.inbound_buffer_cap
+        self.write_high_water: int = options.write_high_water
+        self.write_low_water: int = options.write_low_water
+        self.write_buffer_cap: int = options.write_buffer_cap
+        self.close_timeout: float = options.shutdown_timeout
+        # Accepted connections stop reading at write_high_water: their output
+        # answers the peer's input, so a peer that does not read cannot make us
+        # buffer. Dialed ones do not: their output is the application's own, and
+        # two netreactor peers pausing each other would both wait forever.
+        self.pause_on_high_water = pause_on_high_water
+        #: Edge-triggered reads per connection per wake-up.
+        self.read_budget = 16
+        #: What ``Action.SHUTDOWN`` calls.
+        self.request_shutdown = request_shutdown
+
+
+class _Extras:
+    """Per-connection state that most connections never need, allocated on first use."""
+
+    __slots__ = ("close_err", "linger", "close_timer", "drain_waiters")
+
+    def __init__(self) -> None:
+        self.close_err: Optional[BaseException] = None
+        self.linger = False
+        self.close_timer: Optional["TimerHandle"] = None
+        self.drain_waiters: Optional[List[Callable[["Conn"], Any]]] = None
+
+
+def _owned(data: Buffer) -> Union[bytes, memoryview]:
+    """Bytes we may keep after write() returns: immutable data as is, mutable data copied."""
+    if type(data) is bytes:
+        return data
+    if isinstance(data, memoryview):
+        if data.readonly and data.c_contiguous:
+            return data.cast("B") if data.format != "B" or data.ndim != 1 else data
+        return data.tobytes()
+    if isinstance(data, (bytes, bytearray)):
+        return bytes(data)
+    raise TypeError(f"data must be bytes, bytearray or memoryview, not {type(data).__name__}")
+
+
+class Conn(Inbound):
+    """A connection, as handlers see it.
+
+    Reading (loop thread only). Everything returned is ``bytes`` that stays valid
+    after the callback returns.
+
+    * :meth:`read` ``(n=-1)`` — up to ``n`` bytes (all when ``n < 0``), consumed.
+    * :meth:`peek` ``(n=-1)`` — the same without consuming.
+    * :meth:`discard` ``(n=-1)`` — drop up to ``n`` bytes, return how many.
+    * :meth:`next` ``(n)`` — exactly ``n`` bytes, consumed; ``None`` and nothing
+      consumed when fewer than ``n`` are buffered (wait for the next ``on_traffic``).
+
+    Whatever ``on_traffic`` leaves unconsumed is kept and offered again, with the
+    new data appended, on the next ``on_traffic``.
+
+    Writing (loop thread only): :meth:`write`/:meth:`writev` queue data and return
+    the byte count accepted (0 if the connection is closed or closing — never an
+    exception). Writes made during one callback are sent together, with one
+    ``send``/``sendmsg``, when the callback returns; writes made elsewhere on the
+    loop thread are sent at the end of the current loop iteration, or at once by
+    :meth:`flush`. Order is always preserved.
+    """
+
+    __slots__ = (
+        "_ctx", "_loop", "_transport", "fd", "context", "handler_state",
+        "_in", "_ipos", "_iend", "_block",
+        "_out", "_out_bytes", "_flush_pending", "_events", "_state", "_paused",
+        "_writing", "_reading", "_rsize", "_raddr", "_laddr", "_extras",
+    )
+
+    #: The loop's fd table holds connections (see netreactor.reactor.ConnectionEntry).
+    is_connection = True
+
+    def __init__(self, ctx: StreamContext, fd: int, transport: Transport) -> None:
+        # The connection owns a bare, non-blocking fd rather than a socket
+        # object: an idle connection is the handful of slots below and nothing
+        # else (a socket.socket costs another ~110 bytes per connection).
+        self._ctx = ctx
+        self._loop = ctx.loop
+        self._transport = transport
+        #: The socket's file descriptor (kept after close, for logging).
+        self.fd: int = fd
+        #: Free slot for the application's per-connection state.
+        self.context: Any = None
+        #: A second free slot, for handler base classes (FramedHandler keeps its
+        #: decoder here) so that ``context`` stays the application's.
+        self.handler_state: Any = None
+        self._in: Any = _EMPTY
+        self._ipos = 0
+        self._iend = 0
+        self._block: Optional[bytearray] = None
+        self._rsize = SMALL_READ  # the next read's size (adaptive; read_buffer_cap >= 512)
+        self._out: Optional[List[Any]] = None  # a list only while output is queued
+        self._out_bytes = 0
+        # True inside a callback (its writes are sent when it returns) and while
+        # the connection waits in the loop's flush queue.
+        self._flush_pending = False
+        self._events = 0
+        self._state = OPENING
+        self._paused = 0
+        # Caches of the two questions the per-message path asks, kept by
+        # _settle() whenever _state or _paused changes: a bool costs the
+        # interpreter one test, an enum or int comparison several.
+        self._writing = False  # _state is OPEN: write() accepts data
+        self._reading = False  # _state is OPEN and nothing pauses reading
+        self._raddr: Any = None
+        self._laddr: Any = None
+        self._extras: Optional[_Extras] = None
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection is closed or closing (no more writes accepted)."""
+        return self._state >= CLOSING
+
+    @property
+    def loop(self) -> "EventLoop":
+        """The event loop that owns this connection."""
+        return self._loop
+
+    @property
+    def outbound_buffered(self) -> int:
+        """Bytes queued and not yet accepted by the kernel."""
+        return self._out_bytes
+
+    def _settle(self) -> None:
+        """Refresh the hot-path caches after ``_state`` or ``_paused`` changed."""
+        self._writing = writing = self._state is OPEN
+        self._reading = writing and not self._paused
+
+    def _x(self) -> _Extras:
+        extras = self._extras
+        if extras is None:
+            extras = self._extras = _Extras()
+        return extras
+
+    def _wrong_thread(self, what: str) -> RuntimeError:
+        return RuntimeError(
+            f"Conn.{what}() called from thread {threading.current_thread().name!r}, not the "
+            f"connection's loop thread; from other threads use conn.async_write() / "
+            f"conn.async_writev() / conn.wake() / conn.close(), which are thread-safe")
+
+    # ------------------------------------------------------------------ writing
+
+    def write(self, data: Buffer) -> int:
+        """Queue ``data`` for sending; return the bytes accepted (0 if closed or closing).
+
+        ``bytes`` are queued without copying; a ``bytearray`` or writable
+        ``memoryview`` is copied, so the caller may reuse it at once.
+        """
+        if not self._writing:  # closing, closed (or opening: nobody holds it then)
+            return 0
+        if data.__class__ is not bytes:
+            data = _owned(data)
+        if not self._flush_pending:
+            # Outside a callback of this connection: the flush goes to the loop's
+            # queue, which only its own thread may touch.
+            if not self._loop.on_loop_thread():
+                raise self._wrong_thread("write")
+            self._flush_pending = True
+            self._loop.schedule_flush(self)
+        out = self._out
+        if out is None:
+            self._out = [data]
+        else:
+            out.append(data)
+        n = len(data)
+        self._out_bytes += n
+        # The high-water mark and the hard cap are checked where output can
+        # pile up: in _sent, when the kernel did not take everything. Every
+        # write is followed by a flush attempt in the same loop iteration.
+        return n
+
+    def writev(self, buffers: Iterable[Buffer]) -> int:
+        """Queue several buffers, in order; they go out with one ``sendmsg``. Returns bytes accepted."""
+        total = 0
+        for data in buffers:
+            n = self.write(data)
+            if not n and not self._writing:
+                break
+            total += n
+        return total
+
+    def flush(self) -> None:
+        """Send queued data now instead of when the callback returns.
+
+        What the kernel does not take stays queued and is sent when the socket is
+        writable. An error closes the connection (and ``on_close`` reports it).
+        """
+        if not self._out or self._state >= LINGER:
+            return
+        if not self._loop.on_loop_thread():
+            raise self._wrong_thread("flush")
+        self._flush()
+
+    def flush_deferred(self) -> None:
+        """The loop's flush queue reached this connection (see EventLoop.schedule_flush)."""
+        if self._flush_pending:
+            self._flush_pending = False
+            if self._out and self._state < LINGER:
+                self._flush()
+
+    def _flush(self) -> None:
+        out: List[Any] = self._out  # type: ignore[assignment]
+        try:
+            if len(out) == 1:
+                sent = self._transport.write(self.fd, out[0])
+            else:
+                sent = self._transport.writev(self.fd, out if len(out) <= _IOV_MAX else out[:_IOV_MAX])
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self._close_now(exc)
+            return
+        self._sent(out, sent)
+
+    def _sent(self, out: List[Any], sent: int) -> None:
+        """The kernel took ``sent`` bytes of ``out``: drop them, then settle the
+        events, the back-pressure state and the drain waiters."""
+        left = self._out_bytes - sent
+        self._out_bytes = left
+        if not left:
+            self._out = None
+            # A pause, a pending close or a drain waiter always has WRITABLE
+            # registered (each only happens with output queued), so one test covers them.
+            if self._events != READABLE:
+                self._drained()
+            return
+        # Drop what went out; the first partly sent buffer becomes a view of its tail.
+        i = 0
+        while sent:
+            size = len(out[i])
+            if sent >= size:
+                sent -= size
+                i += 1
+            else:
+                out[i] = memoryview(out[i])[sent:]
+                sent = 0
+        if i:
+            del out[:i]
+        ctx = self._ctx
+        if left > ctx.write_high_water:
+            if left > ctx.write_buffer_cap:
+                self._close_now(BufferOverflowError(
+                    f"outbound buffer of fd {self.fd} passed write_buffer_cap "
+                    f"({ctx.write_buffer_cap} bytes): the peer is not reading"))
+                return
+            if ctx.pause_on_high_water:
+                # Stop reading a peer that does not read our replies: what it sends
+                # stays in the kernel and its window closes.
+                self._paused |= _BACKLOG
+                self._reading = False
+        elif left <= ctx.write_low_water:
+            self._below_low_water()
+        self._update_events()
+
+    def _below_low_water(self) -> None:
+        was = self._paused
+        self._paused = was & ~_BACKLOG
+        self._settle()
+        if was & _BACKLOG and not self._paused:
+            self._reading_resumed()
+        extras = self._extras
+        if extras is not None and extras.drain_waiters:
+            self._notify_drained()
+
+    def _drained(self) -> None:
+        """Everything queued went out: finish a pending close, resume reading, stop watching writability."""
+        if self._state is CLOSING:
+            self._finish_close()
+            return
+        was = self._paused
+        self._paused = was & ~_BACKLOG
+        self._settle()
+        self._update_events()
+        if was & _BACKLOG and not self._paused:
+            self._reading_resumed()
+        extras = self._extras
+        if extras is not None and extras.drain_waiters:
+            self._notify_drained()
+
+    # ------------------------------------------------------------------ events
+
+    def _wanted_events(self) -> int:
+        state = self._state
+        if state is OPEN:
+            events = 0 if self._paused else READABLE
+        elif state is LINGER or state is OPENING:
+            events = READABLE
+        else:
+            events = 0
+        if self._out_bytes:
+            events |= WRITABLE
+        return events
+
+    def _update_events(self) -> None:
+        events = self._wanted_events()
+        if events == self._events or self._state is CLOSED:
+            return
+        if self._events == _MUTED:
+            if not events & READABLE:
+                return  # the peer hung up: only resumed reading is worth watching for
+            self._loop.unmute(self.fd, events)
+        else:
+            self._loop.modify(self.fd, events)
+        self._events = events
+
+    def _reading_resumed(self) -> None:
+        """Reading is on again (a hook: edge-triggered connections look again at once)."""
+
+    def handle_io(self, ev: int) -> bool:
+        """The loop reports ``ev`` (epoll bits): flush if writable, then one read
+        and one ``on_traffic``. Returns True when data was read (there may be
+        more to read; the caller checks whether the connection still reads).
+
+        This is the hot path: :meth:`_traffic` and :meth:`_flush` are written
+        out inline here (``tests/test_conn_paths.py`` runs both ways over the
+        same inputs).
+        """
+        if self._out and ev & _OUT_EV:
+            self._flush()
+            if ev == WRITABLE:
+                return False
+        if not self._reading:
+            self._io_halted(ev)
+            return False
+        if self._iend:
+            if not self._recv_more():
+                return False
+        else:
+            size = self._rsize
+            try:
+                data = self._transport.read(self.fd, size)
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError as exc:
+                self._close_now(exc)
+                return False
+            n = len(data)
+            if not n:
+                self._on_eof()
+                return False
+            # Reads start at SMALL_READ; one that fills the buffer makes the next
+            # eight times larger, up to read_buffer_cap. They never shrink back:
+            # a test for that on every read costs more (bench/instructions.sh,
+            # pipelined) than the malloc it would save a connection that once
+            # carried a burst.
+            if n == size:
+                self._grow_reads(size)
+            self._in = data
+            self._iend = n
+        self._flush_pending = True
+        try:
+            action = self._ctx.handler.on_traffic(self)
+        except Exception as exc:
+            self._callback_failed("on_traffic", exc)
+            return False
+        self._flush_pending = False
+        # Closing empties both buffers, so neither test needs a closed check.
+        if self._iend:
+            self._keep_inbound()
+        if action is not None:
+            self._apply(action)
+        out = self._out
+        if out:
+            if len(out) == 1:  # _flush's common case: one reply, taken whole
+                try:
+                    sent = self._transport.write(self.fd, out[0])
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError as exc:
+                    self._close_now(exc)
+                    return False
+                if sent == self._out_bytes:
+                    self._out = None
+                    self._out_bytes = 0
+                    if self._events != READABLE:
+                        self._drained()
+                else:
+                    self._sent(out, sent)
+            else:
+                self._flush()
+        return True
+
+    def _grow_reads(self, size: int) -> None:
+        cap = self._ctx.read_buffer_cap
+        if size < cap:
+            self._rsize = min(cap, size << 3)
+
+    def _io_halted(self, ev: int) -> None:
+        """An event for a connection that is not reading right now."""
+        state = self._state
+        if state is LINGER:
+            self._linger_read()
+        elif ev & _TROUBLE and state < CLOSED:
+            err = self._socket_error()
+            if err is not None:
+                self._close_now(err)
+            elif ev & HANGUP and self._events != _MUTED and state is OPEN:
+                # A clean hang-up while paused (a Unix peer closed; its last bytes
+                # are still readable): epoll would report it on every poll.
+                self._loop.mute(self.fd)
+                self._events = _MUTED
+
+    def _socket_error(self) -> Optional[OSError]:
+        """The socket's pending error (SO_ERROR), consumed; None if there is none."""
+        try:
+            with self.borrow_socket() as sock:
+                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except OSError as exc:
+            return exc
+        if not code:
+            return None
+        return OSError(code, os.strerror(code))
+
+    def read_again(self) -> None:
+        """Read again after ``EventLoop.schedule_read`` (a transport holds data the fd no longer signals)."""
+        if self._reading:
+            self.handle_io(READABLE)
+
+    def start(self) -> None:
+        """Register with the loop and run ``on_open`` (on the loop's thread). Called
+        once by whoever made the connection (the engine, the client)."""
+        loop = self._loop
+        events = self._events = self._registration()
+        loop.add(self.fd, self, events)
+        loop.connection_opened()
+        self._opened()
+
+    def _registration(self) -> int:
+        return READABLE
+
+    def _opened(self) -> None:
+        """The preamble (if any) is done: the handler meets the connection."""
+        self._state = OPEN
+        self._settle()
+        self._flush_pending = True
+        result = call(self._ctx.logger, self._ctx.handler, "on_open", self,
+                      self._ctx.handler.on_open, self)
+        if result.__class__ is Failed:
+            self._close_now(result.exc)
+            return
+        self._after_callback(result)
+
+    def _traffic(self) -> None:
+        """Run ``on_traffic`` and what follows it (the slow-path twin of handle_io's)."""
+        self._flush_pending = True  # writes inside the callback are flushed by _after_callback
+        try:
+            action = self._ctx.handler.on_traffic(self)
+        except Exception as exc:
+            self._callback_failed("on_traffic", exc)
+            return
+        self._after_callback(action)
+
+    def _after_callback(self, action: Any) -> None:
+        """Keep unconsumed input, apply the callback's action, send what it wrote."""
+        self._flush_pending = False
+        if self._iend:
+            self._keep_inbound()
+        if action is not None:
+            self._apply(action)
+        if self._out and self._state < LINGER:
+            self._flush()
+
+    def _callback_failed(self, where: str, exc: BaseException) -> None:
+        log_failure(self._ctx.logger, self._ctx.handler, where, self, exc)
+        self._close_now(exc)
+
+    # ------------------------------------------------------------------ reading
+
+    def _keep_inbound(self) -> None:
+        """The handler left data unconsumed: keep only that, as compactly as the size allows."""
+        pos, end = self._ipos, self._iend
+        if self._block is None:
+            if pos:
+                self._in = self._in[pos:end]  # exact-size bytes; the rest is freed
+                self._ipos, self._iend = 0, end - pos
+        elif end - pos < self._ctx.read_buffer_cap:
+            # A block that now holds little is returned; the remainder becomes plain bytes.
+            self._in = bytes(self._in[pos:end])
+            self._ipos, self._iend = 0, end - pos
+            self._loop.pool.put(self._block)
+            self._block = None
+
+    def _recv_more(self) -> bool:
+        """Read with unconsumed data already held; the new bytes are appended to it."""
+        ctx = self._ctx
+        held = self._iend - self._ipos
+        room = min(ctx.read_buffer_cap, ctx.inbound_buffer_cap - held)
+        if room <= 0:
+            self._close_now(BufferOverflowError(
+                f"inbound buffer of fd {self.fd} passed inbound_buffer_cap "
+                f"({ctx.inbound_buffer_cap} bytes): the handler is not consuming"))
+            return False
+        try:
+            if self._block is None and held < ctx.read_buffer_cap:
+                data = self._transport.read(self.fd, room)
+                if data:
+                    self._in = self._in[self._ipos:self._iend] + data
+                    self._ipos, self._iend = 0, held + len(data)
+                n = len(data)
+            else:
+                if self._block is None or len(self._block) - self._iend < room:
+                    self._move_to_block(held + room)
+                n = self._transport.readv(self.fd, [self._in[self._iend:self._iend + room]])
+                self._iend += n
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as exc:
+            self._close_now(exc)
+            return False
+        if not n:
+            self._on_eof()
+            return False
+        return True
+
+    def _move_to_block(self, need: int) -> None:
+        """Move held data to the front of a pooled block with room for ``need`` bytes."""
+        pool = self._loop.pool
+        held = self._iend - self._ipos
+        block = pool.get(need)  # power-of-two classes make growth geometric
+        view = memoryview(block)
+        view[:held] = self._in[self._ipos:self._iend]
+        if self._block is not None:
+            pool.put(self._block)
+        self._block = block
+        self._in = view
+        self._ipos, self._iend = 0, held
+
+    def _on_eof(self) -> None:
+        # Half-close from the peer: what it sent was delivered; what we owe it is
+        # flushed before the connection closes. It sends no more: no linger.
+        self._begin_close(PeerClosedError(), linger=False)
+
+    def _linger_read(self) -> None:
+        """LINGER: drop what the peer still sends, until its EOF."""
+        read = self._transport.read
+        for _ in range(_LINGER_READS):
+            try:
+                data = read(self.fd, _LINGER_READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = _EMPTY
+            if not data:
+                self._close_now(self._extras.close_err if self._extras is not None else None)
+                return
+        self._more_to_linger()
+
+    def _more_to_linger(self) -> None:
+        """The peer keeps sending: level-triggered polling reports the rest."""
+
+    # ------------------------------------------------------------------ actions & closing
+
+    def _apply(self, action: Any) -> None:
+        # Identity, not equality: a callback that happens to return an int (say,
+        # what write() returned) must not close its connection by accident.
+        if action is Action.CLOSE:
+            self._begin_close(None)
+        elif action is Action.SHUTDOWN:
+            self._ctx.request_shutdown()
+
+    def _begin_close(self, err: Optional[BaseException], linger: bool = True) -> None:
+        """Close after flushing what is queued (bounded by ``close_timeout``)."""
+        if self._state >= CLOSING:
+            return
+        if self._state is OPENING:
+            self._close_now(err)
+            return
+        extras = self._x()
+        extras.close_err = err
+        extras.linger = linger
+        self._state = CLOSING
+        self._settle()
+        if not self._out_bytes:
+            self._finish_close()
+            return
+        self._update_events()
+        extras.close_timer = self._loop.call_later(self._ctx.close_timeout, self._close_expired)
+
+    def _finish_close(self) -> None:
+        """CLOSING with nothing left to send: linger (local TCP close) or close."""
+        extras: _Extras = self._extras  # type: ignore[assignment]
+        if not (extras.linger and self._transport.linger):
+            self._close_now(extras.close_err)
+            return
+        try:
+            self._transport.shutdown_write(self.fd)
+        except OSError:  # the peer is gone already
+            self._close_now(extras.close_err)
+            return
+        self._state = LINGER
+        self._settle()
+        if extras.close_timer is None:
+            extras.close_timer = self._loop.call_later(self._ctx.close_timeout, self._close_expired)
+        self._update_events()
+        self._drop_buffers()
+        self._closed_for_handler(extras.close_err)
+        if self._state is LINGER:
+            self._linger_read()  # the EOF may be waiting already
+
+    def _close_expired(self) -> None:
+        if self._state < CLOSED:
+            self._close_now(self._extras.close_err if self._extras is not None else None)
+
+    def abort(self, err: Optional[BaseException] = None) -> None:
+        """Close at once (loop thread): queued output is dropped, ``on_close(conn, err)``."""
+        self._close_now(err)
+
+    def _close_now(self, err: Optional[BaseException]) -> None:
+        """Close at once: unregister, close the fd, drop buffers, call ``on_close``."""
+        state = self._state
+        if state is CLOSED:
+            return
+        self._state = CLOSED
+        self._writing = self._reading = False
+        loop = self._loop
+        if loop.remove(self.fd):
+            loop.connection_closed()
+        self._transport.close(self.fd)
+        self._drop_buffers()
+        extras = self._extras
+        if extras is not None:
+            if extras.close_timer is not None:
+                extras.close_timer.cancel()
+            self._extras = None
+        if state is not OPENING and state is not LINGER:  # OPENING: the handler never met it
+            self._closed_for_handler(err)
+
+    def _drop_buffers(self) -> None:
+        self._out = None
+        self._out_bytes = 0
+        self._ipos = self._iend = 0
+        self._in = _EMPTY
+        self.handler_state = None
+        if self._block is not None:
+            self._loop.pool.put(self._block)
+            self._block = None
+
+    def _closed_for_handler(self, err: Optional[BaseException]) -> None:
+        ctx = self._ctx
+        action = call(ctx.logger, ctx.handler, "on_close", self, ctx.handler.on_close, self, err,
+                      closing=False)
+        if action is Action.SHUTDOWN:
+            ctx.request_shutdown()
+
+    # ------------------------------------------------------------------ timers
+
+    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> Any:
+        """Run ``callback(*args)`` on this connection's loop after ``delay`` seconds
+        (loop thread); returns a handle whose ``cancel()`` drops it. For idle and
+        read timeouts: check ``conn.closed`` in the callback."""
+        return self._loop.call_later(delay, callback, *args)
+
+    # ------------------------------------------------------------------ flow control
+
+    def pause_reading(self, by: Pause = Pause.HANDLER) -> None:
+        """Stop reading from the peer until :meth:`resume_reading` (loop thread).
+
+        What the peer sends waits in the kernel, and TCP flow control slows the
+        peer down: a proxy pauses its source while the destination is slow.
+        ``by`` names who pauses (the handler by default); each pauser resumes
+        only its own pause.
+        """
+        if self._state is CLOSED:
+            return
+        if not self._loop.on_loop_thread():
+            raise self._wrong_thread("pause_reading")
+        bit = int(by)
+        if not self._paused & bit:
+            self._paused |= bit
+            self._reading = False
+            self._update_events()
+
+    def resume_reading(self, by: Pause = Pause.HANDLER) -> None:
+        """Undo :meth:`pause_reading` (of the same ``by``)."""
+        if self._state is CLOSED:
+            return
+        if not self._loop.on_loop_thread():
+            raise self._wrong_thread("resume_reading")
+        bit = int(by)
+        if self._paused & bit:
+            self._paused &= ~bit
+            self._settle()
+            self._update_events()
+            if not self._paused and self._state is OPEN:
+                self._reading_resumed()
+
+    def paused_by(self, by: Pause) -> bool:
+        """Whether ``by`` holds reading paused."""
+        return bool(self._paused & int(by))
+
+    def when_drained(self, callback: Callable[["Conn"], Any]) -> None:
+        """Run ``callback(conn)`` on the loop once queued output falls to the
+        low-water mark (at once, on the next loop iteration, if it already is).
+
+        Not called if the connection closes first.
+        """
+        if self._out_bytes <= self._ctx.write_low_water:
+            self._loop.call_soon(callback, self)
+            return
+        extras = self._x()
+        if extras.drain_waiters is None:
+            extras.drain_waiters = []
+        extras.drain_waiters.append(callback)
+
+    def _notify_drained(self) -> None:
+        extras: _Extras = self._extras  # type: ignore[assignment]
+        waiters, extras.drain_waiters = extras.drain_waiters, None
+        for callback in waiters or ():
+            self._loop.call_soon(callback, self)
+
+    # ------------------------------------------------------------------ any-thread API
+
+    def close(self, callback: Optional[Callback] = None, *,
+              error: Optional[BaseException] = None) -> None:
+        """Close gracefully: stop reading, flush what is queued, then close.
+
+        Safe from any thread. ``on_close`` receives ``error`` (None by default:
+        a local close). ``callback(conn, err)`` runs on the loop afterwards;
+        ``err`` is :class:`ClosedError` if the connection was already closed.
+        """
+        if callback is None and self._loop.on_loop_thread():
+            self._begin_close(error)
+        else:
+            self._loop.post(self._close_task, callback, error)
+
+    def _close_task(self, callback: Optional[Callback], error: Optional[BaseException]) -> None:
+        err = ClosedError() if self._state >= CLOSING else None
+        self._begin_close(error)
+        self._notify(callback, err)
+
+    def async_write(self, data: Buffer, callback: Optional[Callback] = None) -> None:
+        """Write from any thread. ``callback(conn, err)`` runs on the loop once the data is
+        sent or queued (``err`` None), or with the error (:class:`ClosedError` if closed)."""
+        self._loop.post(self._async_write_task, (_owned(data),), callback)
+
+    def async_writev(self, buffers: Iterable[Buffer], callback: Optional[Callback] = None) -> None:
+        """:meth:`writev` from any thread; see :meth:`async_write`."""
+        self._loop.post(self._async_write_task, tuple(_owned(b) for b in buffers), callback)
+
+    def _async_write_task(self, buffers: tuple, callback: Optional[Callback]) -> None:
+        if not self._writing:
+            self._notify(callback, ClosedError())
+            return
+        self._flush_pending = True  # as inside a callback: one flush for the lot
+        for data in buffers:
+            self.write(data)
+        self._flush_pending = False
+        if self._out and self._state < LINGER:
+            self._flush()
+        self._notify(callback, None if self._writing else ClosedError("connection closed while writing"))
+
+    def wake(self, callback: Optional[Callback] = None) -> None:
+        """From any thread: run ``on_traffic`` for this connection on its loop, even with
+        nothing new buffered; then ``callback(conn, err)`` (``ClosedError`` if closed)."""
+        self._loop.post(self._wake_task, callback)
+
+    def _wake_task(self, callback: Optional[Callback]) -> None:
+        if not self._writing:
+            self._notify(callback, ClosedError())
+            return
+        self._traffic()
+        self._notify(callback, None)
+
+    def _notify(self, callback: Optional[Callback], err: Optional[BaseException]) -> None:
+        report(self._ctx.logger, callback, self, err)
+
+    # ------------------------------------------------------------------ addresses & options
+
+    @contextlib.contextmanager
+    def borrow_socket(self) -> Iterator[socket.socket]:
+        """A ``socket.socket`` over this connection's fd, for the calls netreactor
+        does not wrap (``getsockopt``...); detached, not closed, after the block."""
+        if self._state is CLOSED:
+            raise ClosedError()
+        sock = socket.socket(fileno=self.fd)
+        try:
+            yield sock
+        finally:
+            sock.detach()
+
+    @property
+    def local_addr(self) -> Any:
+        """Local address: ``(host, port)`` for TCP, the path for Unix; None if unknown.
+
+        Read from the kernel on first use and cached.
+        """
+        if self._laddr is None and self._state is not CLOSED:
+            with self.borrow_socket() as sock:
+                try:
+                    self._laddr = sock.getsockname()
+                except OSError:
+                    pass
+        return self._laddr
+
+    @property
+    def remote_addr(self) -> Any:
+        """Peer address: ``(host, port)`` for TCP, the peer's path (often ``''``) for Unix.
+
+        Read from the kernel on first use and cached (connections do not store it
+        up front, to stay small). Once the connection is closed an address never
+        read is ``None``: read it in ``on_open`` if ``on_close`` needs it.
+        """
+        if self._raddr is None and self._state is not CLOSED:
+            with self.borrow_socket() as sock:
+                try:
+                    self._raddr = sock.getpeername()
+                except OSError:
+                    pass
+        return self._raddr
+
+    def set_no_delay(self, enabled: bool = True) -> None:
+        """TCP_NODELAY on or off (TCP only; ignored on Unix sockets)."""
+        with self.borrow_socket() as sock:
+            sockopts.set_no_delay(sock, enabled)
+
+    def set_keep_alive(self, enabled: bool = True, idle: Optional[float] = None,
+                       interval: Optional[float] = None, count: Optional[int] = None) -> None:
+        """SO_KEEPALIVE, with the idle time, probe interval (seconds) and probe count where the OS has them."""
+        with self.borrow_socket() as sock:
+            sockopts.set_keep_alive(sock, enabled, idle, interval, count)
+
+    def set_linger(self, seconds: Optional[int]) -> None:
+        """SO_LINGER: None restores the default; 0 makes close() send a reset."""
+        with self.borrow_socket() as sock:
+            sockopts.set_linger(sock, seconds)
+
+    def set_read_buffer(self, size: int) -> None:
+        """SO_RCVBUF in bytes."""
+        with self.borrow_socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, int(size))
+
+    def set_write_buffer(self, size: int) -> None:
+        """SO_SNDBUF in bytes."""
+        with self.borrow_socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, int(size))
+
+    def __repr__(self) -> str:
+        state = self._state.name.lower()
+        return f"<Conn fd={self.fd} {state} in={self.inbound_buffered} out={self._out_bytes}>"
+
+
+class EdgeConn(Conn):
+    """A connection registered edge-triggered: each wake drains reads until ``EAGAIN``,
+    at most ``read_budget`` reads; a connection with more to read is revisited
+    on the next iteration, so one busy peer cannot starve the others."""
+
+    __slots__ = ()
+
+    def _registration(self) -> int:
+        # Registered once for both directions: edges cost nothing while nothing changes.
+        return READABLE | WRITABLE | EDGE
+
+    def _update_events(self) -> None:
+        pass
+
+    def handle_io(self, ev: int) -> None:  # type: ignore[override]
+        if ev & _OUT_EV and self._out:
+            self._flush()
+        if ev & _IN_EV:
+            self._drain(ev)
+
+    def read_again(self) -> None:
+        self._drain(READABLE)
+
+    def _drain(self, ev: int) -> None:
+        if not self._reading:
+            # Not reading: an edge will not come again for what waits, so act now.
+            if self._state is LINGER or ev & _TROUBLE:
+                self._io_halted(ev & ~HANGUP if self._state is OPEN else ev)
+            return  # resuming schedules a read (_reading_resumed)
+        read_once = Conn.handle_io  # the level-triggered path, one read per call
+        for _ in range(self._ctx.read_budget):
+            if not read_once(self, READABLE) or not self._reading:
+                return
+        self._loop.schedule_read(self)
+
+    def _reading_resumed(self) -> None:
+        # No new edge will come for data already waiting in the kernel.
+        self._loop.schedule_read(self)
+
+    def _more_to_linger(self) -> None:
+        self._loop.schedule_read(self)
