@@ -20,7 +20,7 @@ case $proto in
 esac
 command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install valgrind)" >&2; exit 2; }
 python=$(python3 -c 'import sys; print(sys.executable)')   # the real binary, not a shim
-loadgen=$(cd bench && python3 -c 'import echo; cmd, kind, _ = echo.build_loadgen("c"); print(cmd[0])' 2>/dev/null | tail -1)
+loadgen=$(cd bench && python3 -c 'import _common; cmd, kind, _ = _common.build_loadgen("c"); print(cmd[0])' 2>/dev/null | tail -1)
 [ -x "$loadgen" ] || { echo "could not build bench/loadgen.c" >&2; exit 2; }
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 out=$(mktemp -d)
