@@ -26,6 +26,7 @@ RESULTS_DIR = os.path.join(HERE, "results")
 SERVERS_PY = os.path.join(HERE, "servers.py")
 LOADGEN_SRC = os.path.join(HERE, "loadgen.c")
 LOADGEN_BIN = os.path.join(BUILD_DIR, "loadgen")
+LGCOMMON_H = os.path.join(HERE, "lgcommon.h")  # what the C generators share
 PY_LOADGEN = os.path.join(HERE, "_pyloadgen.py")
 HOST = "127.0.0.1"  # the only target the benchmarks ever load
 
@@ -89,9 +90,12 @@ def find_cc() -> Optional[str]:
     return os.environ.get("CC") or next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
 
 
-def is_stale(binary: str, src: str) -> bool:
-    """True when ``binary`` is missing or older than its source."""
-    return not os.path.exists(binary) or os.path.getmtime(binary) < os.path.getmtime(src)
+def is_stale(binary: str, src: str, *deps: str) -> bool:
+    """True when ``binary`` is missing or older than its source or a header it includes."""
+    if not os.path.exists(binary):
+        return True
+    built = os.path.getmtime(binary)
+    return any(built < os.path.getmtime(f) for f in (src, *deps))
 
 
 def compile_c(cc: str, src: str, binary: str, libs: Sequence[str] = ()) -> subprocess.CompletedProcess:
@@ -119,16 +123,18 @@ def cc_version(cc: str) -> str:
     return ver.splitlines()[0] if ver else cc
 
 
-def build_c(src: str, binary: str, libs: Sequence[str] = ()) -> tuple[Optional[str], str]:
+def build_c(src: str, binary: str, libs: Sequence[str] = (),
+            deps: Sequence[str] = (LGCOMMON_H,)) -> tuple[Optional[str], str]:
     """Build ``src`` when ``binary`` is missing or stale: (binary or None, why not / compiler).
 
-    On success the second item is the compiler's version line; on failure,
-    the reason (no compiler, or the compiler's complaint).
+    ``deps``: the local headers it includes (a change rebuilds it).  On
+    success the second item is the compiler's version line; on failure, the
+    reason (no compiler, or the compiler's complaint).
     """
     cc = find_cc()
     if cc is None:
         return None, f"no C compiler (cc, gcc or clang) to build bench/{os.path.basename(src)}"
-    if is_stale(binary, src):
+    if is_stale(binary, src, *deps):
         r = compile_c(cc, src, binary, libs)
         if r.returncode != 0:
             return None, f"building bench/{os.path.basename(src)} failed: {r.stderr.strip()}"

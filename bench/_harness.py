@@ -21,13 +21,14 @@ import argparse
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import _procstat
-from _common import BenchError, Interrupted, save_json
+from _common import SERVERS_PY, BenchError, Interrupted, save_json
 from _procs import LoadgenProc, ServerProc
 
 
@@ -126,6 +127,31 @@ def pin_harness() -> tuple[Optional[int], Optional[int]]:
         return None, None
     os.sched_setaffinity(0, {cpus[1]})
     return cpus[0], cpus[1]
+
+
+def check_servers(kinds: list[str], protos: set[str]) -> tuple[list[str], set]:
+    """The kinds of ``kinds`` that can run here, and the (kind, proto) pairs they cannot serve.
+
+    Asks ``servers.py --check`` and prints why a kind or pair is skipped.
+    """
+    servers = []
+    for kind in kinds:
+        r = subprocess.run([sys.executable, SERVERS_PY, "--check", kind],
+                           capture_output=True, text=True)
+        if r.returncode == 0:
+            servers.append(kind)
+        else:
+            print(f"skipping {kind}: {r.stderr.strip() or 'not available'}", file=sys.stderr)
+    unsupported: set = set()  # (kind, proto)
+    for proto in sorted(protos - {"echo"}):
+        for kind in servers:
+            r = subprocess.run([sys.executable, SERVERS_PY, "--check", kind, "--proto", proto],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                unsupported.add((kind, proto))
+                print(f"skipping {kind} in {proto} scenarios: "
+                      f"{r.stderr.strip() or 'not available'}", file=sys.stderr)
+    return servers, unsupported
 
 
 # ---------------------------------------------------------------------------- measuring

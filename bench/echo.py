@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -42,10 +41,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import (HOST, SERVERS_PY, BenchError, build_loadgen, free_port,  # noqa: E402
                      machine_meta, package_version, raise_on_sigterm, results_path)
-from _harness import (LineReporter, finish, Profile, Scenario, TableSpec, add_run_options,  # noqa: E402
-                      measure_idle, measure_load, pct, pick_scenarios, pin_harness, print_report,
-                      profile_from_args, run_notes, run_rounds, split_servers, summarize,
-                      throughput_run)
+from _harness import (LineReporter, Profile, Scenario, TableSpec, add_run_options,  # noqa: E402
+                      check_servers, finish, measure_idle, measure_load, pct, pick_scenarios,
+                      pin_harness, print_report, profile_from_args, run_notes, run_rounds,
+                      split_servers, summarize, throughput_run)
 from _procs import ServerProc  # noqa: E402
 
 DEFAULT_SERVERS = ("netreactor", "uvloop", "asyncio")
@@ -230,31 +229,6 @@ def warnings_for(result: dict, scenarios: list[Scenario], loadgen_kind: str) -> 
 # --------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------
-def check_servers(kinds: list[str], protos: set[str]) -> tuple[list[str], set]:
-    """The kinds of ``kinds`` that can run here, and the (kind, proto) pairs they cannot serve.
-
-    Asks ``servers.py --check`` and prints why a kind or pair is skipped.
-    """
-    servers = []
-    for kind in kinds:
-        r = subprocess.run([sys.executable, SERVERS_PY, "--check", kind],
-                           capture_output=True, text=True)
-        if r.returncode == 0:
-            servers.append(kind)
-        else:
-            print(f"skipping {kind}: {r.stderr.strip() or 'not available'}", file=sys.stderr)
-    unsupported: set = set()  # (kind, proto)
-    for proto in sorted(protos - {"echo"}):
-        for kind in servers:
-            r = subprocess.run([sys.executable, SERVERS_PY, "--check", kind, "--proto", proto],
-                               capture_output=True, text=True)
-            if r.returncode != 0:
-                unsupported.add((kind, proto))
-                print(f"skipping {kind} in {proto} scenarios: "
-                      f"{r.stderr.strip() or 'not available'}", file=sys.stderr)
-    return servers, unsupported
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description="Echo benchmark: server CPU per message and memory per connection, "

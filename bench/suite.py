@@ -14,6 +14,11 @@ One run, one machine, every peer measured the same way, one after the other:
   connection -- netreactor, uvloop, asyncio, gevent and Twisted.
 * **udp**: ``bench/udp.py`` run as a subprocess (its JSON), when it is there
   and works; otherwise the scenario is reported as skipped, with the reason.
+* **tls**: ``bench/tls.py``'s scenarios (its machinery and the OpenSSL load
+  generator ``bench/tlsloadgen.c``): 64-byte ping-pong and 16-deep pipelining
+  over TLS 1.3, 64 KiB bulk, full handshakes, memory per idle TLS connection
+  -- uvloop's and asyncio's TLS servers (``TLS_PEERS``; skipped with the
+  reason when libssl-dev is missing).
 * **resp**: ``redis-benchmark -c 50 -t set,get`` without and with ``-P 16``
   against netreactor's Redis example, redis-server, and the same Redis
   handler on uvloop and asyncio.
@@ -62,6 +67,7 @@ from _common import (ASGI_APP, HERE, HOST, REPO_ROOT, RESULTS_DIR, SERVERS_PY,  
 from _harness import CpuWindow, Profile, Rounds, median, print_table, run_rounds  # noqa: E402
 from _procs import ServerProc, child_setup, kill_group, run_to_end  # noqa: E402
 import echo as E  # noqa: E402  (echo scenarios and one echo run)
+import tls as T  # noqa: E402  (TLS scenarios and one TLS run)
 
 README = os.path.join(REPO_ROOT, "README.md")
 UDP_PY = os.path.join(HERE, "udp.py")
@@ -70,6 +76,8 @@ MARK_BEGIN, MARK_END = "<!-- bench-table -->", "<!-- /bench-table -->"
 #: Column order of every table; a server missing from a scenario leaves a blank.
 SERVER_ORDER = ("netreactor", "uvloop", "asyncio", "gevent", "twisted", "redis-server", "uvicorn")
 ECHO_KINDS = ("netreactor", "uvloop", "asyncio", "gevent", "twisted")
+#: The TLS peers; each is servers.py's kind "<name>-tls" and shows in the <name> column.
+TLS_PEERS = ("uvloop", "asyncio")  # + "netreactor" once servers.py --check netreactor-tls passes
 APP_KINDS = ("netreactor", "uvloop", "asyncio")  # servers.py --proto resp|http
 BASELINE = "uvloop"  # the ratios of the main figure are "CPU per op / uvloop's"
 
@@ -112,6 +120,9 @@ def _cases() -> List[Case]:
         unit = "B/conn" if sc.mode == "idle" else sc.unit
         out.append(Case(sc.name, "echo", unit, sc.about, ECHO_KINDS))
     out.append(Case("udp", "udp", "datagram", "UDP echo (bench/udp.py)", ()))
+    for sc in T.SCENARIOS.values():
+        unit = "B/conn" if sc.mode == "idle" else sc.unit
+        out.append(Case(f"tls-{sc.name}", "tls", unit, f"bench/tls.py: {sc.about}", TLS_PEERS))
     out.append(Case("resp", "resp", "op", "redis-benchmark -c 50 -t set,get",
                     ("netreactor", "uvloop", "asyncio", "redis-server")))
     out.append(Case("resp-P16", "resp", "op", "redis-benchmark -c 50 -t set,get -P 16",
@@ -124,15 +135,16 @@ def _cases() -> List[Case]:
 
 
 CASES = {c.name: c for c in _cases()}
-GROUPS = ("echo", "udp", "resp", "http")
+GROUPS = ("echo", "udp", "tls", "resp", "http")
 
 
 @dataclass
 class SuiteProfile:
     """Timing knobs of the suite: --quick and the full run differ only here."""
 
-    echo: Profile       # echo windows (warm-up, window, rounds, settle before memory); UDP's too
+    echo: Profile       # echo windows (warm-up, window, rounds, settle before memory); UDP's, TLS's too
     idle_conns: int
+    tls_idle_conns: int  # idle TLS connections (a full handshake each)
     rounds: int         # resp/http rounds
     resp_requests: Dict[int, int]   # pipeline -> redis-benchmark -n (per test)
     wrk_seconds: int
@@ -140,8 +152,10 @@ class SuiteProfile:
 
 
 QUICK = SuiteProfile(Profile(warmup=0.15, duration=0.4, rounds=1, settle=0.3), idle_conns=2000,
+                     tls_idle_conns=1000,
                      rounds=1, resp_requests={1: 10_000, 16: 100_000}, wrk_seconds=1, udp_rounds=1)
 FULL = SuiteProfile(Profile(warmup=0.75, duration=2.0, rounds=3, settle=1.0), idle_conns=9000,
+                    tls_idle_conns=5000,
                     rounds=2, resp_requests={1: 100_000, 16: 600_000}, wrk_seconds=3, udp_rounds=2)
 
 
@@ -166,6 +180,8 @@ class Ctx:
     server_cpu: Optional[int]
     gen_cpus: Optional[List[int]]
     echo_ctx: Any = None          # echo.Ctx, once the load generator is built
+    tls_loadgen: Optional[str] = None  # bench/tlsloadgen.c's binary, if it builds
+    tls_ctx: Any = None           # tls.Ctx, made (with its certificate) at the first TLS run
     loadgen_kind: str = ""
     workdir: str = ""
     quick: bool = False
@@ -209,13 +225,27 @@ def _measure(ctx: Ctx, srv: ServerProc, run_gen: Any) -> dict:
 
 
 def run_echo(ctx: Ctx, case: Case, kind: str) -> dict:
-    sc = E.SCENARIOS[case.name]
-    if sc.mode == "idle":
-        r = E.run_idle(ctx.echo_ctx, kind, sc)
+    return _row(E.run_one(ctx.echo_ctx, kind, E.SCENARIOS[case.name]))
+
+
+def run_tls(ctx: Ctx, case: Case, server: str) -> dict:
+    if ctx.tls_ctx is None:
+        certs = T.make_certs(ctx.workdir)
+        p = ctx.profile
+        ctx.tls_ctx = T.Ctx(ctx.tls_loadgen, certs, ctx.server_cpu,
+                            ctx.gen_cpus[0] if ctx.gen_cpus else None,
+                            dataclasses.replace(p.echo, rounds=1), p.tls_idle_conns)
+    row = _row(T.run_one(ctx.tls_ctx, f"{server}-tls", T.SCENARIOS[case.name[len("tls-"):]]))
+    row["detail"]["kind"] = f"{server}-tls"
+    return row
+
+
+def _row(r: dict) -> dict:
+    """The suite's row of one echo.py / tls.py run."""
+    if "bytes_per_conn_rss" in r:
         return {"bytes_per_conn": r["bytes_per_conn_rss"],
                 "bytes_per_conn_pss": r.get("bytes_per_conn_pss"),
                 "conns": r["conns"], "errors": r["errors"], "detail": r}
-    r = E.run_throughput(ctx.echo_ctx, kind, sc)
     lg = r["loadgen"]
 
     def lat(key: str) -> Optional[float]:
@@ -909,7 +939,7 @@ def _metadata(ctx: Ctx, servers_ok: Dict[str, List[str]]) -> dict:
         **machine_meta(), "quick": ctx.quick, "server_cpu": ctx.server_cpu,
         "gen_cpus": ctx.gen_cpus, "loadgen": ctx.loadgen_kind,
         "echo_rounds": p.echo.rounds, "warmup": p.echo.warmup, "duration": p.echo.duration,
-        "idle_conns": p.idle_conns, "rounds": p.rounds, "resp_requests": p.resp_requests,
+        "idle_conns": p.idle_conns, "tls_idle_conns": p.tls_idle_conns, "rounds": p.rounds, "resp_requests": p.resp_requests,
         "wrk_seconds": p.wrk_seconds, "udp_rounds": p.udp_rounds, "servers": servers_ok,
         "versions": {d: package_version(d) for d in ("uvloop", "gevent", "twisted", "uvicorn",
                                              "httptools", "rich", "matplotlib")},
@@ -963,17 +993,23 @@ def _have_uvicorn() -> Optional[str]:
         if missing else None
 
 
-RUNNERS = {"echo": run_echo, "resp": run_resp, "http": run_http}
+RUNNERS = {"echo": run_echo, "tls": run_tls, "resp": run_resp, "http": run_http}
 
 
 def plan(cases: List[Case], wanted: Optional[List[str]], loadgen_kind: str,
-         ) -> tuple:
-    """{case: [servers]} and the skipped list, from what this machine has."""
+         tls_why: Optional[str] = None) -> tuple:
+    """{case: [servers]} and the skipped list, from what this machine has.
+
+    ``tls_why``: why the TLS load generator cannot be built, if it cannot.
+    """
     checks = _check_servers()
     skipped: List[dict] = []
     out: Dict[str, List[str]] = {}
     for case in cases:
         if case.group == "udp":
+            continue
+        if case.group == "tls" and tls_why:
+            skipped.append({"what": case.name, "reason": tls_why})
             continue
         if case.group == "echo" and loadgen_kind == "python" and case.name in E.C_ONLY_SCENARIOS:
             skipped.append({"what": case.name, "reason": "needs loadgen.c (no C compiler)"})
@@ -985,7 +1021,7 @@ def plan(cases: List[Case], wanted: Optional[List[str]], loadgen_kind: str,
             continue
         proto = {"echo": "framed" if E.SCENARIOS.get(case.name) and
                  E.SCENARIOS[case.name].proto == "framed" else "echo",
-                 "resp": "resp", "http": "http"}[case.group]
+                 "tls": "echo", "resp": "resp", "http": "http"}[case.group]
         servers = []
         for s in case.servers:
             if wanted is not None and s not in wanted:
@@ -995,6 +1031,8 @@ def plan(cases: List[Case], wanted: Optional[List[str]], loadgen_kind: str,
                     "redis-server not installed (Debian package redis-server)"
             elif s == "uvicorn":
                 why = _have_uvicorn()
+            elif case.group == "tls":
+                why = checks.get(f"{s}-tls", {}).get("echo", f"unknown server {s}-tls")
             else:
                 why = checks.get(s, {}).get(proto, f"unknown server {s}")
             if why:
@@ -1065,7 +1103,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     loadgen, ctx.loadgen_kind, cc = build_loadgen("auto")
     ctx.echo_ctx = E.Ctx(loadgen, server_cpu, gen_cpus[0] if gen_cpus else None,
                          dataclasses.replace(profile.echo, rounds=1), profile.idle_conns)
-    matrix, skipped = plan(cases, wanted, ctx.loadgen_kind)
+    tls_why = None
+    if any(c.group == "tls" for c in cases):
+        ctx.tls_loadgen, tls_why = T.build_loadgen()
+        tls_why = None if ctx.tls_loadgen else tls_why
+    matrix, skipped = plan(cases, wanted, ctx.loadgen_kind, tls_why)
     want_udp = any(c.group == "udp" for c in cases)
     total = sum(len(s) * _rounds_of(CASES[c], profile) for c, s in matrix.items()) + \
         (1 if want_udp else 0)
@@ -1157,6 +1199,8 @@ def _rounds_of(case: Case, profile: SuiteProfile) -> int:
     """Rounds of a case: echo's rounds (one for idle memory), else the RESP/HTTP rounds."""
     if case.group == "echo":
         return 1 if E.SCENARIOS[case.name].mode == "idle" else profile.echo.rounds
+    if case.group == "tls":
+        return 1 if case.unit == "B/conn" else profile.echo.rounds
     return profile.rounds
 
 
