@@ -48,28 +48,49 @@ case $kind in
         lg_args=(--frame-header "$header") ;;
 esac
 server=("$python" bench/servers.py "$kind" --port "$port" --proto "$proto" "${srv_args[@]}")
-lg() { "$@" "$loadgen" --port "$port" --conns "$conns" --mode "$mode" --depth "$depth" "${lg_args[@]}" \
-       --warmup 0 --duration "$secs" --connect-timeout 120 2>/dev/null | tail -1; }
+lg_cmd=("$loadgen" --port "$port" --conns "$conns" --mode "$mode" --depth "$depth" "${lg_args[@]}"
+        --warmup 1 --duration 4 --hold --hold-timeout 120 --connect-timeout 120)
 wait_port() { for _ in $(seq 150); do (echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null && return; sleep 0.2; done; }
+# Count only inside the generator's measured window: from its "start" line to its
+# "end" line (connections and handshakes before it are not counted; a TLS
+# handshake costs as much as hundreds of messages).  Prints the result line.
+window() {  # window PID-TO-COUNT CMD...: run CMD (the generator), toggling callgrind in PID
+    python3 - "$@" <<'PY'
+import json, subprocess, sys
+target, cmd = sys.argv[1], sys.argv[2:]
+lg = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+pid = lg.pid if target == "self" else target
+for line in lg.stdout:
+    ev = json.loads(line)
+    name = ev.get("event")
+    if name in ("start", "end"):
+        subprocess.run(["callgrind_control", "-i", "on" if name == "start" else "off", str(pid)],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if name == "end":
+            subprocess.run(["callgrind_control", "-d", str(pid)], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+            lg.stdin.close()
+    elif name == "result":
+        print(line.decode().strip())
+lg.wait()
+PY
+}
 if [ "$who" = server ]; then
     valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out/cg.%p" "${server[@]}" >/dev/null 2>&1 &
     pid=$!
     wait_port
-    secs=1 lg >/dev/null                             # warm up outside the count
-    callgrind_control -i on "$pid" >/dev/null 2>&1
-    result=$(secs=4 lg)
-    callgrind_control -i off "$pid" >/dev/null 2>&1
-    callgrind_control -d "$pid" >/dev/null 2>&1
+    result=$(window "$pid" "${lg_cmd[@]}")
     kill "$pid"; wait "$pid" 2>/dev/null || true
 else
     "${server[@]}" >/dev/null 2>&1 &
     pid=$!
     wait_port
-    result=$(secs=4 lg valgrind --tool=callgrind --callgrind-out-file="$out/cg.%p")
+    result=$(window self valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out/cg.%p" "${lg_cmd[@]}")
     kill "$pid"; wait "$pid" 2>/dev/null || true
 fi
 pid=
-msgs=$(python3 -c 'import json, sys; l = sys.argv[1]; print(json.loads(l[l.index("{"):])["messages_total"])' "$result")
-ir=$(cat "$out"/cg.* | awk '/^(summary|totals):/ {s += $2} END {print s + 0}')
+msgs=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["messages"])' "$result")
+# Only the dump taken at "end" (cg.PID.1): the final dump at exit holds nothing more.
+ir=$(cat "$out"/cg.*.1 | awk '/^(summary|totals):/ {s += $2} END {printf "%.0f\n", s}')
 [ "$msgs" -gt 0 ] || { echo "no message was echoed: $result" >&2; exit 1; }
 echo "$kind $proto $mode conns=$conns depth=$depth ($who): $msgs messages, $ir instructions, $((ir / msgs)) per message"
