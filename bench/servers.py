@@ -428,6 +428,18 @@ def _listener(host: str, port: int, unix: str | None) -> socket.socket:
     return lsock
 
 
+def _accepted(lsock: socket.socket):
+    """Every connection waiting on a non-blocking listener, non-blocking, TCP_NODELAY set."""
+    while True:
+        try:
+            s, _ = lsock.accept()
+        except BlockingIOError:
+            return
+        s.setblocking(False)
+        _nodelay(s)
+        yield s
+
+
 def serve_py_floor(host: str, port: int, unix: str | None, proto: str = "echo",
                    api: bool = False) -> None:
     import select
@@ -454,13 +466,7 @@ def serve_py_floor(host: str, port: int, unix: str | None, proto: str = "echo",
     while True:
         for fd, ev in ep.poll():
             if fd == lfd:
-                while True:
-                    try:
-                        s, _ = lsock.accept()
-                    except BlockingIOError:
-                        break
-                    s.setblocking(False)
-                    _nodelay(s)
+                for s in _accepted(lsock):
                     socks[s.fileno()] = _FloorConn(s) if api else s
                     ep.register(s.fileno(), IN)
                 continue
@@ -610,13 +616,7 @@ def serve_py_floor_tls_bio(host: str, port: int, unix: str | None, ctx: ssl.SSLC
     while True:
         for fd, _ in ep.poll():
             if fd == lfd:
-                while True:
-                    try:
-                        s, _ = lsock.accept()
-                    except BlockingIOError:
-                        break
-                    s.setblocking(False)
-                    _nodelay(s)
+                for s in _accepted(lsock):
                     inc, out = MemoryBIO(), MemoryBIO()
                     conns[s.fileno()] = [s, wrap(inc, out, server_side=True), inc, out, False]
                     ep.register(s.fileno(), IN)
@@ -732,13 +732,7 @@ def serve_py_floor_tls_sock(host: str, port: int, unix: str | None, ctx: ssl.SSL
     while True:
         for fd, _ in ep.poll():
             if fd == lfd:
-                while True:
-                    try:
-                        s, _ = lsock.accept()
-                    except BlockingIOError:
-                        break
-                    s.setblocking(False)
-                    _nodelay(s)
+                for s in _accepted(lsock):
                     ss = wrap(s, server_side=True, do_handshake_on_connect=False)
                     conns[ss.fileno()] = [ss, False, IN]
                     ep.register(ss.fileno(), IN)
