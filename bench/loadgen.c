@@ -72,7 +72,8 @@
  * Safety: only loopback targets (127.0.0.0/8, ::1) or a unix socket path are
  * accepted; every phase has a deadline, so the program always stops by itself.
  *
- * Build: cc -O2 -o loadgen loadgen.c       (bench/echo.py does this itself)
+ * Build: cc -O2 -o loadgen loadgen.c       (bench/echo.py does this itself;
+ *        lgcommon.h, beside it, holds what the generators share)
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -93,6 +94,8 @@
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "lgcommon.h"
 
 enum mode { M_PINGPONG, M_PIPELINE, M_IDLE, M_SHORT };
 enum closehow { CLOSE_EOF, CLOSE_RST, CLOSE_FIN };
@@ -153,74 +156,6 @@ static uint32_t src_rr = 0;    /* short mode: next source address */
 static struct sockaddr_storage addr;
 static socklen_t addrlen;
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-/* ---- latency histogram (log-linear, ns) ---------------------------------- *
- * Values below 16 ns have a bucket each; above, 16 buckets per power of two:
- * index = 16 + (msb - 4) * 16 + the 4 bits below the most significant one. */
-#define LAT_SUB 16
-#define LAT_BUCKETS (LAT_SUB + 60 * LAT_SUB)
-static uint64_t lat_hist[LAT_BUCKETS];
-static uint64_t lat_n = 0, lat_max = 0;
-static double lat_sum = 0;
-
-static int lat_index(uint64_t v) {
-    if (v < LAT_SUB) return (int)v;
-    int msb = 63 - __builtin_clzll(v);
-    int idx = LAT_SUB + (msb - 4) * LAT_SUB + (int)((v >> (msb - 4)) & (LAT_SUB - 1));
-    return idx < LAT_BUCKETS ? idx : LAT_BUCKETS - 1;
-}
-
-static void lat_record(uint64_t v, uint64_t count) {
-    lat_hist[lat_index(v)] += count;
-    lat_n += count;
-    lat_sum += (double)v * (double)count;
-    if (v > lat_max) lat_max = v;
-}
-
-/* The q-quantile in microseconds: the midpoint of the bucket holding the
- * ceil(q*n)-th smallest value, never above the largest value seen. */
-static double lat_quantile_us(double q) {
-    if (lat_n == 0) return -1.0;
-    uint64_t rank = (uint64_t)(q * (double)lat_n + 0.999999);
-    if (rank < 1) rank = 1;
-    uint64_t seen = 0;
-    for (int i = 0; i < LAT_BUCKETS; i++) {
-        seen += lat_hist[i];
-        if (seen >= rank) {
-            double lo, width;
-            if (i < LAT_SUB) {
-                lo = i, width = 1;
-            } else {
-                int msb = (i - LAT_SUB) / LAT_SUB + 4, sub = (i - LAT_SUB) % LAT_SUB;
-                lo = (double)((uint64_t)(LAT_SUB + sub) << (msb - 4));
-                width = (double)(1ull << (msb - 4));
-            }
-            double mid = lo + width / 2;
-            if (mid > (double)lat_max) mid = (double)lat_max;
-            return mid / 1000.0;
-        }
-    }
-    return (double)lat_max / 1000.0;
-}
-
-static double cpu_self(void) {
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6 + ru.ru_stime.tv_sec +
-           ru.ru_stime.tv_usec * 1e-6;
-}
-
 static uint64_t errors_total(void) {
     return err_connect + err_io + err_closed + err_mismatch + err_extra;
 }
@@ -256,26 +191,15 @@ static void resolve(void) {
         return;
     }
     if (opt_port <= 0 || opt_port > 65535) usage();
-    struct sockaddr_in *in4 = (struct sockaddr_in *)&addr;
-    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&addr;
-    if (inet_pton(AF_INET, opt_host, &in4->sin_addr) == 1) {
-        if ((ntohl(in4->sin_addr.s_addr) >> 24) != 127) {
-            fprintf(stderr, "loadgen: refusing non-loopback target %s\n", opt_host);
-            exit(2);
-        }
-        in4->sin_family = AF_INET;
-        in4->sin_port = htons(opt_port);
-        addrlen = sizeof *in4;
-    } else if (inet_pton(AF_INET6, opt_host, &in6->sin6_addr) == 1) {
-        if (!IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr)) {
-            fprintf(stderr, "loadgen: refusing non-loopback target %s\n", opt_host);
-            exit(2);
-        }
-        in6->sin6_family = AF_INET6;
-        in6->sin6_port = htons(opt_port);
-        addrlen = sizeof *in6;
-    } else {
+    struct sockaddr_in tmp4;
+    struct sockaddr_in6 tmp6;
+    if (inet_pton(AF_INET, opt_host, &tmp4.sin_addr) != 1 &&
+        inet_pton(AF_INET6, opt_host, &tmp6.sin6_addr) != 1) {
         fprintf(stderr, "loadgen: --host must be a numeric loopback address\n");
+        exit(2);
+    }
+    if (!loopback_addr(opt_host, opt_port, &addr, &addrlen)) {
+        fprintf(stderr, "loadgen: refusing non-loopback target %s\n", opt_host);
         exit(2);
     }
 }
@@ -618,23 +542,12 @@ int main(int argc, char **argv) {
     }
     signal(SIGPIPE, SIG_IGN);
 
-    if (opt_cpu >= 0) {
-        cpu_set_t set;
-        CPU_ZERO(&set);
-        CPU_SET(opt_cpu, &set);
-        if (sched_setaffinity(0, sizeof set, &set) < 0) die("sched_setaffinity");
-    }
+    if (pin_cpu(opt_cpu) < 0) die("sched_setaffinity");
     /* Make room for N sockets (the hard limit is the ceiling). */
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)opt_conns + 32) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
-        getrlimit(RLIMIT_NOFILE, &rl);
-        if (rl.rlim_cur < (rlim_t)opt_conns + 32) {
-            fprintf(stderr, "loadgen: fd limit %llu too low for %d connections\n",
-                    (unsigned long long)rl.rlim_cur, opt_conns);
-            exit(2);
-        }
+    unsigned long long fd_limit;
+    if (fd_room((long)opt_conns + 32, &fd_limit) < 0) {
+        fprintf(stderr, "loadgen: fd limit %llu too low for %d connections\n", fd_limit, opt_conns);
+        exit(2);
     }
 
     size_t batch = (size_t)opt_size * (size_t)opt_depth;
@@ -789,9 +702,7 @@ int main(int argc, char **argv) {
            "\"connected\":%d,\"connect_s\":%.6f,\"messages\":%llu,\"messages_total\":%llu,"
            "\"bytes\":%llu,\"elapsed\":%.6f,\"msgs_per_s\":%.1f,\"gen_cpu_frac\":%.4f,\"gen_busy_frac\":%.4f,\"spin\":%d,"
            "\"errors\":%llu,\"err_connect\":%llu,\"err_io\":%llu,\"err_closed\":%llu,"
-           "\"err_mismatch\":%llu,\"err_extra\":%llu,\"live\":%d,"
-           "\"lat_n\":%llu,\"lat_mean_us\":%.3f,\"lat_p50_us\":%.3f,\"lat_p90_us\":%.3f,"
-           "\"lat_p99_us\":%.3f,\"lat_p999_us\":%.3f,\"lat_max_us\":%.3f}\n",
+           "\"err_mismatch\":%llu,\"err_extra\":%llu,\"live\":%d,",
            mname, opt_conns, opt_depth, opt_size, opt_frame_header,
            opt_mode == M_SHORT ? cname : "", opt_src_addrs, confirmed_total,
            t_connected > 0 ? t_connected - t0 : -1.0, (unsigned long long)msgs_window,
@@ -799,10 +710,9 @@ int main(int argc, char **argv) {
            gen_busy, opt_spin,
            (unsigned long long)errors_total(), (unsigned long long)err_connect,
            (unsigned long long)err_io, (unsigned long long)err_closed,
-           (unsigned long long)err_mismatch, (unsigned long long)err_extra, live,
-           (unsigned long long)lat_n, lat_n ? lat_sum / (double)lat_n / 1000.0 : -1.0,
-           lat_quantile_us(0.50), lat_quantile_us(0.90), lat_quantile_us(0.99),
-           lat_quantile_us(0.999), lat_n ? (double)lat_max / 1000.0 : -1.0);
+           (unsigned long long)err_mismatch, (unsigned long long)err_extra, live);
+    lat_print_json(stdout);
+    printf("}\n");
     fflush(stdout);
     /* Exit code: 0 clean, 1 if the run completed with errors or incomplete. */
     int complete = confirmed_total == opt_conns && (opt_mode == M_IDLE || t_end > 0);

@@ -29,28 +29,20 @@ import os
 import platform
 import re
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from typing import Any, Dict, List, Optional
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO_ROOT = os.path.dirname(HERE)
-RESULTS_DIR = os.path.join(HERE, "results")
-HOST = "127.0.0.1"
-sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _procstat import cpu_seconds  # noqa: E402  (bench/ is on the path)
-from _common import ASGI_APP, WRK_PIPELINE_LUA, free_port, save_json  # noqa: E402
+from _common import (ASGI_APP, HOST, WRK_PIPELINE_LUA, BenchError, free_port,  # noqa: E402
+                     results_path, save_json)
+from _procs import ServerProc, run_to_end  # noqa: E402
+from _procstat import cpu_seconds  # noqa: E402
 
 #: The targets of issue 6: ours / peer throughput.
 TARGETS = {"resp": 0.6, "resp-P16": 0.2, "http": 2.5}
-
-class BenchError(RuntimeError):
-    pass
 
 
 # --------------------------------------------------------------------------- processes
@@ -62,62 +54,19 @@ def _cpus() -> List[int]:
         return []
 
 
-def _pinned(cpu: Optional[int]):
-    def setup() -> None:
-        os.setsid()  # own process group: the harness kills servers as a group
-        if cpu is not None:
-            os.sched_setaffinity(0, {cpu})
-    return setup
-
-
-class Server:
-    """A server subprocess pinned to one CPU; stopped (with its children) on exit."""
+class Server(ServerProc):
+    """A server subprocess pinned to one CPU, ready once it accepts; stopped (with its children) on exit."""
 
     def __init__(self, name: str, argv: List[str], port: int, cpu: Optional[int], cwd: Optional[str] = None):
-        self.name, self.port = name, port
-        self.log = tempfile.TemporaryFile()
-        env = dict(os.environ, PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
-                                     preexec_fn=_pinned(cpu), cwd=cwd, env=env)
-        deadline = time.monotonic() + 20
-        while True:
-            if self.proc.poll() is not None:
-                raise BenchError(f"{name} exited with {self.proc.returncode}: {self._log_tail()}")
-            try:
-                socket.create_connection((HOST, port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise BenchError(f"{name} did not accept connections within 20 s")
-                time.sleep(0.05)
-
-    def _log_tail(self) -> str:
-        self.log.seek(0)
-        return self.log.read()[-2000:].decode(errors="replace")
+        super().__init__(name, argv, port, cpu, cwd=cwd, what="")
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
 
     def cpu(self) -> float:
         return cpu_seconds(self.proc.pid)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
-                try:
-                    os.killpg(self.proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    self.proc.wait(wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-        self.log.close()
-
-    def __enter__(self) -> "Server":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
 
 def _netreactor_server(example: str, port: int, cpu: Optional[int]) -> Server:
@@ -127,12 +76,7 @@ def _netreactor_server(example: str, port: int, cpu: Optional[int]) -> Server:
 
 
 def _loadgen(argv: List[str], cpu: Optional[int], timeout: float) -> str:
-    proc = subprocess.run(argv, capture_output=True, timeout=timeout, preexec_fn=_pinned(cpu),
-                          stdin=subprocess.DEVNULL)
-    out = proc.stdout.decode(errors="replace")
-    if proc.returncode != 0:
-        raise BenchError(f"{argv[0]} failed ({proc.returncode}): {out[-1000:]} {proc.stderr.decode()[-1000:]}")
-    return out
+    return run_to_end(argv, [cpu] if cpu is not None else None, timeout)[0]
 
 
 # --------------------------------------------------------------------------- RESP
@@ -165,19 +109,30 @@ def run_resp(rounds: int, quick: bool, cpus: List[int]) -> Dict[str, Any]:
                              "--appendonly", "no", "--dir", tempfile.gettempdir()], port, server_cpu)
     out: Dict[str, Any] = {}
     for scenario, (pipeline, requests) in scenarios.items():
-        runs: Dict[str, List[Dict[str, Any]]] = {name: [] for name in peers}
-        for r in range(rounds):
-            for name, start in peers.items():
-                port = free_port()
-                with start(port) as server:
-                    cpu0 = server.cpu()
-                    res = _redis_benchmark(port, requests, pipeline, load_cpu)
-                    cpu_us = (server.cpu() - cpu0) * 1e6 / (2 * requests)
-                rps = (res["SET"]["rps"] + res["GET"]["rps"]) / 2
-                runs[name].append({"rps": rps, "cpu_us_per_op": cpu_us, "detail": res})
-                _progress(f"{scenario} round {r + 1}/{rounds} {name}: {rps:,.0f} ops/s, {cpu_us:.2f} us CPU/op")
+        def one(port: int, pipeline: int = pipeline, requests: int = requests) -> Dict[str, Any]:
+            res = _redis_benchmark(port, requests, pipeline, load_cpu)
+            return {"rps": (res["SET"]["rps"] + res["GET"]["rps"]) / 2, "ops": 2 * requests,
+                    "detail": res}
+
+        runs = _rounds(scenario, peers, rounds, one,
+                       lambda r: f"{r['rps']:,.0f} ops/s, {r['cpu_us_per_op']:.2f} us CPU/op")
         out[scenario] = _summarize(runs, "netreactor", "redis-server", TARGETS[scenario])
     return out
+
+
+def _rounds(scenario: str, peers: Dict[str, Any], rounds: int, one: Any, line: Any) -> Dict[str, List[Dict[str, Any]]]:
+    """``rounds`` runs of every peer, in turn: ``one(port)`` drives a started server."""
+    runs: Dict[str, List[Dict[str, Any]]] = {name: [] for name in peers}
+    for r in range(rounds):
+        for name, start in peers.items():
+            port = free_port()
+            with start(port) as server:
+                cpu0 = server.cpu()
+                res = one(port)
+                res["cpu_us_per_op"] = (server.cpu() - cpu0) * 1e6 / max(1, res.pop("ops"))
+            runs[name].append(res)
+            _progress(f"{scenario} round {r + 1}/{rounds} {name}: {line(res)}")
+    return runs
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -225,18 +180,13 @@ def run_http(rounds: int, quick: bool, cpus: List[int], workdir: str) -> Dict[st
                         "--backlog", "2048"], port, server_cpu, cwd=workdir)
     out: Dict[str, Any] = {}
     for scenario, script in (("http", None), ("http-P16", lua)):
-        runs: Dict[str, List[Dict[str, Any]]] = {name: [] for name in peers}
-        for r in range(rounds):
-            for name, start in peers.items():
-                port = free_port()
-                with start(port) as server:
-                    cpu0 = server.cpu()
-                    res = _wrk(port, seconds, script, load_cpu)
-                    res["cpu_us_per_op"] = (server.cpu() - cpu0) * 1e6 / max(1, res["requests"])
-                runs[name].append(res)
-                _progress(f"{scenario} round {r + 1}/{rounds} {name}: {res['rps']:,.0f} req/s, "
-                          f"{res['cpu_us_per_op']:.2f} us CPU/req, non-2xx {res['non_2xx']}, "
-                          f"socket errors {res['socket_errors']}")
+        def one(port: int, script: Optional[str] = script) -> Dict[str, Any]:
+            res = _wrk(port, seconds, script, load_cpu)
+            return {**res, "ops": res["requests"]}
+
+        runs = _rounds(scenario, peers, rounds, one,
+                       lambda r: (f"{r['rps']:,.0f} req/s, {r['cpu_us_per_op']:.2f} us CPU/req, "
+                                  f"non-2xx {r['non_2xx']}, socket errors {r['socket_errors']}"))
         out[scenario] = _summarize(runs, "netreactor", "uvicorn", TARGETS.get(scenario))
     return out
 
@@ -318,7 +268,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                     "loadavg_after": os.getloadavg()},
         "quick": args.quick, "rounds": args.rounds, "results": results,
     }
-    path = args.json or os.path.join(RESULTS_DIR, time.strftime("protocols-%Y%m%d-%H%M%S.json"))
+    path = results_path("protocols", args.json)
     save_json(path, doc)
     print(f"results saved to {os.path.relpath(path)}")
     return 0

@@ -32,53 +32,31 @@ import asyncio
 import importlib.util
 import json
 import os
-import platform
-import signal
 import socket
-import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-from dataclasses import dataclass
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO_ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import _procstat  # noqa: E402  (bench/ helper)
-from _common import run_rounds, save_json  # noqa: E402
-from echo import (BenchError, Interrupted, LoadgenProc, _child_setup,  # noqa: E402
-                  _stop_keeping_log_on_failure)
+from _common import (HOST, REPO_ROOT, BenchError, free_port, machine_meta,  # noqa: E402
+                     raise_on_sigterm, results_path)
+from _harness import (CpuWindow, LineReporter, Profile, Scenario, add_run_options,  # noqa: E402
+                      finish, groups, median, pick_scenarios, pin_harness, print_table, profile_from_args,
+                      run_rounds, split_servers)
+from _procs import LoadgenProc, ServerProc  # noqa: E402
+import _procstat  # noqa: E402
 
 PROXY_EXAMPLE = os.path.join(REPO_ROOT, "examples", "tcp_proxy.py")
-RESULTS_DIR = os.path.join(HERE, "results")
-HOST = "127.0.0.1"  # the only address this benchmark ever uses
 KINDS = ("netreactor", "asyncio", "uvloop")
 CHUNK = 64 * 1024
 
-
-@dataclass(frozen=True)
-class Scenario:
-    name: str
-    mode: str  # oneway | echo
-    conns: int
-    about: str = ""
-
-
 SCENARIOS = {s.name: s for s in (
-    Scenario("oneway-4", "oneway", 4, "4 connections, 64 KiB writes, to a sink upstream"),
-    Scenario("echo-4", "echo", 4, "4 connections, 64 KiB writes, through an echo upstream and back"),
+    Scenario("oneway-4", "oneway", 4, size=CHUNK,
+             about="4 connections, 64 KiB writes, to a sink upstream", unit="byte"),
+    Scenario("echo-4", "echo", 4, size=CHUNK,
+             about="4 connections, 64 KiB writes, through an echo upstream and back", unit="byte"),
 )}
-
-
-@dataclass
-class Profile:
-    warmup: float
-    duration: float
-    rounds: int
-
 
 QUICK = Profile(warmup=1.0, duration=3.0, rounds=1)
 FULL = Profile(warmup=2.0, duration=5.0, rounds=3)
@@ -249,63 +227,14 @@ def load_main(mode: str, conns: int, warmup: float, duration: float, hold_timeou
 # --------------------------------------------------------------------------
 # harness
 # --------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def _pinned(cpu: int | None):
-    def setup() -> None:
-        _child_setup()
-        if cpu is not None:
-            os.sched_setaffinity(0, {cpu})  # before exec: every thread inherits it
-
-    return setup
-
-
-class ProxyProc:
-    def __init__(self, kind: str, port: int, upstream_port: int, cpu: int | None):
-        self.kind = kind
-        self.log = tempfile.NamedTemporaryFile(prefix=f"proxy-{kind}-", suffix=".log", delete=False)
-        if kind == "netreactor":
-            cmd = [sys.executable, PROXY_EXAMPLE, "--listen", f"tcp://{HOST}:{port}",
-                   "--upstream", f"tcp://{HOST}:{upstream_port}", "--log-level", "WARNING"]
-        else:
-            cmd = [sys.executable, os.path.abspath(__file__), "--serve", kind, "--port", str(port),
-                   "--upstream-port", str(upstream_port)]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")])))
-        self.proc = subprocess.Popen(cmd, start_new_session=True, preexec_fn=_pinned(cpu), close_fds=True,
-                                     env=env, stdin=subprocess.DEVNULL, stdout=self.log,
-                                     stderr=subprocess.STDOUT)
-        self.pid = self.proc.pid
-        self.port = port
-
-    def _tail(self) -> str:
-        with open(self.log.name, "rb") as f:
-            return f.read()[-2000:].decode(errors="replace")
-
-    def wait_ready(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise BenchError(f"{self.kind} proxy exited ({self.proc.returncode}):\n{self._tail()}")
-            try:
-                with socket.create_connection((HOST, self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.02)
-        raise BenchError(f"{self.kind} proxy did not accept within {timeout:.0f} s:\n{self._tail()}")
-
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            raise BenchError(f"{self.kind} proxy died ({self.proc.returncode}):\n{self._tail()}")
-
-    def __enter__(self) -> "ProxyProc":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        _stop_keeping_log_on_failure(self.proc, self.log, exc[0], "proxy")
+def start_proxy(kind: str, port: int, upstream_port: int, cpu: int | None) -> ServerProc:
+    if kind == "netreactor":
+        cmd = [sys.executable, PROXY_EXAMPLE, "--listen", f"tcp://{HOST}:{port}",
+               "--upstream", f"tcp://{HOST}:{upstream_port}", "--log-level", "WARNING"]
+    else:
+        cmd = [sys.executable, os.path.abspath(__file__), "--serve", kind, "--port", str(port),
+               "--upstream-port", str(upstream_port)]
+    return ServerProc(kind, cmd, port, cpu, what="proxy")
 
 
 def run_one(kind: str, sc: Scenario, profile: Profile, proxy_cpu: int | None) -> dict:
@@ -315,17 +244,17 @@ def run_one(kind: str, sc: Scenario, profile: Profile, proxy_cpu: int | None) ->
     lg = LoadgenProc(argv)  # on load_cpu: it inherits this harness's affinity
     try:
         upstream_port = lg.expect("upstream", timeout=20)["port"]
-        port = _free_port()
-        with ProxyProc(kind, port, upstream_port, proxy_cpu) as proxy:
+        port = free_port()
+        with start_proxy(kind, port, upstream_port, proxy_cpu) as proxy:
             proxy.wait_ready()
-            lg.proc.stdin.write(f"go {port}\n".encode())
-            lg.proc.stdin.flush()
+            lg.send(f"go {port}")
             pids = _procstat.process_tree(proxy.pid)
+            win = CpuWindow(pids, proxy_cpu)
             lg.expect("connected", timeout=40)
             lg.expect("start", timeout=profile.warmup + 30)
-            cpu0, t0 = _procstat.cpu_seconds(pids), time.monotonic()
+            win.open()
             lg.expect("end", timeout=profile.duration + 30)
-            cpu1, t1 = _procstat.cpu_seconds(pids), time.monotonic()
+            win.close()
             mem = _procstat.memory_tree(pids)
             lg.release()
             res = lg.expect("result", timeout=30)
@@ -334,32 +263,27 @@ def run_one(kind: str, sc: Scenario, profile: Profile, proxy_cpu: int | None) ->
         lg.close()
     if res.get("error") or res["bytes"] <= 0:
         raise BenchError(f"no data relayed in the window: {res}")
-    cpu, window = cpu1 - cpu0, t1 - t0
+    cpu = win.cpu_s
     return {
         "server": kind, "scenario": sc.name, "bytes": res["bytes"], "elapsed": res["elapsed"],
         "mb_per_s": res["mb_per_s"], "proxy_cpu_s": cpu,
         "cpu_s_per_gb": cpu / (res["bytes"] / 1e9),
-        "proxy_cpu_frac": cpu / window if window > 0 else 0.0, "load_cpu_frac": res["gen_cpu_frac"],
+        "proxy_cpu_frac": win.server_frac(), "load_cpu_frac": res["gen_cpu_frac"],
         "proxy_rss": mem.get("rss"),
     }
 
 
 def summarize(runs: dict, scenarios: list[Scenario], servers: list[str]) -> dict:
     table: dict = {}
-    for sc in scenarios:
-        for kind in servers:
-            rs = runs.get((sc.name, kind))
-            if not rs:
-                continue
-            mbs = [r["mb_per_s"] for r in rs]
-            table.setdefault(sc.name, {})[kind] = {
-                "rounds": len(rs), "mb_per_s": statistics.median(mbs), "mb_per_s_min": min(mbs),
-                "mb_per_s_max": max(mbs),
-                "cpu_s_per_gb": statistics.median(r["cpu_s_per_gb"] for r in rs),
-                "proxy_cpu_frac": statistics.median(r["proxy_cpu_frac"] for r in rs),
-                "load_cpu_frac": statistics.median(r["load_cpu_frac"] for r in rs),
-                "proxy_rss": statistics.median(r["proxy_rss"] or 0 for r in rs),
-            }
+    for sc, kind, rs in groups(runs, scenarios, servers):
+        mbs = [r["mb_per_s"] for r in rs]
+        table.setdefault(sc.name, {})[kind] = {
+            "rounds": len(rs), "mb_per_s": median(mbs), "mb_per_s_min": min(mbs),
+            "mb_per_s_max": max(mbs),
+            **{k: median(r[k] for r in rs) for k in ("cpu_s_per_gb", "proxy_cpu_frac",
+                                                     "load_cpu_frac")},
+            "proxy_rss": median(r["proxy_rss"] or 0 for r in rs),
+        }
     ratios: dict = {}
     for name, rows in table.items():
         base = rows.get("netreactor")
@@ -383,11 +307,7 @@ def print_report(result: dict) -> list[str]:
             rows.append([name, kind, f"{r['mb_per_s']:.0f}", spread, f"{r['cpu_s_per_gb']:.2f}",
                          f"{100 * r['proxy_cpu_frac']:.0f}%", f"{100 * r['load_cpu_frac']:.0f}%",
                          f"{r['proxy_rss'] / 2**20:.1f} MiB"])
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)] if rows else []
-    print("\nProxy throughput for 64 KiB writes (median of rounds; 1 MB = 10^6 bytes)")
-    for row in [head] + rows:
-        print("  " + "  ".join(str(x).ljust(w) if i < 2 else str(x).rjust(w)
-                               for i, (x, w) in enumerate(zip(row, widths))))
+    print_table("Proxy throughput for 64 KiB writes (median of rounds; 1 MB = 10^6 bytes)", head, rows)
     notes = []
     if result["ratios"]:
         print("\nRatios netreactor/other (MB/s: > 1 netreactor relays more; CPU s/GB: < 1 it uses less)")
@@ -407,14 +327,8 @@ def print_report(result: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="TCP proxy throughput: netreactor's example proxy vs a "
                                              "minimal asyncio/uvloop Protocol proxy, 64 KiB writes.")
-    ap.add_argument("--quick", action="store_true", help="1 s warm-up, 3 s windows, one round")
-    ap.add_argument("--scenario", action="extend", nargs="+", metavar="NAME",
-                    help=f"scenarios (default all): {', '.join(SCENARIOS)}")
-    ap.add_argument("--servers", default=",".join(KINDS), help="comma-separated (default %(default)s)")
-    ap.add_argument("--duration", type=float, help="measured seconds per run")
-    ap.add_argument("--warmup", type=float, help="warm-up seconds per run")
-    ap.add_argument("--rounds", type=int, help="rounds per scenario (median reported)")
-    ap.add_argument("--json", metavar="PATH", help="where to save results")
+    add_run_options(ap, SCENARIOS, KINDS, "1 s warm-up, 3 s windows, one round", "proxy",
+                    servers_help="comma-separated (default %(default)s)")
     # Child roles.
     ap.add_argument("--serve", choices=("asyncio", "uvloop"), help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -427,21 +341,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve:
         serve(args.serve, args.port, args.upstream_port)
         return 0
-    base = QUICK if args.quick else FULL
-    profile = Profile(args.warmup if args.warmup is not None else base.warmup,
-                      args.duration if args.duration is not None else base.duration,
-                      max(1, args.rounds if args.rounds is not None else base.rounds))
+    profile = profile_from_args(ap, args, QUICK, FULL)
     if args.load:
         return load_main(args.mode, args.conns, profile.warmup, profile.duration, 120.0)
-    if not (0 < profile.duration <= 60 and 0 <= profile.warmup <= 60):
-        ap.error("--duration must be in (0, 60] and --warmup in [0, 60]")
-    names = [n for part in (args.scenario or list(SCENARIOS)) for n in part.split(",") if n]
-    unknown = [n for n in names if n not in SCENARIOS]
-    if unknown:
-        ap.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
-    scenarios = [SCENARIOS[n] for n in names]
+    scenarios = pick_scenarios(args.scenario, SCENARIOS)
     servers = []
-    for kind in (k.strip() for k in args.servers.split(",") if k.strip()):
+    for kind in split_servers(args.servers):
         if kind == "uvloop" and importlib.util.find_spec("uvloop") is None:
             print("skipping uvloop: not installed (pip install uvloop)", file=sys.stderr)
             continue
@@ -449,40 +354,25 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"unknown proxy kind {kind!r}; choose from {', '.join(KINDS)}")
         servers.append(kind)
 
-    cpus = sorted(os.sched_getaffinity(0))
-    proxy_cpu, load_cpu = (cpus[0], cpus[1]) if len(cpus) >= 2 else (None, None)
-    if load_cpu is not None:
-        os.sched_setaffinity(0, {load_cpu})
-
-    def on_term(signum, frame):
-        raise Interrupted()
-
-    signal.signal(signal.SIGTERM, on_term)
-    runs, failures, interrupted, started = run_rounds(
+    proxy_cpu, load_cpu = pin_harness()
+    raise_on_sigterm()
+    print(f"proxies: {', '.join(servers)}; scenarios: {', '.join(s.name for s in scenarios)}; "
+          f"warmup {profile.warmup:g}s, window {profile.duration:g}s, rounds {profile.rounds}; "
+          f"proxy on CPU {proxy_cpu}, load on CPU {load_cpu}")
+    started = time.monotonic()
+    done = run_rounds(
         scenarios, servers, profile.rounds,
-        f"proxies: {', '.join(servers)}; scenarios: {', '.join(s.name for s in scenarios)}; "
-        f"warmup {profile.warmup:g}s, window {profile.duration:g}s, rounds {profile.rounds}; "
-        f"proxy on CPU {proxy_cpu}, load on CPU {load_cpu}",
-        9, lambda kind, sc: run_one(kind, sc, profile, proxy_cpu),
+        lambda kind, sc: run_one(kind, sc, profile, proxy_cpu),
         lambda run: (f"{run['mb_per_s']:7.0f} MB/s  {run['cpu_s_per_gb']:.2f} CPU s/GB  "
                      f"proxy {100 * run['proxy_cpu_frac']:.0f}%, load {100 * run['load_cpu_frac']:.0f}%"),
-        BenchError, Interrupted)
+        LineReporter(len(scenarios) * len(servers) * profile.rounds, 9, 10))
 
-    result = summarize(runs, scenarios, servers)
+    result = summarize(done.runs, scenarios, servers)
     notes = print_report(result)
-    meta = {
-        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "python": sys.version.split()[0],
-        "kernel": platform.release(), "cpus": os.cpu_count(), "proxy_cpu": proxy_cpu,
-        "load_cpu": load_cpu, "chunk": CHUNK, "warmup": profile.warmup, "duration": profile.duration,
-        "rounds": profile.rounds, "argv": sys.argv[1:], "wall_s": round(time.monotonic() - started, 1),
-    }
-    path = args.json or os.path.join(RESULTS_DIR, f"proxy-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    save_json(path, {"meta": meta, "interrupted": interrupted, "summary": result, "notes": notes,
-                     "failures": failures, "runs": [r for rs in runs.values() for r in rs]})
-    print(f"saved {os.path.relpath(path)} ({meta['wall_s']:.0f} s)")
-    if interrupted:
-        return 130
-    return 1 if failures else 0
+    meta = {**machine_meta(), "proxy_cpu": proxy_cpu, "load_cpu": load_cpu, "chunk": CHUNK,
+            "warmup": profile.warmup, "duration": profile.duration, "rounds": profile.rounds}
+    return finish(results_path("proxy", args.json), meta, done, started, summary=result,
+                  notes=notes)
 
 
 if __name__ == "__main__":

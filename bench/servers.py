@@ -29,6 +29,17 @@ KINDs:
   and ``conn.write(data)`` on a three-slot connection object.  What any
   gnet-style pure-Python framework pays at the very least.  echo only.
 
+* TLS kinds (``bench/tls.py``; echo over TLS; ``--certfile``/``--keyfile``,
+  ``--ciphers`` for TLS 1.2 suites): ``uvloop-tls`` and ``asyncio-tls`` (the
+  same Protocol, ``create_server(..., ssl=context)``), ``netreactor-tls``
+  (``tls://`` with ``tls=netreactor.tls.server_context(...)``; skipped with the
+  reason until netreactor serves TLS), and two TLS floors:
+  ``py-floor-tls-bio`` (ssl.SSLObject over MemoryBIOs, as asyncio, uvloop and
+  trio do) and ``py-floor-tls-sock`` (a non-blocking ssl.SSLSocket reading the
+  fd itself, as Tornado does).  Their docstrings say how each handles the
+  subtleties (want-read/want-write, coalesced records, records without
+  application data, close_notify).
+
 PROTOs:
 
 * ``echo`` (default) -- echo every byte back as it arrives.  All kinds.
@@ -74,10 +85,12 @@ import asyncio
 import os
 import resource
 import socket
+import ssl
 import struct
 import sys
 
-KINDS = ("netreactor", "uvloop", "asyncio", "gevent", "twisted", "c-floor", "py-floor", "py-api-floor")
+KINDS = ("netreactor", "uvloop", "asyncio", "gevent", "twisted", "c-floor", "py-floor", "py-api-floor",
+         "netreactor-tls", "uvloop-tls", "asyncio-tls", "py-floor-tls-bio", "py-floor-tls-sock")
 PROTOS = ("echo", "framed", "resp", "http")
 #: Protocols that only these kinds serve (the netreactor example handlers).
 APP_PROTOS = {"resp": "redis", "http": "http"}
@@ -194,34 +207,37 @@ def _app_protocol_factory(proto: str):
     return AppProtocol
 
 
-async def _serve_protocol(host: str, port: int, unix: str | None, proto: str = "echo") -> None:
+async def _serve_protocol(host: str, port: int, unix: str | None, proto: str = "echo",
+                          tls: ssl.SSLContext | None = None) -> None:
     loop = asyncio.get_running_loop()
     if proto in APP_PROTOS:
         factory = _app_protocol_factory(proto)
     else:
         factory = FramedEchoProtocol if proto == "framed" else EchoProtocol
     if unix:
-        server = await loop.create_unix_server(factory, unix, backlog=1024)
+        server = await loop.create_unix_server(factory, unix, backlog=1024, ssl=tls)
     else:
         server = await loop.create_server(
-            factory, host, port, backlog=1024, reuse_address=True
+            factory, host, port, backlog=1024, reuse_address=True, ssl=tls
         )
     async with server:
         await server.serve_forever()
 
 
-def serve_asyncio(host: str, port: int, unix: str | None, proto: str = "echo") -> None:
-    asyncio.run(_serve_protocol(host, port, unix, proto))
+def serve_asyncio(host: str, port: int, unix: str | None, proto: str = "echo",
+                  tls: ssl.SSLContext | None = None) -> None:
+    asyncio.run(_serve_protocol(host, port, unix, proto, tls))
 
 
-def serve_uvloop(host: str, port: int, unix: str | None, proto: str = "echo") -> None:
+def serve_uvloop(host: str, port: int, unix: str | None, proto: str = "echo",
+                 tls: ssl.SSLContext | None = None) -> None:
     import uvloop
 
     if hasattr(uvloop, "run"):  # uvloop >= 0.18
-        uvloop.run(_serve_protocol(host, port, unix, proto))
+        uvloop.run(_serve_protocol(host, port, unix, proto, tls))
     else:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-        asyncio.run(_serve_protocol(host, port, unix, proto))
+        asyncio.run(_serve_protocol(host, port, unix, proto, tls))
 
 
 # --------------------------------------------------------------------------
@@ -398,10 +414,8 @@ class _FloorEcho:
         conn.write(conn.read())
 
 
-def serve_py_floor(host: str, port: int, unix: str | None, proto: str = "echo",
-                   api: bool = False) -> None:
-    import select
-
+def _listener(host: str, port: int, unix: str | None) -> socket.socket:
+    """A non-blocking listening socket with a backlog of 1,024 (the floors')."""
     if unix:
         lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         lsock.bind(unix)
@@ -411,6 +425,26 @@ def serve_py_floor(host: str, port: int, unix: str | None, proto: str = "echo",
         lsock.bind((host, port))
     lsock.listen(1024)
     lsock.setblocking(False)
+    return lsock
+
+
+def _accepted(lsock: socket.socket):
+    """Every connection waiting on a non-blocking listener, non-blocking, TCP_NODELAY set."""
+    while True:
+        try:
+            s, _ = lsock.accept()
+        except BlockingIOError:
+            return
+        s.setblocking(False)
+        _nodelay(s)
+        yield s
+
+
+def serve_py_floor(host: str, port: int, unix: str | None, proto: str = "echo",
+                   api: bool = False) -> None:
+    import select
+
+    lsock = _listener(host, port, unix)
     lfd = lsock.fileno()
     ep = select.epoll()
     ep.register(lfd, select.EPOLLIN)
@@ -432,13 +466,7 @@ def serve_py_floor(host: str, port: int, unix: str | None, proto: str = "echo",
     while True:
         for fd, ev in ep.poll():
             if fd == lfd:
-                while True:
-                    try:
-                        s, _ = lsock.accept()
-                    except BlockingIOError:
-                        break
-                    s.setblocking(False)
-                    _nodelay(s)
+                for s in _accepted(lsock):
                     socks[s.fileno()] = _FloorConn(s) if api else s
                     ep.register(s.fileno(), IN)
                 continue
@@ -511,10 +539,247 @@ def serve_py_floor(host: str, port: int, unix: str | None, proto: str = "echo",
                 ep.modify(fd, OUT)
 
 
+# --------------------------------------------------------------------------
+# TLS (bench/tls.py): echo over TLS.  Every kind serves the run's certificate
+# with the context an asyncio user writes -- ssl.create_default_context(
+# Purpose.CLIENT_AUTH) + load_cert_chain (--ciphers: set_ciphers, for TLS 1.2)
+# -- and netreactor-tls with netreactor.tls.server_context, its own helper.
+# --------------------------------------------------------------------------
+TLS_KINDS = ("netreactor-tls", "uvloop-tls", "asyncio-tls", "py-floor-tls-bio", "py-floor-tls-sock")
+
+
+def tls_context(certfile: str, keyfile: str, ciphers: str | None = None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(certfile, keyfile)
+    if ciphers:
+        ctx.set_ciphers(ciphers)
+    return ctx
+
+
+def serve_netreactor_tls(host: str, port: int, unix: str | None, certfile: str, keyfile: str,
+                         ciphers: str | None) -> None:
+    """netreactor's TLS transport through the public contract (tls:// and tls=)."""
+    import netreactor as nr
+    from netreactor.tls import server_context
+
+    class Echo(nr.EventHandler):
+        def on_traffic(self, conn):
+            conn.write(conn.read())
+
+    addr = f"unix://{unix}" if unix else f"tls://{host}:{port}"
+    nr.run(Echo(), addr, tls=server_context(certfile, keyfile, ciphers=ciphers))
+
+
+def serve_py_floor_tls_bio(host: str, port: int, unix: str | None, ctx: ssl.SSLContext) -> None:
+    """The barest epoll loop with TLS as asyncio, uvloop and trio do it: ssl.SSLObject over
+    two MemoryBIOs.  The loop moves ciphertext between the socket and the BIOs itself.
+
+    * Handshake: each read feeds the incoming BIO and retries do_handshake();
+      SSLWantReadError means the client's flight is not all here yet.  What
+      OpenSSL wrote (ServerHello..Finished, then the session tickets) is in
+      the outgoing BIO and goes out with the reply.  Application data may
+      already sit behind the client's Finished: read it at once.
+    * Reading: one recv_into for everything the kernel has, then SSLObject.read
+      record by record into a 64 KiB buffer (>= 16 KiB, a whole record, so no
+      decrypted byte is ever left behind in OpenSSL).  Drained when the
+      incoming BIO is empty -- checked, so that draining costs no
+      SSLWantReadError; that exception still comes for a partial record or one
+      with no application data (a ticket, a key update).
+    * Writing: SSLObject.write never blocks (the outgoing BIO grows); all the
+      records of one read go out in one send().  What the socket does not
+      take waits for EPOLLOUT and the connection is not read meanwhile, so
+      memory stays bounded.
+    * read() returning 0 is the client's close_notify: unwrap() puts ours in
+      the outgoing BIO, it goes out, and the EOF that follows closes.  A
+      socket EOF without close_notify (a truncation) just closes.
+    """
+    import select
+
+    lsock = _listener(host, port, unix)
+    lfd = lsock.fileno()
+    ep = select.epoll()
+    ep.register(lfd, select.EPOLLIN)
+    conns: dict = {}    # fd -> [socket, SSLObject, incoming BIO, outgoing BIO, handshake done]
+    pending: dict = {}  # fd -> ciphertext the socket did not take yet
+    rbuf = bytearray(65536)  # ciphertext from the socket
+    rview = memoryview(rbuf)
+    pbuf = bytearray(65536)  # plaintext out of OpenSSL
+    pview = memoryview(pbuf)
+    IN, OUT = select.EPOLLIN, select.EPOLLOUT
+    WantRead, SSLError, MemoryBIO, wrap = ssl.SSLWantReadError, ssl.SSLError, ssl.MemoryBIO, ctx.wrap_bio
+
+    def drop(fd: int) -> None:
+        ep.unregister(fd)
+        conns.pop(fd)[0].close()
+        pending.pop(fd, None)
+
+    while True:
+        for fd, _ in ep.poll():
+            if fd == lfd:
+                for s in _accepted(lsock):
+                    inc, out = MemoryBIO(), MemoryBIO()
+                    conns[s.fileno()] = [s, wrap(inc, out, server_side=True), inc, out, False]
+                    ep.register(s.fileno(), IN)
+                continue
+            c = conns[fd]
+            sock = c[0]
+            if fd in pending:  # writable again: send the rest, then read again
+                data = pending.pop(fd)
+                try:
+                    n = sock.send(data)
+                except OSError:
+                    drop(fd)
+                    continue
+                if n < len(data):
+                    pending[fd] = data[n:]
+                else:
+                    ep.modify(fd, IN)
+                continue
+            try:
+                n = sock.recv_into(rbuf)
+            except BlockingIOError:
+                continue
+            except OSError:
+                n = 0
+            if not n:
+                drop(fd)
+                continue
+            obj, inc = c[1], c[2]
+            inc.write(rview[:n])
+            try:
+                if not c[4]:
+                    try:
+                        obj.do_handshake()
+                        c[4] = True
+                    except WantRead:
+                        pass
+                while c[4] and inc.pending:
+                    try:
+                        k = obj.read(65536, pbuf)
+                    except WantRead:
+                        break
+                    if not k:  # close_notify: ours back, then close
+                        obj.unwrap()
+                        break
+                    obj.write(pview[:k])
+            except WantRead:  # unwrap() sent ours and would wait for more: no need
+                pass
+            except SSLError:
+                drop(fd)
+                continue
+            data = c[3].read()
+            if not data:
+                continue
+            try:
+                n = sock.send(data)
+            except BlockingIOError:
+                n = 0
+            except OSError:
+                drop(fd)
+                continue
+            if n < len(data):  # stop reading until the reply is out: bounded memory
+                pending[fd] = data[n:]
+                ep.modify(fd, OUT)
+
+
+def serve_py_floor_tls_sock(host: str, port: int, unix: str | None, ctx: ssl.SSLContext) -> None:
+    """The barest epoll loop with TLS as Tornado does it: a non-blocking ssl.SSLSocket
+    (do_handshake_on_connect=False) whose OpenSSL reads and writes the fd itself.
+
+    * Handshake: do_handshake() on every event until it completes;
+      SSLWantReadError waits for EPOLLIN, SSLWantWriteError for EPOLLOUT.
+    * Reading: one recv_into per readable event into a 64 KiB buffer.  OpenSSL
+      (read_ahead off, CPython's default) reads one record from the fd -- a
+      5-byte header, then the body: two read() calls -- and leaves the next
+      record in the kernel, where level-triggered epoll still sees it.  A
+      buffer >= 16 KiB takes a whole record, so pending() is always 0
+      afterwards; with a smaller buffer, or edge-triggered epoll, the loop
+      would have to drain with pending() / until SSLWantReadError itself, or
+      stall.  SSLWantReadError: a partial record, or one with no application
+      data (a key update); nothing to echo.
+    * Writing: send() is SSL_write without partial writes: it writes every
+      record or raises SSLWantWriteError having written some.  Then the very
+      same bytes must be offered again once the fd is writable (OpenSSL
+      remembers how far it got); the connection is not read meanwhile.
+    * recv_into() returning 0 is close_notify or EOF (with CPython's default
+      OP_IGNORE_UNEXPECTED_EOF OpenSSL reports both the same way): unwrap()
+      sends our close_notify, then close.
+    """
+    import select
+
+    lsock = _listener(host, port, unix)
+    lfd = lsock.fileno()
+    ep = select.epoll()
+    ep.register(lfd, select.EPOLLIN)
+    conns: dict = {}    # fd -> [SSLSocket, handshake done, events registered]
+    pending: dict = {}  # fd -> plaintext SSL_write must be given again
+    buf = bytearray(65536)
+    view = memoryview(buf)
+    IN, OUT = select.EPOLLIN, select.EPOLLOUT
+    WantRead, WantWrite, SSLError = ssl.SSLWantReadError, ssl.SSLWantWriteError, ssl.SSLError
+    wrap = ctx.wrap_socket
+
+    def drop(fd: int) -> None:
+        ep.unregister(fd)
+        conns.pop(fd)[0].close()
+        pending.pop(fd, None)
+
+    def wait(fd: int, c: list, events: int) -> None:
+        if c[2] != events:
+            ep.modify(fd, events)
+            c[2] = events
+
+    while True:
+        for fd, _ in ep.poll():
+            if fd == lfd:
+                for s in _accepted(lsock):
+                    ss = wrap(s, server_side=True, do_handshake_on_connect=False)
+                    conns[ss.fileno()] = [ss, False, IN]
+                    ep.register(ss.fileno(), IN)
+                continue
+            c = conns[fd]
+            ss = c[0]
+            n = 0
+            try:
+                if fd in pending:  # writable again: the same bytes, then read again
+                    ss.send(pending[fd])
+                    del pending[fd]
+                    wait(fd, c, IN)
+                    continue
+                if not c[1]:
+                    ss.do_handshake()
+                    c[1] = True
+                    wait(fd, c, IN)
+                    continue  # the client's data, if any, is still in the kernel: epoll says so
+                n = ss.recv_into(buf)
+                if not n:
+                    try:
+                        ss.unwrap()  # close_notify back; EOF-only peers just go
+                    except (SSLError, OSError):
+                        pass
+                    drop(fd)
+                    continue
+                ss.send(view[:n])
+                if c[2] != IN:  # after a WantWrite on a read
+                    wait(fd, c, IN)
+            except WantRead:
+                wait(fd, c, IN)
+            except WantWrite:
+                if n and fd not in pending:
+                    pending[fd] = bytes(view[:n])  # the buffer is reused: keep the bytes
+                wait(fd, c, OUT)
+            except (SSLError, OSError):
+                drop(fd)
+
+
 SERVE = {"asyncio": serve_asyncio, "uvloop": serve_uvloop, "netreactor": serve_netreactor,
          "gevent": serve_gevent, "twisted": serve_twisted,
          "c-floor": serve_c_floor, "py-floor": serve_py_floor,
          "py-api-floor": lambda *a: serve_py_floor(*a, api=True)}
+#: TLS kinds: (host, port, unix, SSLContext); netreactor-tls builds its own context.
+SERVE_TLS = {"asyncio-tls": lambda h, p, u, ctx: serve_asyncio(h, p, u, "echo", ctx),
+             "uvloop-tls": lambda h, p, u, ctx: serve_uvloop(h, p, u, "echo", ctx),
+             "py-floor-tls-bio": serve_py_floor_tls_bio, "py-floor-tls-sock": serve_py_floor_tls_sock}
 
 
 def _importable(module: str, kind: str, pip: str) -> str | None:
@@ -525,10 +790,37 @@ def _importable(module: str, kind: str, pip: str) -> str | None:
     return None
 
 
+def _check_netreactor_tls() -> str | None:
+    """Whether netreactor serves tls:// yet: a real start (on_boot aborts it) with a fresh certificate."""
+    import tempfile
+
+    try:
+        import netreactor as nr
+        from netreactor.tls import server_context
+        from _certs import make_certs
+
+        class Probe(nr.EventHandler):
+            def on_boot(self, engine):
+                return nr.Action.SHUTDOWN
+
+        with tempfile.TemporaryDirectory(prefix="nr-tls-check-") as d:
+            certs = make_certs(d)
+            nr.run(Probe(), "tls://127.0.0.1:0", tls=server_context(certs.cert, certs.key))
+    except Exception as e:
+        return f"netreactor has no TLS transport yet ({type(e).__name__}: {e})"[:300]
+    return None
+
+
 def check(kind: str, proto: str = "echo") -> str | None:
     """Return None if ``kind`` can run ``proto`` in this interpreter, else the reason."""
     if proto not in PROTOS:
         return f"unknown protocol {proto!r} (choose from {', '.join(PROTOS)})"
+    if kind in TLS_KINDS:
+        if proto != "echo":
+            return f"{kind} serves echo over TLS only, not {proto}"
+        if kind == "uvloop-tls":
+            return _importable("uvloop", "uvloop", "uvloop")
+        return _check_netreactor_tls() if kind == "netreactor-tls" else None
     if kind in KINDS and proto in APP_PROTOS:
         if kind not in APP_KINDS:
             return f"{kind} has no {proto} server here (only {', '.join(APP_KINDS)})"
@@ -581,6 +873,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="echo (default), framed (4-byte length-prefixed frames), resp or http "
                          "(netreactor's example handlers; netreactor, uvloop, asyncio)")
     ap.add_argument("--check", action="store_true", help="only check that KIND can run")
+    ap.add_argument("--certfile", help="TLS kinds: the server's certificate chain (PEM)")
+    ap.add_argument("--keyfile", help="TLS kinds: its private key (PEM)")
+    ap.add_argument("--ciphers", help="TLS kinds: SSLContext.set_ciphers (TLS 1.2 suites)")
     if argv is None:
         argv = sys.argv[1:]
     if argv[:1] == ["--check-all"]:
@@ -599,6 +894,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.unix and not args.port:
         ap.error("--port or --unix is required")
+    tls = None
+    if args.kind in TLS_KINDS:
+        if not (args.certfile and args.keyfile):
+            ap.error(f"{args.kind} needs --certfile and --keyfile")
+        if args.kind != "netreactor-tls":
+            tls = tls_context(args.certfile, args.keyfile, args.ciphers)
 
     if args.cpu is not None:
         # Pin before the loop starts so every thread it creates inherits it.
@@ -609,7 +910,13 @@ def main(argv: list[str] | None = None) -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
     try:
-        SERVE[args.kind](args.host, args.port, args.unix, args.proto)
+        if args.kind == "netreactor-tls":
+            serve_netreactor_tls(args.host, args.port, args.unix, args.certfile, args.keyfile,
+                                 args.ciphers)
+        elif tls is not None:
+            SERVE_TLS[args.kind](args.host, args.port, args.unix, tls)
+        else:
+            SERVE[args.kind](args.host, args.port, args.unix, args.proto)
     except KeyboardInterrupt:
         pass
     return 0

@@ -14,6 +14,11 @@ One run, one machine, every peer measured the same way, one after the other:
   connection -- netreactor, uvloop, asyncio, gevent and Twisted.
 * **udp**: ``bench/udp.py`` run as a subprocess (its JSON), when it is there
   and works; otherwise the scenario is reported as skipped, with the reason.
+* **tls**: ``bench/tls.py``'s scenarios (its machinery and the OpenSSL load
+  generator ``bench/tlsloadgen.c``): 64-byte ping-pong and 16-deep pipelining
+  over TLS 1.3, 64 KiB bulk, full handshakes, memory per idle TLS connection
+  -- uvloop's and asyncio's TLS servers (``TLS_PEERS``; skipped with the
+  reason when libssl-dev is missing).
 * **resp**: ``redis-benchmark -c 50 -t set,get`` without and with ``-P 16``
   against netreactor's Redis example, redis-server, and the same Redis
   handler on uvloop and asyncio.
@@ -39,41 +44,40 @@ runs in its own process group and is killed on exit, error or Ctrl-C (and by
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
-import platform
 import re
-import resource
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO_ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _procstat  # noqa: E402  (bench/ helpers)
 import _common  # noqa: E402
-from _common import ASGI_APP, cpu_model, git_rev, package_version, save_json  # noqa: E402
-import echo as E  # noqa: E402  (echo scenarios: servers, load generator, one run)
+from _common import (ASGI_APP, HERE, HOST, REPO_ROOT, RESULTS_DIR, SERVERS_PY,  # noqa: E402
+                     BenchError, Interrupted, build_loadgen, free_port, machine_meta,
+                     package_version, raise_on_sigterm, save_json)
+from _harness import CpuWindow, Profile, Rounds, median, print_table, run_rounds  # noqa: E402
+from _procs import ServerProc, child_setup, kill_group, run_to_end  # noqa: E402
+import echo as E  # noqa: E402  (echo scenarios and one echo run)
+import tls as T  # noqa: E402  (TLS scenarios and one TLS run)
 
-RESULTS_DIR = os.path.join(HERE, "results")
 README = os.path.join(REPO_ROOT, "README.md")
-SERVERS_PY = os.path.join(HERE, "servers.py")
 UDP_PY = os.path.join(HERE, "udp.py")
-HOST = "127.0.0.1"
 MARK_BEGIN, MARK_END = "<!-- bench-table -->", "<!-- /bench-table -->"
 
 #: Column order of every table; a server missing from a scenario leaves a blank.
 SERVER_ORDER = ("netreactor", "uvloop", "asyncio", "gevent", "twisted", "redis-server", "uvicorn")
 ECHO_KINDS = ("netreactor", "uvloop", "asyncio", "gevent", "twisted")
+#: The TLS peers; each is servers.py's kind "<name>-tls" and shows in the <name> column.
+TLS_PEERS = ("uvloop", "asyncio")  # + "netreactor" once servers.py --check netreactor-tls passes
 APP_KINDS = ("netreactor", "uvloop", "asyncio")  # servers.py --proto resp|http
 BASELINE = "uvloop"  # the ratios of the main figure are "CPU per op / uvloop's"
 
@@ -97,14 +101,6 @@ end
 WRK_PIPELINE_LUA = _common.WRK_PIPELINE_LUA + WRK_DONE_LUA
 
 
-class BenchError(RuntimeError):
-    """One measurement could not be made."""
-
-
-class Interrupted(Exception):
-    """Raised from the SIGTERM handler so that every ``finally`` runs."""
-
-
 # ---------------------------------------------------------------------------- cases
 
 
@@ -124,6 +120,9 @@ def _cases() -> List[Case]:
         unit = "B/conn" if sc.mode == "idle" else sc.unit
         out.append(Case(sc.name, "echo", unit, sc.about, ECHO_KINDS))
     out.append(Case("udp", "udp", "datagram", "UDP echo (bench/udp.py)", ()))
+    for sc in T.SCENARIOS.values():
+        unit = "B/conn" if sc.mode == "idle" else sc.unit
+        out.append(Case(f"tls-{sc.name}", "tls", unit, f"bench/tls.py: {sc.about}", TLS_PEERS))
     out.append(Case("resp", "resp", "op", "redis-benchmark -c 50 -t set,get",
                     ("netreactor", "uvloop", "asyncio", "redis-server")))
     out.append(Case("resp-P16", "resp", "op", "redis-benchmark -c 50 -t set,get -P 16",
@@ -136,28 +135,28 @@ def _cases() -> List[Case]:
 
 
 CASES = {c.name: c for c in _cases()}
-GROUPS = ("echo", "udp", "resp", "http")
+GROUPS = ("echo", "udp", "tls", "resp", "http")
 
 
 @dataclass
-class Profile:
-    """Timing knobs: --quick and the full run differ only here."""
+class SuiteProfile:
+    """Timing knobs of the suite: --quick and the full run differ only here."""
 
-    echo_rounds: int
-    warmup: float       # echo: warm-up seconds before the window
-    duration: float     # echo: measured window
-    settle: float       # idle: pause before reading memory
+    echo: Profile       # echo windows (warm-up, window, rounds, settle before memory); UDP's, TLS's too
     idle_conns: int
+    tls_idle_conns: int  # idle TLS connections (a full handshake each)
     rounds: int         # resp/http rounds
     resp_requests: Dict[int, int]   # pipeline -> redis-benchmark -n (per test)
     wrk_seconds: int
     udp_rounds: int     # bench/udp.py --rounds (its windows: --warmup/--duration as echo's)
 
 
-QUICK = Profile(echo_rounds=1, warmup=0.15, duration=0.4, settle=0.3, idle_conns=2000,
-                rounds=1, resp_requests={1: 10_000, 16: 100_000}, wrk_seconds=1, udp_rounds=1)
-FULL = Profile(echo_rounds=3, warmup=0.75, duration=2.0, settle=1.0, idle_conns=9000,
-               rounds=2, resp_requests={1: 100_000, 16: 600_000}, wrk_seconds=3, udp_rounds=2)
+QUICK = SuiteProfile(Profile(warmup=0.15, duration=0.4, rounds=1, settle=0.3), idle_conns=2000,
+                     tls_idle_conns=1000,
+                     rounds=1, resp_requests={1: 10_000, 16: 100_000}, wrk_seconds=1, udp_rounds=1)
+FULL = SuiteProfile(Profile(warmup=0.75, duration=2.0, rounds=3, settle=1.0), idle_conns=9000,
+                    tls_idle_conns=5000,
+                    rounds=2, resp_requests={1: 100_000, 16: 600_000}, wrk_seconds=3, udp_rounds=2)
 
 
 # ---------------------------------------------------------------------------- processes
@@ -172,86 +171,17 @@ def _cpu_layout() -> tuple:
     return cpus[0], cpus[half:]
 
 
-def _preexec(cpus: Optional[List[int]]) -> Callable[[], None]:
-    def setup() -> None:
-        E._child_setup()  # PR_SET_PDEATHSIG: die with the harness
-        if cpus:
-            os.sched_setaffinity(0, set(cpus))
-    return setup
-
-
-class Proc:
-    """A server subprocess in its own session, pinned, stopped with its group."""
-
-    def __init__(self, name: str, argv: List[str], port: int, cpu: Optional[int],
-                 cwd: Optional[str] = None):
-        self.name, self.port = name, port
-        self.log = tempfile.TemporaryFile()
-        env = dict(os.environ, PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log,
-                                     stderr=subprocess.STDOUT, cwd=cwd, env=env,
-                                     start_new_session=True, close_fds=True,
-                                     preexec_fn=_preexec([cpu] if cpu is not None else None))
-        self.pid = self.proc.pid
-
-    def tail(self) -> str:
-        self.log.seek(0)
-        return self.log.read()[-1500:].decode(errors="replace").strip()
-
-    def wait_ready(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise BenchError(f"{self.name} exited with {self.proc.returncode}: {self.tail()}")
-            try:
-                socket.create_connection((HOST, self.port), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        raise BenchError(f"{self.name} did not accept within {timeout:.0f} s: {self.tail()}")
-
-    def stop(self) -> None:
-        E._kill_group(self.proc)
-        self.log.close()
-
-    def __enter__(self) -> "Proc":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
-
-
-def _run_generator(argv: List[str], cpus: Optional[List[int]], timeout: float) -> tuple:
-    """Run a load generator to completion: (stdout, its CPU seconds)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
-                            preexec_fn=_preexec(cpus))
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        E._kill_group(proc, grace=1.0)
-        raise BenchError(f"{argv[0]} did not finish within {timeout:.0f} s") from None
-    finally:
-        if proc.poll() is None:
-            E._kill_group(proc, grace=1.0)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    if proc.returncode != 0:
-        raise BenchError(f"{os.path.basename(argv[0])} failed ({proc.returncode}): "
-                         f"{err.decode(errors='replace')[-600:]} {out.decode(errors='replace')[-600:]}")
-    return out.decode(errors="replace"), cpu
-
-
 # ---------------------------------------------------------------------------- context
 
 
 @dataclass
 class Ctx:
-    profile: Profile
+    profile: SuiteProfile
     server_cpu: Optional[int]
     gen_cpus: Optional[List[int]]
     echo_ctx: Any = None          # echo.Ctx, once the load generator is built
+    tls_loadgen: Optional[str] = None  # bench/tlsloadgen.c's binary, if it builds
+    tls_ctx: Any = None           # tls.Ctx, made (with its certificate) at the first TLS run
     loadgen_kind: str = ""
     workdir: str = ""
     quick: bool = False
@@ -273,27 +203,21 @@ def wait_quiet(ctx: Ctx, limit: float, threshold: float = 0.10, probe: float = 0
     return time.monotonic() - t0
 
 
-def _measure(ctx: Ctx, srv: Proc, run_gen: Callable[[], tuple]) -> dict:
+def _measure(ctx: Ctx, srv: ServerProc, run_gen: Any) -> dict:
     """Server CPU, wall time and other load around one generator run."""
-    pids = _procstat.process_tree(srv.pid)
-    cpus = [c for c in [ctx.server_cpu] + list(ctx.gen_cpus or []) if c is not None]
-    busy0 = _procstat.cpu_busy_seconds(cpus)
-    cpu0, t0 = _procstat.cpu_seconds(pids), time.monotonic()
+    win = CpuWindow(_procstat.process_tree(srv.pid), ctx.server_cpu, ctx.gen_cpus or ())
+    win.open()
     out, gen_cpu = run_gen()
-    cpu1, t1 = _procstat.cpu_seconds(pids), time.monotonic()
-    busy1 = _procstat.cpu_busy_seconds(cpus)
-    if srv.proc.poll() is not None:
-        raise BenchError(f"{srv.name} died during the run: {srv.tail()}")
-    wall = t1 - t0
-    m = {"out": out, "server_cpu_s": cpu1 - cpu0, "wall": wall, "gen_cpu_s": gen_cpu,
-         "server_cpu_frac": (cpu1 - cpu0) / wall if wall > 0 else None,
+    win.close()
+    srv.check_alive(verb="died during the run")
+    wall = win.wall
+    m = {"out": out, "server_cpu_s": win.cpu_s, "wall": wall, "gen_cpu_s": gen_cpu,
+         "server_cpu_frac": win.server_frac() if wall > 0 else None,
          "gen_cpu_frac": gen_cpu / wall if wall > 0 else None,
          "server_cpus_allowed": _procstat.cpus_allowed(srv.pid)}
     if ctx.server_cpu is not None and wall > 0:
-        c = ctx.server_cpu
-        m["foreign_frac_server_cpu"] = max(0.0, (busy1[c] - busy0[c] - (cpu1 - cpu0)) / wall)
-        gen_busy = sum(busy1[g] - busy0[g] for g in ctx.gen_cpus)
-        m["foreign_frac_gen_cpu"] = max(0.0, (gen_busy - gen_cpu) / wall / len(ctx.gen_cpus))
+        m["foreign_frac_server_cpu"] = win.foreign_server()
+        m["foreign_frac_gen_cpu"] = win.foreign_gen(gen_cpu)
     return m
 
 
@@ -301,13 +225,27 @@ def _measure(ctx: Ctx, srv: Proc, run_gen: Callable[[], tuple]) -> dict:
 
 
 def run_echo(ctx: Ctx, case: Case, kind: str) -> dict:
-    sc = E.SCENARIOS[case.name]
-    if sc.mode == "idle":
-        r = E.run_idle(ctx.echo_ctx, kind, sc)
+    return _row(E.run_one(ctx.echo_ctx, kind, E.SCENARIOS[case.name]))
+
+
+def run_tls(ctx: Ctx, case: Case, server: str) -> dict:
+    if ctx.tls_ctx is None:
+        certs = T.make_certs(ctx.workdir)
+        p = ctx.profile
+        ctx.tls_ctx = T.Ctx(ctx.tls_loadgen, certs, ctx.server_cpu,
+                            ctx.gen_cpus[0] if ctx.gen_cpus else None,
+                            dataclasses.replace(p.echo, rounds=1), p.tls_idle_conns)
+    row = _row(T.run_one(ctx.tls_ctx, f"{server}-tls", T.SCENARIOS[case.name[len("tls-"):]]))
+    row["detail"]["kind"] = f"{server}-tls"
+    return row
+
+
+def _row(r: dict) -> dict:
+    """The suite's row of one echo.py / tls.py run."""
+    if "bytes_per_conn_rss" in r:
         return {"bytes_per_conn": r["bytes_per_conn_rss"],
                 "bytes_per_conn_pss": r.get("bytes_per_conn_pss"),
                 "conns": r["conns"], "errors": r["errors"], "detail": r}
-    r = E.run_throughput(ctx.echo_ctx, kind, sc)
     lg = r["loadgen"]
 
     def lat(key: str) -> Optional[float]:
@@ -326,18 +264,17 @@ def run_echo(ctx: Ctx, case: Case, kind: str) -> dict:
 # ---------------------------------------------------------------------------- RESP
 
 
-def _start_app_server(ctx: Ctx, kind: str, proto: str, port: int) -> Proc:
+def _start_app_server(ctx: Ctx, kind: str, proto: str, port: int) -> ServerProc:
     if kind == "redis-server":
         argv = ["redis-server", "--port", str(port), "--bind", HOST, "--save", "",
                 "--appendonly", "no", "--dir", ctx.workdir, "--loglevel", "warning"]
-        return Proc(kind, argv, port, ctx.server_cpu)
+        return ServerProc(kind, argv, port, ctx.server_cpu, what="")
     if kind == "uvicorn":
         argv = [sys.executable, "-m", "uvicorn", "plaintext_app:app", "--host", HOST,
                 "--port", str(port), "--loop", "uvloop", "--http", "httptools",
                 "--no-access-log", "--log-level", "warning", "--backlog", "2048"]
-        return Proc(kind, argv, port, ctx.server_cpu, cwd=ctx.workdir)
-    argv = [sys.executable, SERVERS_PY, kind, "--host", HOST, "--port", str(port), "--proto", proto]
-    return Proc(kind, argv, port, ctx.server_cpu)
+        return ServerProc(kind, argv, port, ctx.server_cpu, cwd=ctx.workdir, what="")
+    return ServerProc(kind, E.server_argv(kind, port, None, proto), port, ctx.server_cpu, what="")
 
 
 def _parse_redis_csv(out: str) -> Dict[str, Dict[str, float]]:
@@ -359,14 +296,14 @@ def _parse_redis_csv(out: str) -> Dict[str, Dict[str, float]]:
 
 def run_resp(ctx: Ctx, case: Case, kind: str) -> dict:
     n = ctx.profile.resp_requests[case.pipeline]
-    port = E.free_port()
+    port = free_port()
     argv = ["redis-benchmark", "-h", HOST, "-p", str(port), "-c", "50", "-n", str(n),
             "-t", "set,get", "--csv"]
     if case.pipeline > 1:
         argv += ["-P", str(case.pipeline)]
     with _start_app_server(ctx, kind, "resp", port) as srv:
         srv.wait_ready()
-        m = _measure(ctx, srv, lambda: _run_generator(argv, ctx.gen_cpus, timeout=120))
+        m = _measure(ctx, srv, lambda: run_to_end(argv, ctx.gen_cpus, timeout=120))
     res = _parse_redis_csv(m.pop("out"))
     ops = 2 * n
     # Both tests back to back: total operations over their total time.
@@ -395,12 +332,12 @@ def _parse_wrk(out: str) -> dict:
 def run_http(ctx: Ctx, case: Case, kind: str) -> dict:
     script = os.path.join(ctx.workdir, "pipeline16.lua" if case.pipeline > 1 else "done.lua")
     seconds = ctx.profile.wrk_seconds
-    port = E.free_port()
+    port = free_port()
     argv = ["wrk", "-t1", "-c50", f"-d{seconds}s", "--latency", "-s", script,
             f"http://{HOST}:{port}/plaintext"]
     with _start_app_server(ctx, kind, "http", port) as srv:
         srv.wait_ready()
-        m = _measure(ctx, srv, lambda: _run_generator(argv, ctx.gen_cpus, timeout=seconds + 60))
+        m = _measure(ctx, srv, lambda: run_to_end(argv, ctx.gen_cpus, timeout=seconds + 60))
     w = _parse_wrk(m.pop("out"))
     requests = w["requests"]
     if requests <= 0:
@@ -514,7 +451,7 @@ def _udp_rows(doc: Any) -> List[dict]:
         grouped.setdefault((name, server), []).append(row)
     rows = []
     for (name, server), rs in grouped.items():
-        row = {k: _median([r[k] for r in rs]) for k in rs[0] if k not in ("errors", "rounds")}
+        row = {k: median(r[k] for r in rs) for k in rs[0] if k not in ("errors", "rounds")}
         row.update(scenario=name, server=server, errors=sum(r["errors"] for r in rs),
                    round=1, udp_rounds=len(rs) if len(rs) > 1 else rs[0]["rounds"])
         rows.append(row)
@@ -535,8 +472,8 @@ def run_udp(ctx: Ctx, servers: Optional[List[str]], reporter: "Reporter") -> tup
     p = ctx.profile
     path = os.path.join(ctx.workdir, "udp.json")
     argv = [sys.executable, UDP_PY, "--json", path]
-    for flag, value in (("--rounds", p.udp_rounds), ("--warmup", p.warmup),
-                        ("--duration", p.duration)):
+    for flag, value in (("--rounds", p.udp_rounds), ("--warmup", p.echo.warmup),
+                        ("--duration", p.echo.duration)):
         if flag in help_text:
             argv += [flag, f"{value:g}"]
     if servers:
@@ -550,16 +487,9 @@ def run_udp(ctx: Ctx, servers: Optional[List[str]], reporter: "Reporter") -> tup
         argv += ["--servers", ",".join(chosen)]
     budget = 90 if ctx.quick else 240
     t0 = time.monotonic()
-    affinity = ctx.all_cpus
-
-    def setup() -> None:
-        E._child_setup()
-        if affinity:
-            os.sched_setaffinity(0, set(affinity))
-
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True,
-                            preexec_fn=setup, close_fds=True)
+                            preexec_fn=child_setup(ctx.all_cpus), close_fds=True)
     lines: List[str] = []
     try:
         import selectors
@@ -589,7 +519,7 @@ def run_udp(ctx: Ctx, servers: Optional[List[str]], reporter: "Reporter") -> tup
         return [], f"bench/udp.py did not exit within {budget} s", None
     finally:
         if proc.poll() is None:
-            E._kill_group(proc)
+            kill_group(proc)
         proc.stdout.close()
     if proc.returncode not in (0, 1) or not os.path.isfile(path):
         tail = " | ".join(lines[-4:])[-300:]
@@ -653,6 +583,9 @@ class Reporter:
         else:
             print(line, flush=True)
 
+    def failed(self, error: str) -> None:
+        self.done(f"FAILED: {(error.splitlines() or [''])[0][:200]}")
+
     def note(self, text: str) -> None:
         if self.progress is not None:
             self.progress.console.print(text, highlight=False, markup=False)
@@ -667,11 +600,6 @@ class Reporter:
 # ---------------------------------------------------------------------------- summary
 
 
-def _median(vals: List[Optional[float]]) -> Optional[float]:
-    vals = [v for v in vals if v is not None]
-    return statistics.median(vals) if vals else None
-
-
 def summarize(runs: List[dict]) -> Dict[str, Dict[str, dict]]:
     """Median over rounds per (scenario, server), with the ratios to uvloop."""
     grouped: Dict[tuple, List[dict]] = {}
@@ -684,7 +612,7 @@ def summarize(runs: List[dict]) -> Dict[str, Dict[str, dict]]:
         for k in ("cpu_us_per_op", "ops_per_s", "lat_p50_us", "lat_p99_us", "lat_p999_us",
                   "server_cpu_frac", "gen_cpu_frac", "foreign_frac_server_cpu",
                   "foreign_frac_gen_cpu", "bytes_per_conn", "bytes_per_conn_pss"):
-            row[k] = _median([r.get(k) for r in rs])
+            row[k] = median(r.get(k) for r in rs)
         cpus = [r["cpu_us_per_op"] for r in rs if r.get("cpu_us_per_op") is not None]
         if len(cpus) > 1:
             row["cpu_us_per_op_min"], row["cpu_us_per_op_max"] = min(cpus), max(cpus)
@@ -830,36 +758,8 @@ def print_report(doc: dict, use_rich: bool) -> None:
     title = ("Server CPU per operation (median of rounds; lower is better), throughput and "
              "client-side latency")
     mem_title = "Server memory per idle connection"
-    if use_rich:
-        try:
-            from rich.console import Console
-            from rich.table import Table
-        except ImportError:
-            use_rich = False
-    if use_rich:
-        con = Console(width=max(130, shutil.get_terminal_size((130, 20)).columns))
-        for t_title, t_head, t_rows in ((title, head, rows), (mem_title, mem_head, mem_rows)):
-            if not t_rows:
-                continue
-            t = Table(title=t_title)
-            for i, h in enumerate(t_head):
-                t.add_column(h, justify="left" if i < 2 else "right", no_wrap=True)
-            prev = None
-            for r in t_rows:
-                if prev is not None and r[0] != prev:
-                    t.add_section()
-                prev = r[0]
-                t.add_row(*r, style="bold" if r[1] == "netreactor" else None)
-            con.print(t)
-    else:
-        for t_title, t_head, t_rows in ((title, head, rows), (mem_title, mem_head, mem_rows)):
-            if not t_rows:
-                continue
-            widths = [max(len(str(x)) for x in col) for col in zip(t_head, *t_rows)]
-            print(f"\n{t_title}")
-            for r in [t_head] + t_rows:
-                print("  " + "  ".join(str(x).ljust(w) if i < 2 else str(x).rjust(w)
-                                       for i, (x, w) in enumerate(zip(r, widths))))
+    for t_title, t_head, t_rows in ((title, head, rows), (mem_title, mem_head, mem_rows)):
+        print_table(t_title, t_head, t_rows, use_rich, width=130, sections=True, bold="netreactor")
     print()
     for n in doc.get("notes", []):
         print(f"note: {n}")
@@ -1036,20 +936,17 @@ def _metadata(ctx: Ctx, servers_ok: Dict[str, List[str]]) -> dict:
 
     p = ctx.profile
     return {
-        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "quick": ctx.quick,
-        "python": sys.version.split()[0], "implementation": platform.python_implementation(),
-        "kernel": platform.release(), "cpu_model": cpu_model(), "cpus": os.cpu_count(),
-        "git_rev": git_rev(), "server_cpu": ctx.server_cpu,
+        **machine_meta(), "quick": ctx.quick, "server_cpu": ctx.server_cpu,
         "gen_cpus": ctx.gen_cpus, "loadgen": ctx.loadgen_kind,
-        "echo_rounds": p.echo_rounds, "warmup": p.warmup, "duration": p.duration,
-        "idle_conns": p.idle_conns, "rounds": p.rounds, "resp_requests": p.resp_requests,
+        "echo_rounds": p.echo.rounds, "warmup": p.echo.warmup, "duration": p.echo.duration,
+        "idle_conns": p.idle_conns, "tls_idle_conns": p.tls_idle_conns, "rounds": p.rounds, "resp_requests": p.resp_requests,
         "wrk_seconds": p.wrk_seconds, "udp_rounds": p.udp_rounds, "servers": servers_ok,
         "versions": {d: package_version(d) for d in ("uvloop", "gevent", "twisted", "uvicorn",
                                              "httptools", "rich", "matplotlib")},
         "tools": {"redis-server": tool_version(["redis-server", "--version"]),
                   "redis-benchmark": tool_version(["redis-benchmark", "--version"]),
                   "wrk": tool_version(["wrk", "--version"])},
-        "loadavg_start": os.getloadavg(), "argv": sys.argv[1:],
+        "loadavg_start": os.getloadavg(),
     }
 
 
@@ -1096,14 +993,23 @@ def _have_uvicorn() -> Optional[str]:
         if missing else None
 
 
+RUNNERS = {"echo": run_echo, "tls": run_tls, "resp": run_resp, "http": run_http}
+
+
 def plan(cases: List[Case], wanted: Optional[List[str]], loadgen_kind: str,
-         ) -> tuple:
-    """{case: [servers]} and the skipped list, from what this machine has."""
+         tls_why: Optional[str] = None) -> tuple:
+    """{case: [servers]} and the skipped list, from what this machine has.
+
+    ``tls_why``: why the TLS load generator cannot be built, if it cannot.
+    """
     checks = _check_servers()
     skipped: List[dict] = []
     out: Dict[str, List[str]] = {}
     for case in cases:
         if case.group == "udp":
+            continue
+        if case.group == "tls" and tls_why:
+            skipped.append({"what": case.name, "reason": tls_why})
             continue
         if case.group == "echo" and loadgen_kind == "python" and case.name in E.C_ONLY_SCENARIOS:
             skipped.append({"what": case.name, "reason": "needs loadgen.c (no C compiler)"})
@@ -1115,7 +1021,7 @@ def plan(cases: List[Case], wanted: Optional[List[str]], loadgen_kind: str,
             continue
         proto = {"echo": "framed" if E.SCENARIOS.get(case.name) and
                  E.SCENARIOS[case.name].proto == "framed" else "echo",
-                 "resp": "resp", "http": "http"}[case.group]
+                 "tls": "echo", "resp": "resp", "http": "http"}[case.group]
         servers = []
         for s in case.servers:
             if wanted is not None and s not in wanted:
@@ -1125,6 +1031,8 @@ def plan(cases: List[Case], wanted: Optional[List[str]], loadgen_kind: str,
                     "redis-server not installed (Debian package redis-server)"
             elif s == "uvicorn":
                 why = _have_uvicorn()
+            elif case.group == "tls":
+                why = checks.get(f"{s}-tls", {}).get("echo", f"unknown server {s}-tls")
             else:
                 why = checks.get(s, {}).get(proto, f"unknown server {s}")
             if why:
@@ -1171,14 +1079,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _publish(doc, args, args.report)
 
     base = QUICK if args.quick else FULL
-    profile = Profile(**{**base.__dict__})
+    profile = dataclasses.replace(base, echo=dataclasses.replace(base.echo))
     if args.rounds is not None:
-        profile.echo_rounds = profile.rounds = profile.udp_rounds = max(1, args.rounds)
+        profile.echo.rounds = profile.rounds = profile.udp_rounds = max(1, args.rounds)
     if args.duration is not None:
-        profile.duration = args.duration
+        profile.echo.duration = args.duration
     if args.warmup is not None:
-        profile.warmup = args.warmup
-    if not (0 < profile.duration <= 60 and 0 <= profile.warmup <= 60):
+        profile.echo.warmup = args.warmup
+    if not (0 < profile.echo.duration <= 60 and 0 <= profile.echo.warmup <= 60):
         ap.error("--duration must be in (0, 60] and --warmup in [0, 60]")
     wanted = [s.strip() for s in args.servers.split(",")] if args.servers else None
 
@@ -1192,37 +1100,50 @@ def main(argv: Optional[List[str]] = None) -> int:
     ctx = Ctx(profile, server_cpu, gen_cpus, quick=args.quick, all_cpus=all_cpus)
     started = time.monotonic()
     cases = _select(args.only)
-    loadgen, ctx.loadgen_kind, cc = E.build_loadgen("auto")
+    loadgen, ctx.loadgen_kind, cc = build_loadgen("auto")
     ctx.echo_ctx = E.Ctx(loadgen, server_cpu, gen_cpus[0] if gen_cpus else None,
-                         E.Profile(profile.warmup, profile.duration, 1, profile.settle),
-                         profile.idle_conns)
-    matrix, skipped = plan(cases, wanted, ctx.loadgen_kind)
+                         dataclasses.replace(profile.echo, rounds=1), profile.idle_conns)
+    tls_why = None
+    if any(c.group == "tls" for c in cases):
+        ctx.tls_loadgen, tls_why = T.build_loadgen()
+        tls_why = None if ctx.tls_loadgen else tls_why
+    matrix, skipped = plan(cases, wanted, ctx.loadgen_kind, tls_why)
     want_udp = any(c.group == "udp" for c in cases)
-    total = sum(len(s) * (profile.echo_rounds if CASES[c].group == "echo" and
-                          E.SCENARIOS[c].mode != "idle" else
-                          1 if CASES[c].group == "echo" else profile.rounds)
-                for c, s in matrix.items()) + (1 if want_udp else 0)
+    total = sum(len(s) * _rounds_of(CASES[c], profile) for c, s in matrix.items()) + \
+        (1 if want_udp else 0)
     meta = _metadata(ctx, matrix)
     meta["compiler"] = cc
     json_path = args.json or os.path.join(RESULTS_DIR, f"suite-{time.strftime('%Y%m%d-%H%M%S')}.json")
 
-    def on_term(signum, frame):
-        raise Interrupted()
-
-    signal.signal(signal.SIGTERM, on_term)
+    raise_on_sigterm()
     print(f"netreactor bench{' --quick' if args.quick else ''}: {_n(total, 'run')}; server on CPU "
           f"{server_cpu}, load generators on CPU {','.join(map(str, gen_cpus or []))}; "
-          f"echo {_n(profile.echo_rounds, 'round')} of {profile.warmup:g}+{profile.duration:g} s, "
-          f"UDP {profile.udp_rounds}, RESP/HTTP {profile.rounds}", flush=True)
+          f"echo {_n(profile.echo.rounds, 'round')} of {profile.echo.warmup:g}+"
+          f"{profile.echo.duration:g} s, UDP {profile.udp_rounds}, RESP/HTTP {profile.rounds}",
+          flush=True)
     for s in skipped:
         print(f"skipping {s['what']}: {s['reason']}", file=sys.stderr)
 
-    runs: List[dict] = []
-    failures: List[dict] = []
+    done = Rounds()
+    runs: List[dict] = []  # in the order of the cases
     udp_json = None
-    interrupted = False
     waited_total = 0.0
     reporter = Reporter(total, use_rich=not args.plain)
+
+    def measured(server: str, case: Case) -> dict:
+        """One run of ``case`` on ``server``, stamped with what the summary needs."""
+        nonlocal waited_total
+        waited = 0.0
+        if args.wait_quiet:
+            waited = wait_quiet(ctx, min(args.wait_quiet, 10 * args.wait_quiet - waited_total))
+            waited_total += waited
+        t_run = time.monotonic() - started
+        res = RUNNERS[case.group](ctx, case, server)
+        res.update(scenario=case.name, server=server, unit=case.unit, t_start=round(t_run, 2))
+        if args.wait_quiet:
+            res["waited_for_quiet_s"] = round(waited, 2)
+        return res
+
     try:
         with tempfile.TemporaryDirectory(prefix="nr-bench-") as workdir:
             ctx.workdir = workdir
@@ -1233,6 +1154,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             with open(os.path.join(workdir, "pipeline16.lua"), "w") as f:
                 f.write(WRK_PIPELINE_LUA)
             for case in cases:
+                if done.interrupted:
+                    break
                 if case.group == "udp":
                     rows, why, udp_json = run_udp(ctx, wanted, reporter)
                     if why:
@@ -1243,44 +1166,17 @@ def main(argv: Optional[List[str]] = None) -> int:
                         runs.append(r)
                     continue
                 servers = matrix.get(case.name)
-                if not servers:
-                    continue
-                idle = case.group == "echo" and E.SCENARIOS[case.name].mode == "idle"
-                rounds = 1 if idle else (profile.echo_rounds if case.group == "echo"
-                                         else profile.rounds)
-                runner = {"echo": run_echo, "resp": run_resp, "http": run_http}[case.group]
-                for rnd in range(rounds):
-                    # Rotate the order every round so slow drift favours nobody.
-                    order = servers[rnd % len(servers):] + servers[:rnd % len(servers)]
-                    for server in order:
-                        if args.wait_quiet:
-                            waited = wait_quiet(ctx, min(args.wait_quiet,
-                                                         10 * args.wait_quiet - waited_total))
-                            waited_total += waited
-                        reporter.step(case.name, server, rnd + 1)
-                        t_run = time.monotonic() - started
-                        try:
-                            res = runner(ctx, case, server)
-                        except (KeyboardInterrupt, Interrupted):
-                            raise
-                        except Exception as e:  # one failed run must not cost the others
-                            msg = str(e) if isinstance(e, (BenchError, E.BenchError)) \
-                                else f"{type(e).__name__}: {e}"
-                            failures.append({"scenario": case.name, "server": server,
-                                             "round": rnd + 1, "error": msg})
-                            reporter.done(f"FAILED: {(msg.splitlines() or [''])[0][:200]}")
-                            continue
-                        res.update(scenario=case.name, server=server, round=rnd + 1,
-                                   unit=case.unit, t_start=round(t_run, 2))
-                        if args.wait_quiet:
-                            res["waited_for_quiet_s"] = round(waited, 2)
-                        runs.append(res)
-                        reporter.done(_run_line(res))
-    except (KeyboardInterrupt, Interrupted):
-        interrupted = True
+                if servers:
+                    # One failed run must not cost the others: any error is recorded.
+                    run_rounds([case], servers, _rounds_of(case, profile), measured, _run_line,
+                               reporter, errors=(Exception,), into=done)
+                    runs += [r for s in servers for r in done.runs.get((case.name, s), [])]
+    except (KeyboardInterrupt, Interrupted):  # between runs (inside one, run_rounds says it)
+        done.interrupted = True
         reporter.note("interrupted: servers stopped; reporting what was measured")
     finally:
         reporter.close()
+    failures, interrupted = done.failures, done.interrupted
 
     table = summarize(runs)
     meta["wall_s"] = round(time.monotonic() - started, 1)
@@ -1297,6 +1193,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     if interrupted:
         return 130
     return rc or (1 if failures else 0)
+
+
+def _rounds_of(case: Case, profile: SuiteProfile) -> int:
+    """Rounds of a case: echo's rounds (one for idle memory), else the RESP/HTTP rounds."""
+    if case.group == "echo":
+        return 1 if E.SCENARIOS[case.name].mode == "idle" else profile.echo.rounds
+    if case.group == "tls":
+        return 1 if case.unit == "B/conn" else profile.echo.rounds
+    return profile.rounds
 
 
 def _other_load_note(runs: List[dict]) -> str:

@@ -36,55 +36,30 @@ import argparse
 import asyncio
 import importlib.util
 import os
-import platform
-import signal
 import socket
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import dataclass
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO_ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import _procstat  # noqa: E402  (bench/ helper)
-from _common import cc_version, compile_c, find_cc, is_stale, run_rounds, save_json  # noqa: E402
-from echo import (BenchError, Interrupted, LoadgenProc, _spawn,  # noqa: E402
-                  _stop_keeping_log_on_failure)
+from _common import (BUILD_DIR, HERE, HOST, REPO_ROOT, BenchError, build_c,  # noqa: E402
+                     free_port, machine_meta, package_version, raise_on_sigterm, results_path)
+from _harness import (LineReporter, Profile, finish, groups, Scenario, add_run_options, measure_load,  # noqa: E402
+                      median, pick_scenarios, pin_harness, print_table, profile_from_args,
+                      run_rounds, split_servers)
+from _procs import ServerProc, udp_echoes  # noqa: E402
 
 SRC = os.path.join(HERE, "udploadgen.c")
-BUILD_DIR = os.path.join(HERE, "_build")
 BIN = os.path.join(BUILD_DIR, "udploadgen")
-RESULTS_DIR = os.path.join(HERE, "results")
-HOST = "127.0.0.1"  # the only target this benchmark ever loads
 KINDS = ("netreactor", "uvloop", "asyncio")
 TARGET_RATIO = 1.0  # issue 4: netreactor's CPU per datagram <= uvloop's
 
-
-@dataclass(frozen=True)
-class Scenario:
-    name: str
-    socks: int
-    depth: int
-    size: int = 64
-    about: str = ""
-
-
 SCENARIOS = {s.name: s for s in (
-    Scenario("pingpong-32", 32, 1, 64, "32 sockets, one 64 B datagram in flight each"),
-    Scenario("window-32x4", 32, 4, 64, "32 sockets, four 64 B datagrams in flight each"),
+    Scenario("pingpong-32", "udp", 32, 1, 64, "32 sockets, one 64 B datagram in flight each",
+             unit="datagram"),
+    Scenario("window-32x4", "udp", 32, 4, 64, "32 sockets, four 64 B datagrams in flight each",
+             unit="datagram"),
 )}
-
-
-@dataclass
-class Profile:
-    warmup: float
-    duration: float
-    rounds: int
-
 
 QUICK = Profile(warmup=1.0, duration=3.0, rounds=1)
 FULL = Profile(warmup=2.0, duration=5.0, rounds=3)
@@ -149,151 +124,60 @@ def available(kind: str) -> str | None:
 # --------------------------------------------------------------------------
 # harness
 # --------------------------------------------------------------------------
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-class ServerProc:
-    """``udp.py --serve KIND`` in its own process, killed on exit."""
-
-    def __init__(self, kind: str, port: int, cpu: int | None):
-        self.kind, self.port = kind, port
-        self.log = tempfile.NamedTemporaryFile(prefix=f"udp-{kind}-", suffix=".log", delete=False)
-        cmd = [sys.executable, os.path.abspath(__file__), "--serve", kind, "--port", str(port)]
-        if cpu is not None:
-            cmd += ["--cpu", str(cpu)]
-        self.proc = _spawn(cmd, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
-        self.pid = self.proc.pid
-
-    def _tail(self) -> str:
-        with open(self.log.name, "rb") as f:
-            return f.read()[-2000:].decode(errors="replace")
-
-    def wait_ready(self, timeout: float = 20.0) -> None:
-        """Send a probe datagram until it comes back."""
-        deadline = time.monotonic() + timeout
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect((HOST, self.port))
-            s.settimeout(0.05)
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise BenchError(f"{self.kind} server exited ({self.proc.returncode}):\n{self._tail()}")
-                try:
-                    s.send(b"probe")
-                    if s.recv(100) == b"probe":
-                        return
-                except OSError:  # refused (not bound yet) or timed out
-                    pass
-        raise BenchError(f"{self.kind} server did not echo within {timeout:.0f} s:\n{self._tail()}")
-
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            raise BenchError(f"{self.kind} server died ({self.proc.returncode}):\n{self._tail()}")
-
-    def __enter__(self) -> "ServerProc":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        _stop_keeping_log_on_failure(self.proc, self.log, exc[0], "server")
-
-
-def _all_process_cpu() -> dict[int, float]:
-    """utime+stime (seconds) of every process now: a scan of /proc, a few ms."""
-    out = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            out[int(name)] = _procstat.cpu_seconds(int(name))
-    return out
-
-
-def _others(before: dict[int, float], after: dict[int, float], ours: set[int]) -> float:
-    """CPU seconds used meanwhile by processes that are not ours (the machine is shared)."""
-    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items() if pid not in ours)
-
-
 def build_loadgen() -> tuple[str, str]:
     """Compile udploadgen.c when the binary is missing or older than the source."""
-    cc = find_cc()
-    if cc is None:
-        raise SystemExit("error: bench/udp.py needs a C compiler (cc) for udploadgen.c")
-    if is_stale(BIN, SRC):
-        r = compile_c(cc, SRC, BIN)
-        if r.returncode != 0:
-            raise SystemExit(f"error: building udploadgen.c failed:\n{r.stderr}")
-        print(f"built {os.path.relpath(BIN)} with {cc} -O2")
-    return BIN, cc_version(cc)
+    binary, why = build_c(SRC, BIN)
+    if binary is None:
+        raise SystemExit(f"error: bench/udp.py needs udploadgen.c: {why}")
+    return binary, why
 
 
 def run_one(kind: str, sc: Scenario, profile: Profile, server_cpu: int | None,
             gen_cpu: int | None) -> dict:
-    port = free_udp_port()
-    cpus = [c for c in (server_cpu, gen_cpu) if c is not None]
-    with ServerProc(kind, port, server_cpu) as srv:
-        srv.wait_ready()
-        pids = _procstat.process_tree(srv.pid)
-        argv = [BIN, "--host", HOST, "--port", str(port), "--socks", str(sc.socks),
-                "--depth", str(sc.depth), "--size", str(sc.size), "--warmup", str(profile.warmup),
-                "--duration", str(profile.duration), "--hold", "--hold-timeout", "120"]
+    port = free_port(socket.SOCK_DGRAM)
+    argv = [sys.executable, os.path.abspath(__file__), "--serve", kind, "--port", str(port)]
+    if server_cpu is not None:
+        argv += ["--cpu", str(server_cpu)]
+    with ServerProc(kind, argv, port, server_cpu) as srv:
+        srv.wait_ready(probe=lambda: udp_echoes(port))
+        lg_argv = [BIN, "--host", HOST, "--port", str(port), "--socks", str(sc.conns),
+                   "--depth", str(sc.depth), "--size", str(sc.size), "--warmup", str(profile.warmup),
+                   "--duration", str(profile.duration), "--hold", "--hold-timeout", "120"]
         if gen_cpu is not None:
-            argv += ["--cpu", str(gen_cpu)]
-        lg = LoadgenProc(argv)
-        try:
-            lg.expect("connected", timeout=40)
-            lg.expect("start", timeout=profile.warmup + 30)
-            cpu0, t0 = _procstat.cpu_seconds(pids), time.monotonic()
-            busy0 = _procstat.cpu_busy_seconds(cpus)
-            everyone0 = _all_process_cpu()
-            lg.expect("end", timeout=profile.duration + 30)
-            cpu1, t1 = _procstat.cpu_seconds(pids), time.monotonic()
-            busy1 = _procstat.cpu_busy_seconds(cpus)
-            everyone1 = _all_process_cpu()
-            other = _others(everyone0, everyone1, set(pids) | {lg.proc.pid, os.getpid()})
-            mem = _procstat.memory_tree(pids)
-            lg.release()
-            res = lg.expect("result", timeout=30)
-        finally:
-            lg.close()
-        srv.check_alive()
+            lg_argv += ["--cpu", str(gen_cpu)]
+        m = measure_load(srv, lg_argv, server_cpu, gen_cpu, profile, connect_timeout=40,
+                         everyone=True)
+    res, win = m.result, m.window
     if res["messages"] <= 0:
         raise BenchError(f"no datagram echoed in the window: {res}")
-    cpu, window = cpu1 - cpu0, t1 - t0
-    # The server's CPU as a whole, from /proc/stat: besides the server process it
-    # runs the softirq work of the datagrams the server sends (loopback delivers
-    # in the sender's context), which /proc/PID/stat does not charge to anyone.
-    cpu_busy = ((busy1[server_cpu] - busy0[server_cpu]) / window
-                if server_cpu is not None and window > 0 else None)
+    cpu, window = win.cpu_s, win.wall
     return {
-        "server_cpu_busy_frac": cpu_busy,
-        "other_load": other / window if window > 0 else 0.0,
+        # The server's CPU as a whole, from /proc/stat: besides the server process it
+        # runs the softirq work of the datagrams the server sends (loopback delivers
+        # in the sender's context), which /proc/PID/stat does not charge to anyone.
+        "server_cpu_busy_frac": win.server_cpu_busy(),
+        "other_load": win.others_s / window if window > 0 else 0.0,
         "server": kind, "scenario": sc.name, "messages": res["messages"], "elapsed": res["elapsed"],
         "harness_window": window, "server_cpu_s": cpu,
         "cpu_us_per_msg": cpu / res["messages"] * 1e6, "msgs_per_s": res["msgs_per_s"],
-        "server_cpu_frac": cpu / window if window > 0 else 0.0, "gen_cpu_frac": res["gen_cpu_frac"],
-        "lost": res["lost"], "errors": res["errors"], "server_rss": mem.get("rss"), "loadgen": res,
+        "server_cpu_frac": win.server_frac(), "gen_cpu_frac": res["gen_cpu_frac"],
+        "foreign_frac_server_cpu": m.foreign_srv, "foreign_frac_gen_cpu": m.foreign_gen,
+        "lost": res["lost"], "errors": res["errors"], "server_rss": m.mem.get("rss"), "loadgen": res,
     }
 
 
 def summarize(runs: dict, scenarios: list[Scenario], servers: list[str]) -> dict:
     table: dict = {}
-    for sc in scenarios:
-        for kind in servers:
-            rs = runs.get((sc.name, kind))
-            if not rs:
-                continue
-            cpu = [r["cpu_us_per_msg"] for r in rs]
-            table.setdefault(sc.name, {})[kind] = {
-                "rounds": len(rs), "cpu_us_per_msg": statistics.median(cpu),
-                "cpu_us_per_msg_min": min(cpu), "cpu_us_per_msg_max": max(cpu),
-                "msgs_per_s": statistics.median(r["msgs_per_s"] for r in rs),
-                "server_cpu_frac": statistics.median(r["server_cpu_frac"] for r in rs),
-                "server_cpu_busy_frac": (statistics.median(r["server_cpu_busy_frac"] for r in rs)
-                                         if rs[0]["server_cpu_busy_frac"] is not None else None),
-                "gen_cpu_frac": statistics.median(r["gen_cpu_frac"] for r in rs),
-                "other_load": statistics.median(r["other_load"] for r in rs),
-                "lost": sum(r["lost"] for r in rs), "errors": sum(r["errors"] for r in rs),
-            }
+    for sc, kind, rs in groups(runs, scenarios, servers):
+        cpu = [r["cpu_us_per_msg"] for r in rs]
+        table.setdefault(sc.name, {})[kind] = {
+            "rounds": len(rs), "cpu_us_per_msg": median(cpu),
+            "cpu_us_per_msg_min": min(cpu), "cpu_us_per_msg_max": max(cpu),
+            **{k: median(r[k] for r in rs)
+               for k in ("msgs_per_s", "server_cpu_frac", "server_cpu_busy_frac", "gen_cpu_frac",
+                         "other_load", "foreign_frac_server_cpu", "foreign_frac_gen_cpu")},
+            "lost": sum(r["lost"] for r in rs), "errors": sum(r["errors"] for r in rs),
+        }
     ratios: dict = {}
     for name, rows in table.items():
         base = rows.get("netreactor")
@@ -305,6 +189,10 @@ def summarize(runs: dict, scenarios: list[Scenario], servers: list[str]) -> dict
     return {"table": table, "ratios": ratios}
 
 
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
 def print_report(result: dict) -> list[str]:
     head = ["scenario", "server", "CPU us/dgram", "range", "dgrams/s", "srv proc", "srv CPU busy",
             "gen CPU", "other load", "lost", "errors"]
@@ -314,17 +202,13 @@ def print_report(result: dict) -> list[str]:
             spread = (f"{r['cpu_us_per_msg_min']:.2f}-{r['cpu_us_per_msg_max']:.2f}"
                       if r["rounds"] > 1 else "")
             rows.append([name, kind, f"{r['cpu_us_per_msg']:.2f}", spread, f"{r['msgs_per_s']:,.0f}",
-                         f"{100 * r['server_cpu_frac']:.0f}%",
-                         "-" if r["server_cpu_busy_frac"] is None else f"{100 * r['server_cpu_busy_frac']:.0f}%",
-                         f"{100 * r['gen_cpu_frac']:.0f}%", f"{100 * r['other_load']:.0f}%",
+                         _pct(r["server_cpu_frac"]), _pct(r["server_cpu_busy_frac"]),
+                         _pct(r["gen_cpu_frac"]), _pct(r["other_load"]),
                          str(r["lost"]), str(r["errors"])])
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)] if rows else []
-    print("\nServer process CPU per echoed 64-byte datagram (median of rounds). 'srv proc': the"
-          "\nserver process's share of its CPU; 'srv CPU busy': that CPU as a whole, including the"
-          "\nkernel's softirq work for the datagrams it sends, which no process is charged for.")
-    for row in [head] + rows:
-        print("  " + "  ".join(str(x).ljust(w) if i < 2 else str(x).rjust(w)
-                               for i, (x, w) in enumerate(zip(row, widths))))
+    print_table("Server process CPU per echoed 64-byte datagram (median of rounds). 'srv proc': the"
+                "\nserver process's share of its CPU; 'srv CPU busy': that CPU as a whole, including the"
+                "\nkernel's softirq work for the datagrams it sends, which no process is charged for.",
+                head, rows)
     notes = []
     if result["ratios"]:
         print("\nRatios (CPU per datagram; < 1: netreactor uses less)")
@@ -354,14 +238,8 @@ def print_report(result: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="UDP echo benchmark: server CPU per datagram, "
                                              "netreactor vs uvloop vs asyncio datagram endpoints.")
-    ap.add_argument("--quick", action="store_true", help="1 s warm-up, 3 s windows, one round")
-    ap.add_argument("--scenario", action="extend", nargs="+", metavar="NAME",
-                    help=f"scenarios to run (default all): {', '.join(SCENARIOS)}")
-    ap.add_argument("--servers", default=",".join(KINDS), help="comma-separated (default %(default)s)")
-    ap.add_argument("--duration", type=float, help="measured seconds per run")
-    ap.add_argument("--warmup", type=float, help="warm-up seconds per run")
-    ap.add_argument("--rounds", type=int, help="rounds per scenario (median reported)")
-    ap.add_argument("--json", metavar="PATH", help="where to save results")
+    add_run_options(ap, SCENARIOS, KINDS, "1 s warm-up, 3 s windows, one round", "udp",
+                    servers_help="comma-separated (default %(default)s)")
     ap.add_argument("--serve", choices=KINDS, help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--cpu", type=int, help=argparse.SUPPRESS)
@@ -373,19 +251,10 @@ def main(argv: list[str] | None = None) -> int:
         serve(args.serve, HOST, args.port)
         return 0
 
-    base = QUICK if args.quick else FULL
-    profile = Profile(args.warmup if args.warmup is not None else base.warmup,
-                      args.duration if args.duration is not None else base.duration,
-                      max(1, args.rounds if args.rounds is not None else base.rounds))
-    if not (0 < profile.duration <= 60 and 0 <= profile.warmup <= 60):
-        ap.error("--duration must be in (0, 60] and --warmup in [0, 60]")
-    names = [n for part in (args.scenario or list(SCENARIOS)) for n in part.split(",") if n]
-    unknown = [n for n in names if n not in SCENARIOS]
-    if unknown:
-        ap.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
-    scenarios = [SCENARIOS[n] for n in names]
+    profile = profile_from_args(ap, args, QUICK, FULL)
+    scenarios = pick_scenarios(args.scenario, SCENARIOS)
     servers = []
-    for kind in (k.strip() for k in args.servers.split(",") if k.strip()):
+    for kind in split_servers(args.servers):
         why = available(kind)
         if why:
             print(f"skipping {kind}: {why}", file=sys.stderr)
@@ -394,50 +263,27 @@ def main(argv: list[str] | None = None) -> int:
     if not servers:
         return 2
 
-    cpus = sorted(os.sched_getaffinity(0))
-    server_cpu, gen_cpu = (cpus[0], cpus[1]) if len(cpus) >= 2 else (None, None)
-    if gen_cpu is not None:
-        os.sched_setaffinity(0, {gen_cpu})
-    else:
-        print("WARNING: fewer than 2 CPUs: no pinning", file=sys.stderr)
+    server_cpu, gen_cpu = pin_harness()
     _, cc = build_loadgen()
-
-    def on_term(signum, frame):
-        raise Interrupted()
-
-    signal.signal(signal.SIGTERM, on_term)
-    runs, failures, interrupted, started = run_rounds(
+    raise_on_sigterm()
+    print(f"servers: {', '.join(servers)}; scenarios: {', '.join(s.name for s in scenarios)}; "
+          f"warmup {profile.warmup:g}s, window {profile.duration:g}s, rounds {profile.rounds}; "
+          f"server on CPU {server_cpu}, udploadgen on CPU {gen_cpu}")
+    started = time.monotonic()
+    done = run_rounds(
         scenarios, servers, profile.rounds,
-        f"servers: {', '.join(servers)}; scenarios: {', '.join(s.name for s in scenarios)}; "
-        f"warmup {profile.warmup:g}s, window {profile.duration:g}s, rounds {profile.rounds}; "
-        f"server on CPU {server_cpu}, udploadgen on CPU {gen_cpu}",
-        12, lambda kind, sc: run_one(kind, sc, profile, server_cpu, gen_cpu),
+        lambda kind, sc: run_one(kind, sc, profile, server_cpu, gen_cpu),
         lambda run: (f"{run['cpu_us_per_msg']:6.2f} us/dgram {run['msgs_per_s']:>10,.0f} "
                      f"dgrams/s  server {100 * run['server_cpu_frac']:.0f}%, lost {run['lost']}"
                      + (f", {run['errors']} errors" if run["errors"] else "")),
-        BenchError, Interrupted)
+        LineReporter(len(scenarios) * len(servers) * profile.rounds, 12, 10))
 
-    result = summarize(runs, scenarios, servers)
+    result = summarize(done.runs, scenarios, servers)
     notes = print_report(result)
-    try:
-        import uvloop
-        uv_version = uvloop.__version__
-    except ImportError:
-        uv_version = None
-    meta = {
-        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "python": sys.version.split()[0],
-        "kernel": platform.release(), "cpus": os.cpu_count(), "uvloop": uv_version, "compiler": cc,
-        "server_cpu": server_cpu, "loadgen_cpu": gen_cpu, "warmup": profile.warmup,
-        "duration": profile.duration, "rounds": profile.rounds, "argv": sys.argv[1:],
-        "wall_s": round(time.monotonic() - started, 1),
-    }
-    path = args.json or os.path.join(RESULTS_DIR, f"udp-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    save_json(path, {"meta": meta, "interrupted": interrupted, "summary": result, "notes": notes,
-                     "failures": failures, "runs": [r for rs in runs.values() for r in rs]})
-    print(f"saved {os.path.relpath(path)} ({meta['wall_s']:.0f} s)")
-    if interrupted:
-        return 130
-    return 1 if failures else 0
+    meta = {**machine_meta(), "uvloop": package_version("uvloop"), "compiler": cc,
+            "server_cpu": server_cpu, "loadgen_cpu": gen_cpu, "warmup": profile.warmup,
+            "duration": profile.duration, "rounds": profile.rounds}
+    return finish(results_path("udp", args.json), meta, done, started, summary=result, notes=notes)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@
  *
  * Linux only (recvmmsg/sendmmsg).
  *
- * Build: cc -O2 -o udploadgen udploadgen.c        (bench/udp.py does this itself)
+ * Build: cc -O2 -o udploadgen udploadgen.c        (bench/udp.py does this itself;
+ *        lgcommon.h, beside it, holds what the generators share)
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -48,6 +49,8 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "lgcommon.h"
 
 #define MAX_DATAGRAM 65507
 #define RECV_BATCH 64 /* datagrams per recvmmsg()/sendmmsg() */
@@ -82,19 +85,6 @@ static int confirmed_total = 0;
 static uint64_t msgs_window = 0, msgs_total = 0, sent_total = 0;
 static uint64_t err_mismatch = 0, err_refused = 0, err_io = 0;
 static uint64_t lost = 0, send_full = 0;
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static double cpu_self(void) {
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6 + ru.ru_stime.tv_sec +
-           ru.ru_stime.tv_usec * 1e-6;
-}
 
 static uint64_t errors_total(void) { return err_mismatch + err_refused + err_io; }
 
@@ -265,24 +255,7 @@ static void emit_event(const char *name, double t0) {
 }
 
 static int loopback_target(struct sockaddr_storage *ss, socklen_t *len) {
-    memset(ss, 0, sizeof *ss);
-    struct sockaddr_in *a4 = (struct sockaddr_in *)ss;
-    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;
-    if (inet_pton(AF_INET, opt_host, &a4->sin_addr) == 1) {
-        if ((ntohl(a4->sin_addr.s_addr) >> 24) != 127) return 0;
-        a4->sin_family = AF_INET;
-        a4->sin_port = htons((uint16_t)opt_port);
-        *len = sizeof *a4;
-        return 1;
-    }
-    if (inet_pton(AF_INET6, opt_host, &a6->sin6_addr) == 1) {
-        if (!IN6_IS_ADDR_LOOPBACK(&a6->sin6_addr)) return 0;
-        a6->sin6_family = AF_INET6;
-        a6->sin6_port = htons((uint16_t)opt_port);
-        *len = sizeof *a6;
-        return 1;
-    }
-    return 0;
+    return loopback_addr(opt_host, opt_port, ss, len);
 }
 
 int main(int argc, char **argv) {
@@ -335,12 +308,7 @@ int main(int argc, char **argv) {
                 opt_host);
         exit(2);
     }
-    if (opt_cpu >= 0) {
-        cpu_set_t set;
-        CPU_ZERO(&set);
-        CPU_SET(opt_cpu, &set);
-        if (sched_setaffinity(0, sizeof set, &set) < 0) die("sched_setaffinity");
-    }
+    if (pin_cpu(opt_cpu) < 0) die("sched_setaffinity");
 
     int epfd = epoll_create1(EPOLL_CLOEXEC);
     if (epfd < 0) die("epoll_create1");

@@ -40,38 +40,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
-import re
-import selectors
 import signal
 import socket
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO_ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _procstat  # noqa: E402  (bench/ helper)
-from _common import compile_c, find_cc, free_port, is_stale, save_json  # noqa: E402,F401
+from _common import (HOST, BenchError, build_loadgen, free_port, machine_meta,  # noqa: E402
+                     results_path, save_json)
+from _harness import LineReporter, median, run_rounds  # noqa: E402
+from _procs import LoadgenProc, ServerProc  # noqa: E402
 
-LOADGEN_SRC = os.path.join(HERE, "loadgen.c")
-LOADGEN_BIN = os.path.join(HERE, "_build", "loadgen")
-PY_LOADGEN = os.path.join(HERE, "_pyloadgen.py")
-RESULTS_DIR = os.path.join(HERE, "results")
-HOST = "127.0.0.1"
 SERVERS = ("netreactor", "uvloop")
 
 
-class BenchError(RuntimeError):
-    """One measurement could not be made (a server died, a generator failed...)."""
+@dataclass(frozen=True)
+class Point:
+    """One server count N: what run_rounds calls a scenario."""
+
+    name: str
+    n: int
 
 
 # ---------------------------------------------------------------------------- uvloop server
@@ -107,87 +100,33 @@ def serve_uvloop(port: int) -> None:
 # ---------------------------------------------------------------------------- processes
 
 
-def _spawn(cmd: List[str], cpus: Optional[List[int]] = None, **kw) -> subprocess.Popen:
-    def setup() -> None:
-        if cpus:
-            os.sched_setaffinity(0, cpus)
-
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_ROOT, env.get("PYTHONPATH")]))
-    return subprocess.Popen(cmd, start_new_session=True, preexec_fn=setup, env=env, **kw)
-
-
-def _kill(proc: subprocess.Popen, grace: float = 3.0) -> None:
-    """SIGTERM the child's process group, then SIGKILL it."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        if proc.poll() is not None:
-            break
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(wait)
-        except subprocess.TimeoutExpired:
-            continue
-    try:  # workers of a supervisor that exited share its group: nothing may outlive us
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _read_lines_until(proc: subprocess.Popen, stream, pattern: str, count: int, timeout: float) -> None:
-    """Block until ``count`` lines of ``stream`` match ``pattern`` (or fail)."""
-    regex = re.compile(pattern)
-    sel = selectors.DefaultSelector()
-    sel.register(stream, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout
-    buf, seen, tail = b"", 0, []
-    try:
-        while seen < count:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise BenchError(f"server not ready within {timeout:.0f}s: {' | '.join(tail[-5:])}")
-            if not sel.select(left):
-                continue
-            chunk = os.read(stream.fileno(), 65536)
-            if not chunk:
-                raise BenchError(f"server exited ({proc.wait(5)}): {' | '.join(tail[-5:])}")
-            buf += chunk
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                text = line.decode(errors="replace")
-                tail.append(text)
-                if regex.search(text):
-                    seen += 1
-    finally:
-        sel.close()
-
-
 class Servers:
     """N server processes of one kind (netreactor: one supervisor with N workers)."""
 
     def __init__(self, kind: str, n: int, port: int, cpus: Optional[List[int]]) -> None:
         self.kind, self.n = kind, n
-        self.procs: List[subprocess.Popen] = []
-        self.logs: List = []
-        if kind == "netreactor":
-            cmd = [sys.executable, "-m", "netreactor", "example", "echo", "--listen",
-                   f"tcp://{HOST}:{port}", "--log-level", "info"]
-            if n > 1:
-                cmd += ["--workers", str(n)] + (["--cpu-affinity"] if cpus else [])
-            proc = _spawn(cmd, cpus[:n] if cpus else None, stdin=subprocess.DEVNULL,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            self.procs.append(proc)
-            want = rf"all {n} workers ready" if n > 1 else r"serving tcp://"
-            _read_lines_until(proc, proc.stderr, want, 1, 30)
-        else:
-            for i in range(n):
-                proc = _spawn([sys.executable, os.path.abspath(__file__), "--serve-uvloop", str(port)],
-                              [cpus[i]] if cpus else None, stdin=subprocess.DEVNULL,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-                self.procs.append(proc)
-                _read_lines_until(proc, proc.stdout, r"^ready$", 1, 30)
+        self.procs: List[ServerProc] = []
+        try:
+            if kind == "netreactor":
+                cmd = [sys.executable, "-m", "netreactor", "example", "echo", "--listen",
+                       f"tcp://{HOST}:{port}", "--log-level", "info"]
+                if n > 1:
+                    cmd += ["--workers", str(n)] + (["--cpu-affinity"] if cpus else [])
+                self._start(kind, cmd, port, cpus[:n] if cpus else None,
+                            rf"all {n} workers ready" if n > 1 else r"serving tcp://")
+            else:
+                for i in range(n):
+                    self._start(kind, [sys.executable, os.path.abspath(__file__), "--serve-uvloop",
+                                       str(port)], port, [cpus[i]] if cpus else None, r"^ready$")
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, kind: str, cmd: List[str], port: int, cpus: Optional[List[int]],
+               ready: str) -> None:
+        proc = ServerProc(kind, cmd, port, cpus)
+        self.procs.append(proc)
+        proc.wait_ready(30, probe=lambda: proc.log_matches(ready))
 
     def pids(self) -> List[int]:
         out: List[int] = []
@@ -197,83 +136,11 @@ class Servers:
 
     def check_alive(self) -> None:
         for proc in self.procs:
-            if proc.poll() is not None:
-                raise BenchError(f"{self.kind} server exited with {proc.returncode}")
+            proc.check_alive(verb="exited")
 
     def close(self) -> None:
         for proc in self.procs:
-            _kill(proc)
-            for stream in (proc.stdout, proc.stderr):
-                if stream is not None:
-                    stream.close()
-
-
-# ---------------------------------------------------------------------------- load generators
-
-
-def build_loadgen() -> List[str]:
-    """The C generator (built with ``cc -O2`` when missing or stale), else the Python one."""
-    cc = find_cc()
-    if os.path.exists(LOADGEN_SRC) and cc:
-        if is_stale(LOADGEN_BIN, LOADGEN_SRC):
-            r = compile_c(cc, LOADGEN_SRC, LOADGEN_BIN)
-            if r.returncode != 0:
-                print(f"WARNING: building loadgen.c failed:\n{r.stderr}", file=sys.stderr)
-        if os.path.exists(LOADGEN_BIN):
-            return [LOADGEN_BIN]
-    print("WARNING: no C load generator: using the Python one, which will be the bottleneck",
-          file=sys.stderr)
-    return [sys.executable, PY_LOADGEN]
-
-
-class Generator:
-    """One load generator process and its JSON-lines protocol on stdout."""
-
-    def __init__(self, argv: List[str]) -> None:
-        self.err = tempfile.TemporaryFile()
-        self.proc = _spawn(argv, None, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err)
-        self.buf = b""
-
-    def expect(self, name: str, timeout: float) -> dict:
-        deadline = time.monotonic() + timeout
-        fd = self.proc.stdout.fileno()
-        sel = selectors.DefaultSelector()
-        sel.register(fd, selectors.EVENT_READ)
-        try:
-            while True:
-                while b"\n" in self.buf:
-                    line, self.buf = self.buf.split(b"\n", 1)
-                    event = json.loads(line)
-                    if event.get("event") == name:
-                        return event
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise BenchError(f"load generator: no {name!r} within {timeout:.0f}s")
-                if sel.select(left):
-                    chunk = os.read(fd, 65536)
-                    if not chunk:
-                        self.err.seek(0)
-                        raise BenchError(f"load generator exited before {name!r}: "
-                                         f"{self.err.read().decode(errors='replace')[-500:]}")
-                    self.buf += chunk
-        finally:
-            sel.close()
-
-    def release(self) -> None:
-        try:
-            self.proc.stdin.close()
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        self.release()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
-        _kill(self.proc, grace=1.0)
-        self.proc.stdout.close()
-        self.err.close()
+            proc.stop()
 
 
 # ---------------------------------------------------------------------------- one measurement
@@ -304,7 +171,7 @@ def _ranges(cpus: List[int]) -> str:
 def measure(kind: str, n: int, layout: Layout, loadgen: List[str], args) -> dict:
     port = free_port()
     servers = Servers(kind, n, port, layout.server_cpus)
-    gens: List[Generator] = []
+    gens: List[LoadgenProc] = []
     try:
         pids = servers.pids()
         n_gens = min(len(layout.gen_cpus), n) if layout.gen_cpus else 1
@@ -317,7 +184,7 @@ def measure(kind: str, n: int, layout: Layout, loadgen: List[str], args) -> dict
                               "--connect-timeout", "30"]
             if layout.gen_cpus:
                 argv += ["--cpu", str(layout.gen_cpus[g])]
-            gens.append(Generator(argv))
+            gens.append(LoadgenProc(argv))
         for gen in gens:
             gen.expect("connected", 40)
         for gen in gens:
@@ -407,40 +274,31 @@ def main(argv: Optional[List[str]] = None) -> int:
             kinds.remove("uvloop")
     if layout.gen_cpus:  # keep this harness off the server CPUs
         os.sched_setaffinity(0, layout.gen_cpus)
-    loadgen = build_loadgen()
+    loadgen = build_loadgen()[0]
     print(f"{layout.note}; counts {counts}; {args.conns_per_server} conns per server; "
           f"warmup {args.warmup:g}s, window {args.duration:g}s, {args.rounds} round(s)")
 
-    runs: Dict[tuple, List[dict]] = {}
-    failures = []
+    points = [Point(f"N={n}", n) for n in counts]
     started = time.monotonic()
-    try:
-        for n in counts:
-            for rnd in range(args.rounds):
-                order = kinds if rnd % 2 == 0 else kinds[::-1]
-                for kind in order:
-                    label = f"N={n:<3} {kind:<10} round {rnd + 1}"
-                    try:
-                        res = measure(kind, n, layout, loadgen, args)
-                    except BenchError as exc:
-                        print(f"{label}: FAILED: {exc}", file=sys.stderr)
-                        failures.append({"n": n, "server": kind, "round": rnd + 1, "error": str(exc)})
-                        continue
-                    runs.setdefault((n, kind), []).append(res)
-                    print(f"{label}: {res['msgs_per_s']:>11,.0f} msg/s  server cores busy "
-                          f"{res['server_cores_busy']:.2f}  {res['cpu_us_per_msg']:.2f} us/msg"
-                          + (f"  {res['errors']} errors" if res["errors"] else ""), flush=True)
-    except KeyboardInterrupt:
-        print("\ninterrupted; reporting what was measured", file=sys.stderr)
+    done = run_rounds(
+        points, kinds, args.rounds, lambda kind, p: measure(kind, p.n, layout, loadgen, args),
+        lambda res: (f"{res['msgs_per_s']:>11,.0f} msg/s  server cores busy "
+                     f"{res['server_cores_busy']:.2f}  {res['cpu_us_per_msg']:.2f} us/msg"
+                     + (f"  {res['errors']} errors" if res["errors"] else "")),
+        LineReporter(len(points) * len(kinds) * args.rounds, 5, 10, numbered=False))
+    for f in done.failures:
+        f["n"] = int(f["scenario"][2:])
 
-    table = {}
-    for (n, kind), rs in runs.items():
-        table.setdefault(n, {})[kind] = {
-            "msgs_per_s": statistics.median(r["msgs_per_s"] for r in rs),
-            "server_cores_busy": statistics.median(r["server_cores_busy"] for r in rs),
-            "cpu_us_per_msg": statistics.median(r["cpu_us_per_msg"] for r in rs),
-            "rounds": len(rs),
-        }
+    table: Dict[int, dict] = {}
+    for p in points:
+        for kind in kinds:
+            rs = done.runs.get((p.name, kind))
+            if rs:
+                table.setdefault(p.n, {})[kind] = {
+                    **{k: median(r[k] for r in rs)
+                       for k in ("msgs_per_s", "server_cores_busy", "cpu_us_per_msg")},
+                    "rounds": len(rs),
+                }
     print("\nmedian msgs/s (64 B ping-pong)")
     head = ["N", *kinds, "netreactor/uvloop", "netreactor vs N=1"]
     rows = []
@@ -458,21 +316,21 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("  " + "  ".join(c.rjust(w) for c, w in zip(r, widths)))
 
     doc = {
-        "meta": {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "python": sys.version.split()[0],
-                 "kernel": platform.release(), "cpus": cpus, "layout": layout.note,
+        "meta": {**machine_meta(), "cpus": cpus, "layout": layout.note,
                  "loadgen": os.path.basename(loadgen[-1]), "counts": counts,
                  "conns_per_server": args.conns_per_server, "warmup": args.warmup,
-                 "duration": args.duration, "rounds": args.rounds, "argv": sys.argv[1:],
+                 "duration": args.duration, "rounds": args.rounds,
                  "wall_s": round(time.monotonic() - started, 1)},
         "table": {str(n): v for n, v in table.items()},
-        "failures": failures,
-        "runs": [r for rs in runs.values() for r in rs],
+        "failures": done.failures,
+        "runs": done.flat(),
     }
-    path = args.json or os.path.join(RESULTS_DIR, f"workers-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    path = results_path("workers", args.json)
     save_json(path, doc)
     print(f"saved {os.path.relpath(path)}")
-    return 1 if failures else 0
-
+    if done.interrupted:
+        return 130
+    return 1 if done.failures else 0
 
 if __name__ == "__main__":
     sys.exit(main())
