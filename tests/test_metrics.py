@@ -400,7 +400,7 @@ def test_handler_http10_and_bad_requests():
         with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
             s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
             status, headers, _ = read_response(s)
-            assert status == 200 and "connection" not in headers
+            assert status == 200 and headers["connection"] == "close"
             assert recv_until_eof(s) == b""  # 1.0 without keep-alive: closed after the response
         with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
             s.sendall(b"GET /metrics HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
