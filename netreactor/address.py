@@ -2,6 +2,12 @@
 
 Parsing is pure: nothing is resolved or bound here, so a bad address is a
 ``ValueError`` naming the offending part before any socket exists.
+
+``fd://N`` names a socket already bound (and, for a stream, listening) on
+descriptor N, inherited from a parent process (uvicorn's and gunicorn's
+``--fd``); whether it is a stream or a datagram socket, and of which family, is
+read from the descriptor when it is adopted
+(:func:`netreactor.server.activation.inherit_fd`), not here.
 """
 
 from __future__ import annotations
@@ -9,12 +15,11 @@ from __future__ import annotations
 import ipaddress
 import socket
 from dataclasses import dataclass
-from typing import Optional, Tuple
 
-__all__ = ["Address", "parse_address", "SCHEMES"]
+__all__ = ["MAX_FD", "SCHEMES", "Address", "parse_address"]
 
 #: scheme -> (transport, address family or None for "either")
-SCHEMES = {
+SCHEMES: dict[str, tuple[str, int | None]] = {
     "tcp": ("tcp", None),
     "tcp4": ("tcp", socket.AF_INET),
     "tcp6": ("tcp", socket.AF_INET6),
@@ -22,7 +27,11 @@ SCHEMES = {
     "udp4": ("udp", socket.AF_INET),
     "udp6": ("udp", socket.AF_INET6),
     "unix": ("unix", socket.AF_UNIX),
+    "fd": ("fd", None),  # an inherited descriptor: family and type come from the fd
 }
+
+#: Highest descriptor number ``fd://N`` accepts (a C int).
+MAX_FD = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -30,23 +39,31 @@ class Address:
     """A parsed address. ``host``/``port`` for IP transports, ``path`` for Unix."""
 
     scheme: str
-    transport: str  # "tcp", "udp" or "unix"
-    family: Optional[int]  # AF_INET / AF_INET6 / AF_UNIX, None = decided by resolution
+    transport: str  # "tcp", "udp", "unix", or "fd" (an inherited descriptor)
+    family: int | None  # AF_INET / AF_INET6 / AF_UNIX, None = decided by resolution (or by the fd)
     host: str = ""
     port: int = 0
     path: str = ""
+    fd: int = -1  # for "fd://N"
 
     @property
     def is_stream(self) -> bool:
+        if self.transport == "fd":
+            raise ValueError(f"{self}: whether an inherited socket is a stream is read from the "
+                             f"descriptor (netreactor.server.activation.inherit_fd)")
         return self.transport in ("tcp", "unix")
 
     def sockaddr(self) -> object:
         """The address in the form ``socket.bind`` wants (host not resolved)."""
+        if self.transport == "fd":
+            raise ValueError(f"{self} is bound already: there is nothing to bind")
         if self.transport == "unix":
             return "\0" + self.path[1:] if self.path.startswith("@") else self.path
         return (self.host, self.port)
 
     def __str__(self) -> str:
+        if self.transport == "fd":
+            return f"fd://{self.fd}"
         if self.transport == "unix":
             return f"{self.scheme}://{self.path}"
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -54,7 +71,7 @@ class Address:
 
 
 def _schemes_text() -> str:
-    return ", ".join(f"{s}://" for s in SCHEMES)
+    return ", ".join(f"{s}://N" if s == "fd" else f"{s}://" for s in SCHEMES)
 
 
 def parse_address(text: str) -> Address:
@@ -62,9 +79,10 @@ def parse_address(text: str) -> Address:
 
     ``tcp://:9000`` and ``tcp://0.0.0.0:9000`` listen on every IPv4 interface,
     ``tcp6://[::]:9000`` on every IPv6 one. ``unix://@name`` is a Linux abstract socket.
+    ``fd://N`` is the socket already bound on inherited descriptor N.
     """
     if not isinstance(text, str):
-        raise ValueError(f"address must be a string like 'tcp://127.0.0.1:9000', got {text!r}")
+        raise ValueError(f"address must be a string like 'tcp://127.0.0.1:9000', got {text!r}")  # noqa: TRY004
     scheme, sep, rest = text.partition("://")
     if not sep:
         raise ValueError(
@@ -77,6 +95,8 @@ def parse_address(text: str) -> Address:
             f"address {text!r} has unknown scheme {scheme!r}; expected one of {_schemes_text()}"
         )
     transport, family = SCHEMES[scheme_l]
+    if transport == "fd":
+        return Address(scheme_l, transport, None, fd=_parse_fd(text, rest))
     if transport == "unix":
         if not rest:
             raise ValueError(f"address {text!r} has an empty Unix socket path")
@@ -89,7 +109,18 @@ def parse_address(text: str) -> Address:
     return Address(scheme_l, transport, family, host=host, port=port)
 
 
-def _split_host_port(text: str, rest: str) -> Tuple[str, int]:
+def _parse_fd(text: str, rest: str) -> int:
+    if not rest:
+        raise ValueError(f"address {text!r} has no descriptor number; expected fd://N, e.g. 'fd://3'")
+    if not (rest.isascii() and rest.isdigit()):
+        raise ValueError(f"address {text!r}: descriptor {rest!r} is not a number; expected fd://N with N >= 0")
+    fd = int(rest)
+    if fd > MAX_FD:
+        raise ValueError(f"address {text!r}: descriptor {fd} is out of range 0..{MAX_FD}")
+    return fd
+
+
+def _split_host_port(text: str, rest: str) -> tuple[str, int]:
     if "/" in rest:
         raise ValueError(f"address {text!r}: unexpected path {rest[rest.index('/'):]!r} after host:port")
     if rest.startswith("["):
@@ -116,7 +147,7 @@ def _split_host_port(text: str, rest: str) -> Tuple[str, int]:
     return host, port
 
 
-def _check_host(text: str, host: str, family: Optional[int]) -> Optional[int]:
+def _check_host(text: str, host: str, family: int | None) -> int | None:
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
