@@ -45,6 +45,7 @@ from ..options import Options
 from ..reactor import EventLoop, new_poller
 from ..runtime import gil_enabled
 from ..stream import Conn, EdgeConn, StreamContext, for_socket
+from ..stream.conn import Preamble
 from ..stream.sockopts import tune_tcp
 from ..ticker import run_tick
 from .acceptor import Acceptor
@@ -55,6 +56,8 @@ from .listener import Listener, bind_group
 __all__ = ["Server"]
 
 Source = Union[Acceptor, DatagramEndpoint]
+#: ``factory(peer_address)``: the preambles of one accepted connection.
+PreambleFactory = Callable[[Any], Sequence[Preamble]]
 
 
 class _LoopSlot:
@@ -257,12 +260,18 @@ class Server:
 
     # ------------------------------------------------------------------ accepting
 
+    def _preambles_for(self, lst: Listener) -> Optional[PreambleFactory]:
+        """What a connection accepted on ``lst`` runs before ``on_open``, as
+        ``factory(peer_address) -> [Preamble, ...]``; None for nothing."""
+        return None
+
     def _local_dispatch(self, slot: _LoopSlot, lst: Listener) -> Callable[[socket.socket, Any], None]:
         adopt = self._adopt
         tcp = lst.transport == "tcp"
+        preambles = self._preambles_for(lst)
 
         def dispatch(sock: socket.socket, addr: Any) -> None:
-            adopt(slot, sock, tcp)
+            adopt(slot, sock, addr, tcp, preambles)
 
         return dispatch
 
@@ -270,16 +279,19 @@ class Server:
         pick = make_balancer(self.options.lb, self._slots)
         adopt = self._adopt
         tcp = lst.transport == "tcp"
+        preambles = self._preambles_for(lst)
 
         def dispatch(sock: socket.socket, addr: Any) -> None:
             slot = pick(addr)
             slot.handed += 1
-            slot.loop.call_soon_threadsafe(adopt, slot, sock, tcp, True)
+            slot.loop.call_soon_threadsafe(adopt, slot, sock, addr, tcp, preambles, True)
 
         return dispatch
 
-    def _adopt(self, slot: _LoopSlot, sock: socket.socket, tcp: bool, handed: bool = False) -> None:
-        """On the slot's loop: set the socket up, register it, run ``on_open``."""
+    def _adopt(self, slot: _LoopSlot, sock: socket.socket, addr: Any, tcp: bool,
+               preambles: Optional[PreambleFactory], handed: bool = False) -> None:
+        """On the slot's loop: set the socket up, register it, run its preambles
+        and ``on_open``."""
         if handed:
             slot.adopted += 1
         loop = slot.loop
@@ -295,7 +307,7 @@ class Server:
             return
         transport = for_socket(sock)
         conn = (EdgeConn if self.options.edge_triggered else Conn)(slot.ctx, sock.detach(), transport)
-        conn.start()
+        conn.start(preambles(addr) if preambles is not None else ())
 
     # ------------------------------------------------------------------ running & stopping
 

@@ -18,7 +18,7 @@ State (``_state``), one value at a time::
     OPEN      on_open ran; reading unless a pause reason is set
     CLOSING   a close was asked for: nothing more is read or accepted for
               writing; queued output drains (for at most ``close_timeout``)
-    LINGER    TCP, closed locally: output sent and our write side shut down;
+    LINGER    closed locally: output sent and our write side shut down;
               on_close ran, and for the handler the connection is closed; the
               loop still reads and drops the peer's input until its EOF (a
               close() with unread input would answer with RST and destroy the
@@ -29,7 +29,7 @@ State (``_state``), one value at a time::
     OPENING -> OPEN      preamble done, or none: on_open
     OPEN    -> CLOSING   close(), Action.CLOSE, engine stop (linger), peer EOF
                          (no linger: it sends no more; what we owe still goes)
-    CLOSING -> LINGER    output drained, local close, transport lingers (TCP)
+    CLOSING -> LINGER    output drained, local close, transport lingers
     CLOSING -> CLOSED    output drained otherwise
     LINGER  -> CLOSED    peer EOF or error
     any     -> CLOSED    error, cap passed, handler raised, abort(), and the
@@ -45,6 +45,15 @@ A connection that is not reading still gets errors and hang-ups from the
 poller: an error closes it; a hang-up with no error (a Unix peer that closed,
 its last bytes still unread) mutes the fd until reading resumes, then what
 the peer sent is delivered and its close reported.
+
+Preambles (:class:`Preamble`): work done in OPENING, before the handler
+meets the connection, such as reading a PROXY protocol header or completing
+a TLS handshake. ``start(preambles)`` runs them in order; each reads the fd
+itself (``conn.transport``) and ends with :meth:`Conn.preamble_done` (the
+bytes it read past its own part go to the next preamble, or become the
+handler's first input) or :meth:`Conn.preamble_failed` (the connection is
+closed, and the handler never hears of it). On edge-triggered epoll a
+preamble must read until ``EAGAIN``.
 """
 
 from __future__ import annotations
@@ -54,7 +63,7 @@ import enum
 import os
 import socket
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, Optional, Protocol, Sequence, Union
 
 from ..callbacks import Failed, call, log_failure, report
 from ..errors import BufferOverflowError, ClosedError, PeerClosedError
@@ -67,7 +76,7 @@ from .transport import Transport
 if TYPE_CHECKING:  # pragma: no cover
     from ..reactor import EventLoop, TimerHandle
 
-__all__ = ["Conn", "EdgeConn", "StreamContext", "Pause", "State"]
+__all__ = ["Conn", "EdgeConn", "StreamContext", "Pause", "State", "Preamble"]
 
 Buffer = Union[bytes, bytearray, memoryview]
 Callback = Callable[["Conn", Optional[BaseException]], Any]
@@ -148,16 +157,33 @@ class StreamContext:
         self.request_shutdown = request_shutdown
 
 
+class Preamble(Protocol):
+    """Work a connection does before its handler meets it (see the module docstring)."""
+
+    def begin(self, conn: "Conn", initial: bytes) -> None:
+        """Start; ``initial`` holds bytes an earlier preamble read past its own part."""
+
+    def handle_io(self, conn: "Conn", events: int) -> None:
+        """The fd is ready (``events``, epoll bits) while this preamble runs."""
+
+    def abandon(self, conn: "Conn") -> None:
+        """The connection closes before the preamble finished: release what it holds."""
+
+
 class _Extras:
     """Per-connection state that most connections never need, allocated on first use."""
 
-    __slots__ = ("close_err", "linger", "close_timer", "drain_waiters")
+    __slots__ = ("close_err", "linger", "close_timer", "drain_waiters", "preambles",
+                 "preamble_wants_write")
 
     def __init__(self) -> None:
         self.close_err: Optional[BaseException] = None
         self.linger = False
         self.close_timer: Optional["TimerHandle"] = None
         self.drain_waiters: Optional[List[Callable[["Conn"], Any]]] = None
+        #: The preamble running now, then those still to run (OPENING only).
+        self.preambles: Optional[List[Preamble]] = None
+        self.preamble_wants_write = False
 
 
 def _owned(data: Buffer) -> Union[bytes, memoryview]:
@@ -421,8 +447,11 @@ class Conn(Inbound):
         state = self._state
         if state is OPEN:
             events = 0 if self._paused else READABLE
-        elif state is LINGER or state is OPENING:
+        elif state is LINGER:
             events = READABLE
+        elif state is OPENING:
+            extras = self._extras
+            events = READABLE | (WRITABLE if extras is not None and extras.preamble_wants_write else 0)
         else:
             events = 0
         if self._out_bytes:
@@ -528,6 +557,10 @@ class Conn(Inbound):
         state = self._state
         if state is LINGER:
             self._linger_read()
+        elif state is OPENING:
+            extras = self._extras
+            if extras is not None and extras.preambles:
+                extras.preambles[0].handle_io(self, ev)
         elif ev & _TROUBLE and state < CLOSED:
             err = self._socket_error()
             if err is not None:
@@ -554,14 +587,78 @@ class Conn(Inbound):
         if self._reading:
             self.handle_io(READABLE)
 
-    def start(self) -> None:
-        """Register with the loop and run ``on_open`` (on the loop's thread). Called
-        once by whoever made the connection (the engine, the client)."""
+    def start(self, preambles: Sequence[Preamble] = ()) -> None:
+        """Register with the loop, run the ``preambles`` (if any), then ``on_open``
+        (on the loop's thread). Called once by whoever made the connection (the
+        engine, the client)."""
         loop = self._loop
         events = self._events = self._registration()
         loop.add(self.fd, self, events)
         loop.connection_opened()
+        if preambles:
+            self._x().preambles = list(preambles)
+            preambles[0].begin(self, _EMPTY)
+        else:
+            self._opened()
+
+    # ------------------------------------------------------------------ preambles
+
+    @property
+    def transport(self) -> Transport:
+        """The transport that owns this connection's syscalls (for preambles)."""
+        return self._transport
+
+    def set_transport(self, transport: Transport) -> None:
+        """Put ``transport`` under this connection (a TLS preamble, once its
+        handshake is done); loop thread."""
+        self._transport = transport
+
+    def set_addresses(self, remote: Any, local: Any) -> None:
+        """What ``remote_addr`` and ``local_addr`` report from now on (a PROXY
+        protocol preamble: the original client's, and the address it dialled)."""
+        self._raddr = remote
+        self._laddr = local
+
+    def preamble_wants_write(self, wanted: bool) -> None:
+        """The running preamble has output the kernel did not take (watch WRITABLE)."""
+        extras = self._x()
+        if extras.preamble_wants_write != wanted:
+            extras.preamble_wants_write = wanted
+            self._update_events()
+
+    def preamble_done(self, rest: bytes = _EMPTY) -> None:
+        """The running preamble finished; ``rest`` holds bytes it read beyond its
+        own part. The next preamble begins with them, or the handler meets the
+        connection (``on_open``) and gets them as its first input."""
+        extras = self._extras
+        if self._state is not OPENING or extras is None or not extras.preambles:
+            return
+        extras.preambles.pop(0)
+        extras.preamble_wants_write = False
+        if extras.preambles:
+            extras.preambles[0].begin(self, rest)
+            if self._state is OPENING:
+                self._reading_resumed()  # edge-triggered: the next one looks at what waits
+            return
+        extras.preambles = None
+        self._update_events()
+        if rest:
+            self._in = rest
+            self._iend = len(rest)
         self._opened()
+        if self._iend and self._reading:
+            self._traffic()
+        if self._reading:
+            self._reading_resumed()  # edge-triggered: look at what waits in the kernel
+
+    def preamble_failed(self, err: Optional[BaseException] = None) -> None:
+        """The running preamble failed (a bad header, a failed handshake): close
+        the connection; its handler never hears of it."""
+        if self._state is OPENING:
+            extras = self._extras
+            if extras is not None and extras.preambles:
+                extras.preambles.pop(0)  # the one failing needs no abandon()
+            self._close_now(err)
 
     def _registration(self) -> int:
         return READABLE
@@ -760,7 +857,11 @@ class Conn(Inbound):
             if extras.close_timer is not None:
                 extras.close_timer.cancel()
             self._extras = None
-        if state is not OPENING and state is not LINGER:  # OPENING: the handler never met it
+        if state is OPENING:  # the handler never met it
+            if extras is not None and extras.preambles:
+                for preamble in extras.preambles:
+                    preamble.abandon(self)
+        elif state is not LINGER:
             self._closed_for_handler(err)
 
     def _drop_buffers(self) -> None:
@@ -994,16 +1095,21 @@ class EdgeConn(Conn):
     def handle_io(self, ev: int) -> None:  # type: ignore[override]
         if ev & _OUT_EV and self._out:
             self._flush()
-        if ev & _IN_EV:
+        if self._state is OPENING:
+            self._io_halted(ev)  # the preamble, also on a WRITABLE-only edge
+        elif ev & _IN_EV:
             self._drain(ev)
 
     def read_again(self) -> None:
-        self._drain(READABLE)
+        if self._state is OPENING:
+            self._io_halted(READABLE)
+        else:
+            self._drain(READABLE)
 
     def _drain(self, ev: int) -> None:
         if not self._reading:
             # Not reading: an edge will not come again for what waits, so act now.
-            if self._state is LINGER or ev & _TROUBLE:
+            if self._state is LINGER or self._state is OPENING or ev & _TROUBLE:
                 self._io_halted(ev & ~HANGUP if self._state is OPEN else ev)
             return  # resuming schedules a read (_reading_resumed)
         read_once = Conn.handle_io  # the level-triggered path, one read per call

@@ -21,8 +21,9 @@ The contract, in the kernel's terms (and a TLS transport must keep it):
 * ``close(fd)`` releases the fd.
 * ``linger`` says whether closing with input still unread would reset the
   stream (TCP answers it with RST, which also discards the reply still in the
-  kernel's send queue), so a local close shuts the write side down first and
-  drains the input until the peer's EOF.
+  kernel's send queue; a Unix peer gets ECONNRESET instead of EOF), so a local
+  close shuts the write side down first and drains the input until the
+  peer's EOF.
 """
 
 from __future__ import annotations
@@ -78,14 +79,13 @@ class PlainTCP:
 
 
 class PlainUnix(PlainTCP):
-    """Unix stream sockets: what we sent waits in the peer's queue whatever we
-    leave unread, so closing at once loses nothing (no linger)."""
-
-    linger = False
+    """Unix stream sockets. They linger too: what we sent waits in the peer's
+    queue whatever we leave unread, but Linux still reports ECONNRESET, not
+    EOF, to a peer whose data we closed on unread."""
 
 
 PlainTransport = Type[PlainTCP]
-#: TCP: a local close lingers (see the module docstring).
+#: TCP and Unix: a local close lingers (see the module docstring).
 PLAIN_TCP: PlainTransport = PlainTCP
 PLAIN_UNIX: PlainTransport = PlainUnix
 
