@@ -2,6 +2,13 @@
 front, then serving in this process (:class:`netreactor.server.Server`) or
 under a worker supervisor (:class:`netreactor.supervisor.Supervisor`). The
 choice between the two is made here, above both, so neither imports the other.
+
+**Systemd socket activation** (``sd_listen_fds(3)``, as gunicorn does it): when
+this process was started with sockets (``$LISTEN_PID`` is its pid and
+``$LISTEN_FDS`` > 0), the engine serves those sockets -- ``fd://3``,
+``fd://4``... in the socket unit's order -- *instead of* the addresses given
+(they are logged as ignored), so one command line serves both with and
+without activation. The variables are removed from the environment once read.
 """
 
 from __future__ import annotations
@@ -12,8 +19,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 from .address import Address, parse_address
 from .framed import FramedHandler
 from .handler import EventHandler
+from .metrics import Snapshot
 from .options import Options
 from .reactor import EventLoop
+from .server.activation import InheritedSocket, check_fd, listen_fds
 from .server.listener import Listener
 from .server.server import Server
 from .supervisor import Supervisor, worker_count
@@ -36,7 +45,8 @@ def check_handler(handler: Any) -> None:
 def parse_addresses(addrs: Sequence[Any]) -> List[Address]:
     """Parse and check a list of addresses (at least one, no duplicates)."""
     if not addrs:
-        raise ValueError("no address given; pass at least one, e.g. 'tcp://127.0.0.1:9000'")
+        raise ValueError("no address given; pass at least one, e.g. 'tcp://127.0.0.1:9000' "
+                         "(or start under systemd socket activation)")
     parsed = [parse_address(a) for a in addrs]
     seen = set()
     for text, addr in zip(addrs, parsed):
@@ -58,8 +68,16 @@ class Engine:
         check_handler(handler)
         self.handler = handler
         self.options = Options.from_kwargs(options)
-        self._addresses = parse_addresses(addrs)
         self.logger: Any = self.options.get_logger()
+        #: Sockets systemd passed (socket activation), by descriptor, until served.
+        self._inherited: Dict[int, InheritedSocket] = {s.fd: s for s in listen_fds()}
+        if self._inherited:
+            served = ", ".join(f"fd://{s.fd} ({s.name}: {s.address})" for s in self._inherited.values())
+            ignored = f"; ignoring {', '.join(map(str, addrs))}" if addrs else ""
+            self.logger.info("socket activation: serving %s%s", served, ignored)
+            addrs = tuple(f"fd://{fd}" for fd in self._inherited)
+        self._addresses = parse_addresses(addrs)
+        self._check_deployment()
         self._lock = threading.RLock()
         self._state = "new"
         self._stop_requested = False
@@ -70,7 +88,46 @@ class Engine:
         # What serves: a Server (one process, or inside a worker), or a Supervisor.
         self._impl: Union[Server, Supervisor, None] = None
 
+    def _check_deployment(self) -> None:
+        """What Options cannot check alone: inherited descriptors, the metrics
+        address against the served ones, options that need worker processes."""
+        for addr in self._addresses:
+            if addr.transport == "fd" and addr.fd not in self._inherited:
+                try:
+                    check_fd(addr.fd)
+                except ValueError as exc:
+                    raise ValueError(f"address 'fd://{addr.fd}': {exc}") from None
+        opts = self.options
+        if opts.metrics is not None:
+            metrics_addr = parse_address(opts.metrics)
+            if any(str(a) == str(metrics_addr) for a in self._addresses) and \
+                    (metrics_addr.transport == "unix" or metrics_addr.port != 0):
+                raise ValueError(f"option 'metrics': {opts.metrics!r} is also an address to serve")
+        if worker_count(opts) <= 1:
+            for name in ("max_connections_per_worker", "max_worker_rss"):
+                if getattr(opts, name) is not None:
+                    raise ValueError(f"option {name!r} needs worker processes (workers=N): "
+                                     f"it replaces workers, and there are none")
+
     # ------------------------------------------------------------------ public API
+
+    def stats(self) -> Snapshot:
+        """The engine's counters now (:class:`netreactor.metrics.Snapshot`):
+        ``snapshot["accepted"]``, ``snapshot.total``, and per loop
+        ``snapshot.loops[i]``. Under a worker supervisor, the sum over the
+        workers as they last reported (about once a second), counters
+        including those of workers that have exited. Safe from any thread."""
+        impl = self._impl
+        if impl is None:
+            return Snapshot.from_loops([])
+        return impl.stats()
+
+    @property
+    def metrics_address(self) -> Optional[str]:
+        """Where ``/metrics`` is served (with the real port when 0 was asked),
+        once bound; None when the ``metrics`` option is not set."""
+        impl = self._impl
+        return impl.metrics_address if impl is not None else None
 
     @property
     def addresses(self) -> List[str]:
@@ -144,9 +201,11 @@ class Engine:
             count = worker_count(self.options)
             impl: Union[Server, Supervisor]
             if count > 1:
-                impl = Supervisor(_EngineWorker(self), self._addresses, self.options, self.logger, count)
+                impl = Supervisor(_EngineWorker(self), self._addresses, self.options, self.logger, count,
+                                  inherited=self._inherited)
             else:
-                impl = Server(self.handler, self._addresses, self.options, self.logger, facade=self)
+                impl = Server(self.handler, self._addresses, self.options, self.logger, facade=self,
+                              inherited=self._inherited)
             self._impl = impl
             if self._stop_requested:
                 impl.stop()
@@ -184,11 +243,11 @@ class _EngineWorker:
         self._engine = engine
 
     def serve_worker(self, listeners: Dict[int, Listener], logger: Any,
-                     on_ready: Callable[[], None]) -> None:
+                     on_ready: Callable[[], None], on_stats: Callable[[Snapshot], None]) -> None:
         engine = self._engine
         engine.logger = logger
         server = Server(engine.handler, engine._addresses, engine.options, logger, facade=engine,
-                        prebound=listeners, own_signals=False)
+                        prebound=listeners, own_signals=False, stats_sink=on_stats)
         with engine._lock:
             engine._impl = server
             stop = engine._stop_requested  # a signal that came before the server existed

@@ -8,6 +8,7 @@ __all__ = [
     "PeerClosedError",
     "BufferOverflowError",
     "EngineStoppedError",
+    "RefusedError",
     "one_line",
 ]
 
@@ -36,6 +37,17 @@ class BufferOverflowError(NetreactorError, BufferError):
 
 class EngineStoppedError(NetreactorError, RuntimeError):
     """The engine (or client) is stopped; the request cannot be served."""
+
+
+class RefusedError(NetreactorError, ConnectionError):
+    """The server refused a connection before ``on_open`` (its handler never
+    hears of it). ``reason`` says why, as the ``refused`` counter of
+    :func:`netreactor.Engine.stats` labels it: ``"proxy"`` (a missing, malformed
+    or unauthorised PROXY protocol header), ``"max_connections"``, ``"per_ip"``."""
+
+    def __init__(self, reason: str, msg: str) -> None:
+        super().__init__(msg)
+        self.reason = reason
 
 
 def one_line(exc: BaseException) -> str:

@@ -468,6 +468,33 @@ class MetricsHandler(EventHandler):
         return RequestParser(max_head=self.max_head, max_body=4096,
                              max_request_line=min(self.max_head, 8192))
 
+    def new_parser(self) -> RequestParser:
+        """A request parser for one connection, for :meth:`answer`."""
+        return self._parser()
+
+    def answer(self, parser: RequestParser, data: bytes) -> tuple[bytes, bool]:
+        """Sans-IO core of the handler, for servers that are not an engine (a
+        worker supervisor): feed a connection's bytes to its ``parser``; return
+        the replies to send and whether to close the connection after them."""
+        error: HTTPError | None = None
+        try:
+            requests = parser.feed(data)
+        except HTTPError as exc:
+            requests, error = exc.requests, exc
+        out = []
+        close = False
+        for request in requests:
+            out.append(self._respond(request))
+            if not request.keep_alive:
+                close = True
+                error = None  # nothing after a closing request is answered
+                break
+        if error is not None:
+            body = f"{error.status} {error.detail}\n".encode("latin-1", "replace")
+            out.append(encode_response(error.status, _TEXT, body, keep_alive=False))
+            close = True
+        return b"".join(out), close
+
     def on_open(self, conn: Any) -> Action | None:
         state = _Client(self._parser())
         conn.context = state
@@ -496,26 +523,10 @@ class MetricsHandler(EventHandler):
     def on_traffic(self, conn: Any) -> Action | None:
         state: _Client = conn.context
         state.last = time.monotonic()
-        error: HTTPError | None = None
-        try:
-            requests = state.parser.feed(conn.read())
-        except HTTPError as exc:
-            requests, error = exc.requests, exc
-        out = []
-        action = None
-        for request in requests:
-            out.append(self._respond(request))
-            if not request.keep_alive:
-                action = Action.CLOSE
-                error = None  # nothing after a closing request is answered
-                break
-        if error is not None:
-            body = f"{error.status} {error.detail}\n".encode("latin-1", "replace")
-            out.append(encode_response(error.status, _TEXT, body, keep_alive=False))
-            action = Action.CLOSE
-        if out:
-            conn.write(b"".join(out))
-        return action
+        reply, close = self.answer(state.parser, conn.read())
+        if reply:
+            conn.write(reply)
+        return Action.CLOSE if close else None
 
     def _respond(self, request: Request) -> bytes:
         keep = request.keep_alive

@@ -9,12 +9,13 @@ from __future__ import annotations
 import difflib
 import logging
 from dataclasses import dataclass, field, fields
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
-__all__ = ["Options", "LOAD_BALANCERS", "POLLERS", "option_docs"]
+__all__ = ["Options", "LOAD_BALANCERS", "POLLERS", "PROXY_PROTOCOLS", "option_docs"]
 
 LOAD_BALANCERS = ("round-robin", "least-connections", "source-addr-hash")
 POLLERS = ("auto", "epoll", "selectors")
+PROXY_PROTOCOLS = ("off", "v1", "v2", "auto")
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -73,6 +74,26 @@ class Options:
                                        "it are dropped.")
     multicast_interface: Optional[str] = opt(None, "UDP multicast: the interface to join on (an IPv4 "
                                                    "address or an interface name).")
+    proxy_protocol: str = opt("off", "PROXY protocol header before each TCP/Unix connection's data "
+                                     "(HAProxy send-proxy, nginx proxy_protocol): \"off\", \"v1\", "
+                                     "\"v2\" or \"auto\" (either version; one is required).")
+    proxy_allow_from: Union[str, Sequence[str]] = opt(
+        "127.0.0.1,::1", "Peers allowed to send a PROXY header: addresses and CIDR networks, "
+                         "comma-separated, or \"*\"; other peers are refused (Unix peers always pass).")
+    proxy_header_timeout: float = opt(5.0, "Seconds a connection may take to send its whole PROXY "
+                                           "header before it is closed.")
+    metrics: Optional[str] = opt(None, "Serve Prometheus text at /metrics on this address (tcp:// or "
+                                       "unix://), from the engine itself; with workers, the supervisor "
+                                       "serves the sum over them.")
+    max_connections_per_worker: Optional[int] = opt(
+        None, "Workers only: replace a worker (gracefully, as SIGHUP does) once it has accepted this "
+              "many connections (gunicorn's --max-requests).")
+    max_connections_per_worker_jitter: int = opt(
+        0, "Workers only: add a random 0..N to each worker's max_connections_per_worker, so that "
+           "workers are not all replaced at once.")
+    max_worker_rss: Optional[int] = opt(
+        None, "Workers only: replace a worker (gracefully) whose resident memory passes this many "
+              "bytes (granian's --workers-max-rss; sizes may end in k, m, g).")
 
     @classmethod
     def from_kwargs(cls, kwargs: Mapping[str, Any]) -> "Options":
@@ -132,10 +153,42 @@ class Options:
             raise ValueError(
                 f"option 'logger' must be a logging.Logger (or LoggerAdapter), got {type(self.logger).__name__}"
             )
+        self._validate_deployment()
         if self.edge_triggered and self.poller == "selectors":
             raise ValueError(
                 "option 'edge_triggered' needs the epoll poller; poller='selectors' is level-triggered only"
             )
+
+    def _validate_deployment(self) -> None:
+        from .address import parse_address
+        from .protocols.proxy import AllowList
+
+        _choice("proxy_protocol", self.proxy_protocol, PROXY_PROTOCOLS)
+        spec = self.proxy_allow_from
+        if not isinstance(spec, str) and not (isinstance(spec, (list, tuple, frozenset, set))
+                                              and all(isinstance(s, str) for s in spec)):
+            raise ValueError(f"option 'proxy_allow_from' must be a string of addresses and networks "
+                             f"(comma-separated) or a list of them, got {spec!r}")
+        try:
+            AllowList(spec)
+        except ValueError as exc:
+            raise ValueError(f"option 'proxy_allow_from': {exc}".replace(": proxy_allow_from:", ":")) from None
+        _positive_seconds("proxy_header_timeout", self.proxy_header_timeout)
+        if self.metrics is not None:
+            if not isinstance(self.metrics, str):
+                raise ValueError(f"option 'metrics' must be an address such as 'tcp://127.0.0.1:9100', "
+                                 f"got {self.metrics!r}")
+            try:
+                addr = parse_address(self.metrics)
+            except ValueError as exc:
+                raise ValueError(f"option 'metrics': {exc}") from None
+            if addr.transport not in ("tcp", "unix"):
+                raise ValueError(f"option 'metrics' must be a tcp:// or unix:// address, got {self.metrics!r}")
+        if self.max_connections_per_worker is not None:
+            _int("max_connections_per_worker", self.max_connections_per_worker, 1, 1 << 62)
+        _int("max_connections_per_worker_jitter", self.max_connections_per_worker_jitter, 0, 1 << 62)
+        if self.max_worker_rss is not None:
+            _int("max_worker_rss", self.max_worker_rss, 1 << 20, 1 << 50)
 
     def get_logger(self) -> logging.Logger:
         return self.logger if self.logger is not None else logging.getLogger("netreactor")

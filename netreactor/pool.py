@@ -65,18 +65,32 @@ import concurrent.futures
 import logging
 import os
 import threading
+import weakref
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Set
 
 from .errors import NetreactorError
 from .stream.conn import Pause
 
-__all__ = ["WorkerPool", "PoolFullError"]
+__all__ = ["WorkerPool", "PoolFullError", "queue_depth"]
 
 #: ``on_result(conn, result, exc)``: ``exc`` is None when the job returned ``result``.
 ResultCallback = Callable[[Any, Any, Optional[BaseException]], Any]
 
 _BYTES_LIKE = (bytes, bytearray, memoryview)
+
+
+#: Every pool alive in this process, for the engine's ``pool_queue`` gauge.
+_POOLS: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
+
+
+def queue_depth() -> int:
+    """Jobs submitted to the worker pools of this process and not yet delivered
+    (running or waiting): the ``pool_queue`` gauge of ``engine.stats()``."""
+    # The WeakSet's own iterator is Python code another thread may race;
+    # copying its set of references is one C call.
+    pools = (ref() for ref in tuple(_POOLS.data))  # type: ignore[attr-defined]
+    return sum(pool.in_flight for pool in pools if pool is not None)
 
 
 class PoolFullError(NetreactorError):
@@ -143,6 +157,7 @@ class WorkerPool:
         self._holding: Set[Any] = set()           # conns the pool has actually paused
         self._drop_warned = False
         self._closed = False
+        _POOLS.add(self)
         #: Jobs dropped because the pool was full (datagram connections only).
         self.dropped = 0
         #: Times a connection was paused because the pool was full.

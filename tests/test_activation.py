@@ -465,14 +465,12 @@ def test_systemd_socket_activate_datagram(child_script):
 class _Echo(nr.EventHandler):
     def on_traffic(self, conn):
         conn.write(conn.read())
+        return nr.Action.CLOSE
 
 
-@pytest.mark.xfail(strict=True, reason="the engine does not serve fd:// yet: wiring it is the lead's "
-                                       "(issue 14); remove this mark when it does")
 def test_engine_serves_an_inherited_socket(monkeypatch):
-    """Tripwire: once the engine adopts fd://N, this passes (and the strict xfail fails,
-    to remind whoever wired it to drop the mark). The engine must bind nothing for it:
-    any bind() is refused here, so the old engine cannot fall back to 0.0.0.0."""
+    """The engine adopts fd://N and binds nothing for it: any bind() is refused
+    here, so an engine that fell back to binding 0.0.0.0 would fail."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
@@ -486,7 +484,7 @@ def test_engine_serves_an_inherited_socket(monkeypatch):
         monkeypatch.undo()
         try:
             assert engine.addresses == [f"tcp://127.0.0.1:{s.getsockname()[1]}"]
-            assert _echo(s.getsockname(), b"x") in (b"x", b"")
+            assert _echo(s.getsockname(), b"x") == b"x"
         finally:
             engine.stop()
             engine.wait(10)

@@ -98,10 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "tcp://127.0.0.1:9000 --workers 4")
     run.add_argument("app", metavar="MODULE:ATTR", help="where the handler is, e.g. 'myapp:Echo' "
                      "or 'pkg.server:make_handler'")
-    run.add_argument("--listen", "-l", action="append", metavar="ADDR", required=True,
+    run.add_argument("--listen", "-l", action="append", metavar="ADDR", default=[],
                      help="address to serve; repeat for several: tcp://HOST:PORT, tcp4://, tcp6://, "
-                          "udp://HOST:PORT, unix://PATH (port 0 picks a free port; the log "
-                          "says which)")
+                          "udp://HOST:PORT, unix://PATH, fd://N (port 0 picks a free port; the log "
+                          "says which). Under systemd socket activation the sockets systemd passes "
+                          "are served instead")
+    run.add_argument("--fd", action="append", type=int, metavar="N", default=[],
+                     help="serve the socket inherited bound on descriptor N (same as --listen fd://N; "
+                          "uvicorn's and gunicorn's --fd)")
     run.add_argument("--app-dir", default=".", metavar="DIR",
                      help="directory put first on the import path (default: the current directory)")
 
@@ -230,8 +234,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"--app-dir {args.app_dir!r} is not a directory")
     if app_dir not in sys.path:
         sys.path.insert(0, app_dir)
+    listen = list(args.listen) + [f"fd://{fd}" for fd in args.fd]
+    if not listen and os.environ.get("LISTEN_PID") != str(os.getpid()):
+        raise UsageError("the following arguments are required: --listen ADDR (or --fd N, or start "
+                         "under systemd socket activation)")
     handler = load_app(args.app)
-    return _serve(handler, args.listen, args)
+    return _serve(handler, listen, args)
 
 
 def _cmd_example(args: argparse.Namespace) -> int:

@@ -68,7 +68,8 @@ def _optional(convert: Callable[[str], Any]) -> Callable[[str], Any]:
 def add_option_flags(group: Any) -> None:
     """One flag per engine option: its type, default and help from the Options field."""
     docs = option_docs()
-    choices = {"lb": _options_module.LOAD_BALANCERS, "poller": _options_module.POLLERS}
+    choices = {"lb": _options_module.LOAD_BALANCERS, "poller": _options_module.POLLERS,
+               "proxy_protocol": _options_module.PROXY_PROTOCOLS}
     for f in option_fields():
         flag = "--" + f.name.replace("_", "-")
         help_text = (docs.get(f.name) or f"the engine option {f.name!r}").replace("``", "'")
@@ -81,7 +82,7 @@ def add_option_flags(group: Any) -> None:
                                help=f"{help_text} (default: {'on' if default else 'off'})", **common)
             continue
         if base == "int":
-            sized = any(word in f.name for word in ("buffer", "cap", "water"))
+            sized = any(word in f.name for word in ("buffer", "cap", "water", "rss"))
             convert, metavar = _int_arg, ("BYTES" if sized else "N")
         elif base == "float":
             convert, metavar = _float_arg, "SECONDS"

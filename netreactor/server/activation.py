@@ -51,7 +51,7 @@ import stat
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 
-__all__ = ["SD_LISTEN_FDS_START", "InheritedSocket", "inherit_fd", "listen_fds", "socket_address"]
+__all__ = ["SD_LISTEN_FDS_START", "InheritedSocket", "check_fd", "inherit_fd", "listen_fds", "socket_address"]
 
 #: The first descriptor systemd passes.
 SD_LISTEN_FDS_START = 3
@@ -103,6 +103,25 @@ def inherit_fd(fd: int, name: str = "") -> InheritedSocket:
     descriptor) and ``fd`` is close-on-exec. On failure a ``ValueError`` names
     ``fd`` and the descriptor is left as it was.
     """
+    sock = _checked_socket(fd)
+    os.set_inheritable(fd, False)
+    return InheritedSocket(fd, name, sock.family, sock.type, sock)
+
+
+def check_fd(fd: int) -> str:
+    """Run :func:`inherit_fd`'s checks on ``fd`` without adopting it (the
+    descriptor is left exactly as it was); return the address it serves
+    (:func:`socket_address`). ``ValueError`` naming ``fd`` when it would be refused."""
+    sock = _checked_socket(fd)
+    try:
+        return socket_address(sock)
+    finally:
+        sock.detach()
+
+
+def _checked_socket(fd: int) -> socket.socket:
+    """A ``socket.socket`` owning ``fd`` once the checks passed; on failure the
+    descriptor is left open and untouched and ``ValueError`` names it."""
     if isinstance(fd, bool) or not isinstance(fd, int) or fd < 0:
         raise ValueError(f"a descriptor is an integer >= 0, got {fd!r}")
     try:
@@ -117,8 +136,7 @@ def inherit_fd(fd: int, name: str = "") -> InheritedSocket:
     except BaseException:
         sock.detach()  # not ours: leave the descriptor open
         raise
-    os.set_inheritable(fd, False)
-    return InheritedSocket(fd, name, sock.family, sock.type, sock)
+    return sock
 
 
 def _check(sock: socket.socket, fd: int) -> None:

@@ -14,12 +14,13 @@ import os
 import socket
 import stat
 import struct
-from typing import Any, Callable, List, Optional, Tuple, TypeVar
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 from ..address import Address
 from ..stream.sockopts import apply_buffer_sizes
+from .activation import InheritedSocket, inherit_fd
 
-__all__ = ["Listener", "bind_group"]
+__all__ = ["Listener", "bind_group", "address_of"]
 
 _T = TypeVar("_T")
 
@@ -48,6 +49,26 @@ class Listener:
         inherited._unix_inode = None
         return inherited
 
+    @classmethod
+    def adopt(cls, inherited: InheritedSocket) -> Listener:
+        """A listener over a socket inherited bound and listening (``fd://N``,
+        systemd socket activation). Its address is read from the socket; closing
+        it closes the descriptor and never unlinks a Unix socket file (its
+        owner, systemd say, keeps it)."""
+        lst = cls.__new__(cls)
+        lst.sock = inherited.sock
+        lst.sock.setblocking(False)
+        lst.address = address_of(inherited.sock)
+        lst._unix_inode = None
+        return lst
+
+    @classmethod
+    def from_fd(cls, fd: int, adopted: Optional[Dict[int, InheritedSocket]] = None) -> Listener:
+        """:meth:`adopt` the socket on descriptor ``fd``: the one in ``adopted``
+        (sockets systemd passed, taken out of it), or the descriptor itself."""
+        inherited = adopted.pop(fd, None) if adopted is not None else None
+        return cls.adopt(inherited if inherited is not None else inherit_fd(fd))
+
     @property
     def transport(self) -> str:
         """``"tcp"``, ``"udp"`` or ``"unix"``."""
@@ -74,6 +95,19 @@ class Listener:
             except OSError:
                 pass
             self._unix_inode = None
+
+
+def address_of(sock: socket.socket) -> Address:
+    """The :class:`Address` a bound socket serves: ``tcp``/``udp`` with its host
+    and port, or ``unix`` with its path (``@name`` for a Linux abstract one)."""
+    name = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        path = os.fsdecode(name) if isinstance(name, bytes) else str(name)
+        if path.startswith("\0"):
+            path = "@" + path[1:]
+        return Address("unix", "unix", socket.AF_UNIX, path=path)
+    transport = "tcp" if sock.type == socket.SOCK_STREAM else "udp"
+    return Address(transport, transport, sock.family, host=name[0], port=name[1])
 
 
 def bind_group(address: Address, options: Any, count: int) -> List[Listener]:

@@ -35,25 +35,32 @@ import os
 import signal
 import socket
 import threading
-from typing import Any, Callable, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
-from ..address import Address
+from .. import metrics
+from ..address import Address, parse_address
 from ..callbacks import call
 from ..errors import EngineStoppedError
 from ..handler import Action, EventHandler
 from ..options import Options
+from ..pool import queue_depth
 from ..reactor import EventLoop, new_poller
 from ..runtime import gil_enabled
 from ..stream import Conn, EdgeConn, StreamContext, for_socket
 from ..stream.conn import Preamble
+from ..stream.proxy_preamble import proxy_preamble_factory
 from ..stream.sockopts import tune_tcp
 from ..ticker import run_tick
 from .acceptor import Acceptor
+from .activation import InheritedSocket
 from .balancer import make_balancer
 from .datagram import DatagramEndpoint
 from .listener import Listener, bind_group
 
-__all__ = ["Server"]
+__all__ = ["Server", "STATS_INTERVAL"]
+
+#: Seconds between two stats reports to a ``stats_sink`` (a worker's supervisor).
+STATS_INTERVAL = 1.0
 
 Source = Union[Acceptor, DatagramEndpoint]
 #: ``factory(peer_address)``: the preambles of one accepted connection.
@@ -84,13 +91,18 @@ class Server:
 
     ``facade`` is what ``on_boot``/``on_shutdown`` receive (the public Engine);
     ``prebound`` maps address indexes to listeners a supervisor bound
-    already; ``own_signals`` lets :meth:`serve` handle SIGINT/SIGTERM when it
-    runs on the main thread.
+    already; ``inherited`` holds sockets adopted already (systemd's), by
+    descriptor, for ``fd://N`` addresses; ``own_signals`` lets :meth:`serve`
+    handle SIGINT/SIGTERM when it runs on the main thread. With ``stats_sink``
+    (a worker: its supervisor serves the metrics), the ``metrics`` option is
+    not served here; instead ``stats_sink(snapshot)`` is called every
+    :data:`STATS_INTERVAL` seconds and once more after the last connection closed.
     """
 
     def __init__(self, handler: EventHandler, addresses: Sequence[Address], options: Options,
                  logger: Any, *, facade: Any = None, prebound: Optional[dict] = None,
-                 own_signals: bool = True) -> None:
+                 own_signals: bool = True, inherited: Optional[Dict[int, InheritedSocket]] = None,
+                 stats_sink: Optional[Callable[[metrics.Snapshot], None]] = None) -> None:
         self.handler = handler
         self.options = options
         self.logger = logger
@@ -110,6 +122,9 @@ class Server:
         self._all_loops: List[EventLoop] = []  # plus the main reactor, if any
         self._sources: List[Source] = []
         self._primary: Optional[EventLoop] = None
+        self._inherited = inherited if inherited is not None else {}
+        self._stats_sink = stats_sink
+        self._metrics: Optional[Listener] = None
 
     # ------------------------------------------------------------------ public
 
@@ -125,6 +140,28 @@ class Server:
 
     def count_connections(self) -> int:
         return sum(slot.loop.conn_count for slot in self._slots)
+
+    @property
+    def metrics_address(self) -> Optional[str]:
+        """Where ``/metrics`` is served (the real port), once bound; None without it."""
+        return self._metrics.bound_address() if self._metrics is not None else None
+
+    def stats(self) -> metrics.Snapshot:
+        """The counters of every serving loop and their total, now; from any thread
+        (each value is read as its loop left it a moment ago)."""
+        rows = []
+        for slot in self._slots:
+            ctx = slot.ctx
+            counts = dict(ctx.counts)  # one C-level copy: the loop may add to it meanwhile
+            row = {key: counts.get(key, 0) for key in metrics.LOOP_KEYS}
+            row["open"] = ctx.open
+            row["bytes_in"] = ctx.bytes_in
+            row["bytes_out"] = ctx.bytes_out
+            row["frames_in"] = ctx.frames_in
+            row["frames_out"] = ctx.frames_out
+            row["paused"], row["queued_out"] = ctx.gauges()
+            rows.append(row)
+        return metrics.Snapshot.from_loops(rows, {"pool_queue": queue_depth()})
 
     def stop(self) -> None:
         """Stop gracefully, from any thread (or a callback). A second call does nothing."""
@@ -185,6 +222,8 @@ class Server:
                 self._close_leftovers()
                 call(self.logger, self.handler, "on_shutdown", None, self.handler.on_shutdown,
                      self._facade)
+                if self._stats_sink is not None:
+                    self._send_stats()  # the last word: every connection is counted closed
             if self._escaped is not None:  # it escaped on a loop thread: raise it here
                 raise self._escaped
         finally:
@@ -200,7 +239,8 @@ class Server:
         n = self._loop_count()
         for i in range(n):
             loop = self._new_loop(i)
-            self._slots.append(_LoopSlot(loop, StreamContext(loop, self.handler, opts, self.stop)))
+            ctx = StreamContext(loop, self.handler, opts, self.stop, counts=metrics.loop_stats())
+            self._slots.append(_LoopSlot(loop, ctx))
         self._all_loops = [slot.loop for slot in self._slots]
         if n > 1 and not opts.reuse_port:
             self._primary = self._new_loop(-1)
@@ -218,7 +258,10 @@ class Server:
         main_reactor = self._primary is not self._slots[0].loop
         for index, addr in enumerate(self._addresses):
             prebound = self._prebound.pop(index, None)
-            if addr.transport == "udp":
+            if addr.transport == "fd":
+                self._serve_inherited(prebound if prebound is not None else
+                                      Listener.from_fd(addr.fd, self._inherited), main_reactor)
+            elif addr.transport == "udp":
                 # Every loop reads the address through its own socket; SO_REUSEPORT
                 # lets the kernel spread datagrams (and worker processes share it).
                 reuse = opts.reuse_port or len(self._slots) > 1
@@ -232,15 +275,51 @@ class Server:
                 lst = prebound if prebound is not None else Listener(addr, opts, reuse_port=opts.reuse_port)
                 self._listeners.append(lst)
                 self._bound.append(lst)
-                if main_reactor:
-                    self._sources.append(Acceptor(self._primary, lst,  # type: ignore[arg-type]
-                                                  self._handoff_dispatch(lst)))
-                else:
-                    shared = len(self._slots) > 1
-                    for slot in self._slots:
-                        self._sources.append(Acceptor(slot.loop, lst, self._local_dispatch(slot, lst), shared))
+                self._accept_on(lst, main_reactor)
+        if opts.metrics is not None and self._stats_sink is None:
+            self._serve_metrics(parse_address(opts.metrics))
         for source in self._sources:
             source.start()
+
+    def _accept_on(self, lst: Listener, main_reactor: bool) -> None:
+        """Accept on the stream listener ``lst``: on the main reactor, or on every loop."""
+        if main_reactor:
+            self._sources.append(Acceptor(self._primary, lst,  # type: ignore[arg-type]
+                                          self._handoff_dispatch(lst)))
+        else:
+            shared = len(self._slots) > 1
+            for slot in self._slots:
+                self._sources.append(Acceptor(slot.loop, lst, self._local_dispatch(slot, lst), shared))
+
+    def _serve_inherited(self, lst: Listener, main_reactor: bool) -> None:
+        """Serve a socket bound by someone else (``fd://N``, systemd). It is one
+        socket whatever ``reuse_port`` says: a stream one is accepted on as a
+        shared listener; a datagram one is read by the first loop."""
+        self._listeners.append(lst)
+        self._bound.append(lst)
+        if lst.transport == "udp":
+            slot = self._slots[0]
+            self._sources.append(DatagramEndpoint(slot.loop, lst.sock, self.handler, self.options, self.stop))
+        else:
+            self._accept_on(lst, main_reactor)
+
+    def _serve_metrics(self, addr: Address) -> None:
+        """``GET /metrics`` on ``addr``, served by a MetricsHandler on the primary
+        loop (no thread: a scrape is one more connection there). Its connections
+        have a context of their own, so they are not counted in the stats."""
+        primary: EventLoop = self._primary  # type: ignore[assignment]
+        lst = Listener(addr, self.options)
+        self._listeners.append(lst)
+        self._metrics = lst
+        handler = metrics.MetricsHandler(self.stats)
+        slot = _LoopSlot(primary, StreamContext(primary, handler, self.options, lambda: None))
+        adopt = self._adopt
+        tcp = lst.transport == "tcp"
+
+        def dispatch(sock: socket.socket, peer: Any) -> None:
+            adopt(slot, sock, peer, tcp, None)
+
+        self._sources.append(Acceptor(primary, lst, dispatch))
 
     def _bind_per_loop(self, addr: Address, reuse_port: bool,
                        first: Optional[Listener] = None) -> List[Listener]:
@@ -262,8 +341,15 @@ class Server:
 
     def _preambles_for(self, lst: Listener) -> Optional[PreambleFactory]:
         """What a connection accepted on ``lst`` runs before ``on_open``, as
-        ``factory(peer_address) -> [Preamble, ...]``; None for nothing."""
-        return None
+        ``factory(peer_address) -> [Preamble, ...]``; None for nothing.
+
+        The PROXY protocol header comes first: a load balancer writes it before
+        anything of the client's, a TLS ClientHello included (a TLS preamble
+        goes after it and gets the bytes read past the header)."""
+        proxy = proxy_preamble_factory(self.options, lst.transport)
+        if proxy is None:
+            return None
+        return lambda peer: (proxy(peer),)
 
     def _local_dispatch(self, slot: _LoopSlot, lst: Listener) -> Callable[[socket.socket, Any], None]:
         adopt = self._adopt
@@ -295,8 +381,11 @@ class Server:
         if handed:
             slot.adopted += 1
         loop = slot.loop
+        counts = slot.ctx.counts
+        counts["accepted"] += 1
         if loop.stopping:
             sock.close()
+            counts["closed.local"] += 1
             return
         try:
             sock.setblocking(False)
@@ -304,6 +393,7 @@ class Server:
                 tune_tcp(sock, self.options)
         except OSError:
             sock.close()  # the peer is already gone
+            counts["closed.peer"] += 1
             return
         transport = for_socket(sock)
         conn = (EdgeConn if self.options.edge_triggered else Conn)(slot.ctx, sock.detach(), transport)
@@ -318,6 +408,8 @@ class Server:
                    for loop in self._all_loops if loop is not primary]
         if self.options.ticker:
             primary.call_soon(self._tick)
+        if self._stats_sink is not None:
+            primary.call_later(STATS_INTERVAL, self._report_stats)
         for t in threads:
             t.start()
         restore = self._install_signals()
@@ -393,6 +485,20 @@ class Server:
                     pass
 
         return restore
+
+    # ------------------------------------------------------------------ stats
+
+    def _report_stats(self) -> None:
+        if self._stop_requested:
+            return
+        self._send_stats()
+        self._primary.call_later(STATS_INTERVAL, self._report_stats)  # type: ignore[union-attr]
+
+    def _send_stats(self) -> None:
+        try:
+            self._stats_sink(self.stats())  # type: ignore[misc]
+        except Exception:
+            self.logger.exception("reporting stats failed")
 
     # ------------------------------------------------------------------ ticker
 

@@ -58,15 +58,16 @@ preamble must read until ``EAGAIN``.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import enum
 import os
 import socket
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, Optional, Protocol, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Protocol, Sequence, Union
 
 from ..callbacks import Failed, call, log_failure, report
-from ..errors import BufferOverflowError, ClosedError, PeerClosedError
+from ..errors import BufferOverflowError, ClosedError, EngineStoppedError, PeerClosedError, RefusedError
 from ..handler import Action
 from ..reactor import EDGE, ERROR, HANGUP, READABLE, WRITABLE
 from . import sockopts
@@ -76,7 +77,7 @@ from .transport import Transport
 if TYPE_CHECKING:  # pragma: no cover
     from ..reactor import EventLoop, TimerHandle
 
-__all__ = ["Conn", "EdgeConn", "StreamContext", "Pause", "State", "Preamble"]
+__all__ = ["Conn", "EdgeConn", "StreamContext", "Pause", "State", "Preamble", "close_cause"]
 
 Buffer = Union[bytes, bytearray, memoryview]
 Callback = Callable[["Conn", Optional[BaseException]], Any]
@@ -127,16 +128,48 @@ class Pause(enum.IntFlag):
 _BACKLOG = int(Pause.BACKLOG)
 
 
+def close_cause(err: Optional[BaseException]) -> str:
+    """The counter a connection that ended with ``err`` (what ``on_close`` got)
+    counts under: ``closed.local`` (None: the server closed it), ``closed.peer``
+    (EOF, reset, broken pipe), ``closed.cap`` (a buffer cap), ``closed.timeout``
+    (any ``TimeoutError``: idle, read or header timeouts, TCP keep-alive),
+    ``refused.<reason>`` (:class:`RefusedError`, before ``on_open``), else
+    ``closed.error`` (a socket error, a handler that raised, a peer's garbage)."""
+    if err is None or err.__class__ is EngineStoppedError:
+        return "closed.local"
+    if isinstance(err, (PeerClosedError, ConnectionResetError, BrokenPipeError)):
+        return "closed.peer"
+    if isinstance(err, BufferOverflowError):
+        return "closed.cap"
+    if isinstance(err, TimeoutError):
+        return "closed.timeout"
+    if isinstance(err, RefusedError):
+        return "refused." + err.reason
+    return "closed.error"
+
+
 class StreamContext:
     """What the connections of one owner (an engine or a client) on one loop share:
-    the loop, the handler, and the option values the I/O path reads."""
+    the loop, the handler, the option values the I/O path reads, and the counters.
+
+    Counters (written on the loop's thread only; any thread may read them, they
+    are plain ints): ``bytes_in``/``bytes_out`` (application bytes handed to the
+    handler / taken by the transport), ``frames_in``/``frames_out`` (where a
+    codec or protocol counts them: :meth:`Conn.count_frames`), ``open``
+    (connections not yet closed), and ``counts``, a dict of event counters keyed
+    like :mod:`netreactor.metrics` (``accepted``, ``closed.<cause>``,
+    ``refused.<reason>``, ``tls_handshakes``, ``tls_failures``): the owner passes
+    the dict (an engine: :func:`netreactor.metrics.loop_stats`), else any key counts.
+    """
 
     __slots__ = ("loop", "handler", "logger", "read_buffer_cap", "inbound_buffer_cap",
                  "write_high_water", "write_low_water", "write_buffer_cap", "close_timeout",
-                 "pause_on_high_water", "read_budget", "request_shutdown")
+                 "pause_on_high_water", "read_budget", "request_shutdown",
+                 "bytes_in", "bytes_out", "frames_in", "frames_out", "open", "counts")
 
     def __init__(self, loop: "EventLoop", handler: Any, options: Any,
-                 request_shutdown: Callable[[], None], *, pause_on_high_water: bool = True) -> None:
+                 request_shutdown: Callable[[], None], *, pause_on_high_water: bool = True,
+                 counts: Optional[Dict[str, int]] = None) -> None:
         self.loop = loop
         self.handler = handler
         self.logger = loop.logger
@@ -155,6 +188,32 @@ class StreamContext:
         self.read_budget = 16
         #: What ``Action.SHUTDOWN`` calls.
         self.request_shutdown = request_shutdown
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.frames_in = 0
+        self.frames_out = 0
+        self.open = 0
+        self.counts: Dict[str, int] = counts if counts is not None else collections.defaultdict(int)
+
+    def count_closed(self, err: Optional[BaseException]) -> None:
+        """A connection of this context closed (or was refused) with ``err``."""
+        self.open -= 1
+        counts = self.counts
+        key = close_cause(err)
+        counts[key] = counts.get(key, 0) + 1
+
+    def gauges(self) -> tuple[int, int]:
+        """``(paused, queued_out)``: this context's connections on its loop that
+        are not being read now, and the output bytes they have queued. Safe from
+        any thread (a moment's view: the loop may be changing them meanwhile)."""
+        paused = queued = 0
+        # tuple() copies the fd table in one C call: no loop code runs meanwhile.
+        for entry in tuple(self.loop.entries()):
+            if isinstance(entry, Conn) and entry._ctx is self:
+                if entry._paused:
+                    paused += 1
+                queued += entry._out_bytes
+        return paused, queued
 
 
 class Preamble(Protocol):
@@ -174,7 +233,7 @@ class _Extras:
     """Per-connection state that most connections never need, allocated on first use."""
 
     __slots__ = ("close_err", "linger", "close_timer", "drain_waiters", "preambles",
-                 "preamble_wants_write")
+                 "preamble_wants_write", "proxy")
 
     def __init__(self) -> None:
         self.close_err: Optional[BaseException] = None
@@ -184,6 +243,8 @@ class _Extras:
         #: The preamble running now, then those still to run (OPENING only).
         self.preambles: Optional[List[Preamble]] = None
         self.preamble_wants_write = False
+        #: (header, peer) once a PROXY protocol preamble read a header.
+        self.proxy: Optional[tuple[Any, Any]] = None
 
 
 def _owned(data: Buffer) -> Union[bytes, memoryview]:
@@ -374,6 +435,7 @@ class Conn(Inbound):
         except OSError as exc:
             self._close_now(exc)
             return
+        self._ctx.bytes_out += sent
         self._sent(out, sent)
 
     def _sent(self, out: List[Any], sent: int) -> None:
@@ -514,6 +576,7 @@ class Conn(Inbound):
                 self._grow_reads(size)
             self._in = data
             self._iend = n
+            self._ctx.bytes_in += n
         self._flush_pending = True
         try:
             action = self._ctx.handler.on_traffic(self)
@@ -536,6 +599,7 @@ class Conn(Inbound):
                 except OSError as exc:
                     self._close_now(exc)
                     return False
+                self._ctx.bytes_out += sent
                 if sent == self._out_bytes:
                     self._out = None
                     self._out_bytes = 0
@@ -595,6 +659,7 @@ class Conn(Inbound):
         events = self._events = self._registration()
         loop.add(self.fd, self, events)
         loop.connection_opened()
+        self._ctx.open += 1
         if preambles:
             self._x().preambles = list(preambles)
             preambles[0].begin(self, _EMPTY)
@@ -618,6 +683,28 @@ class Conn(Inbound):
         protocol preamble: the original client's, and the address it dialled)."""
         self._raddr = remote
         self._laddr = local
+
+    def set_proxy(self, header: Any, peer: Any) -> None:
+        """Record the PROXY protocol ``header`` a preamble read, and ``peer``, the
+        address of the proxy that sent it (see :attr:`proxy_header`)."""
+        self._x().proxy = (header, peer)
+
+    @property
+    def proxy_header(self) -> Any:
+        """The :class:`netreactor.protocols.proxy.ProxyHeader` the load balancer
+        sent before this connection's data (its v2 TLVs: ``.alpn``,
+        ``.authority``, ``.ssl``, ``.unique_id``, ``.tlvs``...); None when the
+        listener does not take PROXY headers. Readable until ``on_close`` returns."""
+        extras = self._extras
+        return extras.proxy[0] if extras is not None and extras.proxy is not None else None
+
+    @property
+    def proxy_peer(self) -> Any:
+        """The address of the proxy itself (the socket's real peer) when a PROXY
+        header was read: ``remote_addr`` is then the original client's. None
+        otherwise. Readable until ``on_close`` returns."""
+        extras = self._extras
+        return extras.proxy[1] if extras is not None and extras.proxy is not None else None
 
     def preamble_wants_write(self, wanted: bool) -> None:
         """The running preamble has output the kernel did not take (watch WRITABLE)."""
@@ -645,6 +732,7 @@ class Conn(Inbound):
         if rest:
             self._in = rest
             self._iend = len(rest)
+            self._ctx.bytes_in += len(rest)
         self._opened()
         if self._iend and self._reading:
             self._traffic()
@@ -745,6 +833,7 @@ class Conn(Inbound):
         if not n:
             self._on_eof()
             return False
+        ctx.bytes_in += n
         return True
 
     def _move_to_block(self, need: int) -> None:
@@ -852,17 +941,17 @@ class Conn(Inbound):
             loop.connection_closed()
         self._transport.close(self.fd)
         self._drop_buffers()
+        self._ctx.count_closed(err)
         extras = self._extras
-        if extras is not None:
-            if extras.close_timer is not None:
-                extras.close_timer.cancel()
-            self._extras = None
+        if extras is not None and extras.close_timer is not None:
+            extras.close_timer.cancel()
         if state is OPENING:  # the handler never met it
             if extras is not None and extras.preambles:
                 for preamble in extras.preambles:
                     preamble.abandon(self)
         elif state is not LINGER:
-            self._closed_for_handler(err)
+            self._closed_for_handler(err)  # extras kept for it: proxy_header stays readable
+        self._extras = None
 
     def _drop_buffers(self) -> None:
         self._out = None
@@ -926,6 +1015,18 @@ class Conn(Inbound):
     def paused_by(self, by: Pause) -> bool:
         """Whether ``by`` holds reading paused."""
         return bool(self._paused & int(by))
+
+    @property
+    def paused(self) -> bool:
+        """Whether any pause reason holds reading off (back-pressure, the handler, a pool)."""
+        return bool(self._paused)
+
+    def count_frames(self, received: int = 0, sent: int = 0) -> None:
+        """Add to the engine's ``frames_in``/``frames_out`` counters (loop thread):
+        for codecs and protocols that know their messages (``FramedHandler`` does)."""
+        ctx = self._ctx
+        ctx.frames_in += received
+        ctx.frames_out += sent
 
     def when_drained(self, callback: Callable[["Conn"], Any]) -> None:
         """Run ``callback(conn)`` on the loop once queued output falls to the

@@ -65,6 +65,23 @@ How it works
 * ``cpu_affinity=True`` pins worker *i* to the *i*-th CPU this process may use
   (``os.sched_getaffinity``), before its loops start, so every loop thread of
   the worker inherits the pin.
+* **Inherited sockets** (``fd://N``, systemd socket activation) are adopted
+  here, before any fork, and shared by every worker as a Unix socket is
+  (each worker registers it with ``EPOLLEXCLUSIVE``): there is one socket, so
+  there is no SO_REUSEPORT group to spread over.
+* **Stats and metrics.** Each worker sends a ``stats`` line on its status
+  pipe every second (and a last one when it stops). The supervisor folds
+  them into one :class:`~netreactor.metrics.Aggregator` (counters: the sum
+  over live workers plus what exited workers had reported, so they never go
+  back; gauges: live workers only): :meth:`Supervisor.stats`, and with the
+  ``metrics`` option the ``/metrics`` endpoint, served from this process's
+  own select loop (:mod:`.metrics_endpoint`; why there: that module's docstring).
+* **Recycling** (``max_connections_per_worker`` + jitter, gunicorn's
+  ``--max-requests``; ``max_worker_rss``, granian's ``--workers-max-rss``): a
+  worker whose reported ``accepted`` count, or whose resident memory (read
+  from ``/proc/PID/statm`` every :data:`RSS_INTERVAL` seconds), passes its
+  limit is replaced the way SIGHUP replaces workers: its successor starts
+  and reports ready, then it is retired gracefully (``RETIRE_SIGNAL``).
 
 Linux is the target (SO_REUSEPORT balancing, EPOLLEXCLUSIVE); other POSIX
 systems fork and supervise the same way but may not spread TCP connections.
@@ -74,23 +91,27 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import selectors
 import signal
 import threading
 from time import monotonic
 from typing import Any, Dict, List, Optional, Sequence
 
-from ..address import Address
+from ..address import Address, parse_address
 from ..errors import NetreactorError, one_line
+from ..metrics import MAX_WIRE_LINE, WIRE_PREFIX, Aggregator, Snapshot, decode_stats
 from ..options import Options
 from ..runtime import gil_enabled, usable_cpus
+from ..server.activation import InheritedSocket
 from ..server.listener import Listener, bind_group
+from .metrics_endpoint import MetricsEndpoint
 from .worker import (EXIT_FAILED, EXIT_OK, EXIT_SHUTDOWN, RETIRE_SIGNAL, Prefixed, WorkerInfo,
                      WorkerTarget, flush_output, run_worker, send_line)
 
 __all__ = [
     "Supervisor", "SupervisorError", "worker_count",
-    "CRASH_WINDOW", "CRASH_LIMIT", "BACKOFF_BASE", "BACKOFF_MAX", "KILL_GRACE",
+    "CRASH_WINDOW", "CRASH_LIMIT", "BACKOFF_BASE", "BACKOFF_MAX", "KILL_GRACE", "RSS_INTERVAL",
 ]
 
 #: A worker that dies sooner than this (seconds) after it was started crashed "immediately".
@@ -103,6 +124,8 @@ BACKOFF_BASE = 0.1
 BACKOFF_MAX = 5.0
 #: Seconds, beyond ``shutdown_timeout``, a stopping worker gets before SIGKILL.
 KILL_GRACE = 2.0
+#: Seconds between two looks at the workers' resident memory (``max_worker_rss``).
+RSS_INTERVAL = 1.0
 
 # Longest the supervisor sleeps: it also polls Engine.stop() called from another thread.
 _POLL = 0.25
@@ -131,9 +154,9 @@ class _Worker:
     """The supervisor's record of one worker process."""
 
     __slots__ = ("slot", "pid", "status_fd", "started", "ready", "retiring", "retired_at", "kill_at",
-                 "killed", "error", "buf")
+                 "killed", "error", "buf", "conn_limit", "recycling")
 
-    def __init__(self, slot: int, pid: int, status_fd: int) -> None:
+    def __init__(self, slot: int, pid: int, status_fd: int, conn_limit: Optional[int] = None) -> None:
         self.slot = slot
         self.pid = pid
         self.status_fd = status_fd
@@ -145,6 +168,8 @@ class _Worker:
         self.killed = False
         self.error = ""           # last "error" line it sent
         self.buf = b""
+        self.conn_limit = conn_limit  # max_connections_per_worker (+ jitter), or None
+        self.recycling = False    # a successor is on its way (a limit was passed)
 
 
 class _Slot:
@@ -175,7 +200,7 @@ class Supervisor:
     """
 
     def __init__(self, target: WorkerTarget, addresses: Sequence[Address], options: Options,
-                 logger: Any, count: int) -> None:
+                 logger: Any, count: int, *, inherited: Optional[Dict[int, InheritedSocket]] = None) -> None:
         self.target = target
         self.addresses = list(addresses)
         self.opts = options
@@ -196,6 +221,13 @@ class Supervisor:
         self.life_r = self.life_w = -1         # the lifeline (see module docstring)
         self.saved_signals: Dict[int, Any] = {}
         self.saved_wakeup: Optional[int] = None
+        self.inherited = inherited if inherited is not None else {}
+        self.rolling_all = False               # the roll under way is SIGHUP's (not a recycle)
+        self.aggregate = Aggregator()
+        self.aggregate_lock = threading.Lock()  # stats() may be called from another thread
+        self.metrics_listener: Optional[Listener] = None
+        self.metrics: Optional[MetricsEndpoint] = None
+        self.next_rss_check = 0.0
 
     # ------------------------------------------------------------------ main
 
@@ -208,6 +240,16 @@ class Supervisor:
         """Stop every worker gracefully; from any thread."""
         self._stop_requested = True
 
+    def stats(self) -> Snapshot:
+        """The sum over the workers, as they last reported; from any thread."""
+        with self.aggregate_lock:
+            return self.aggregate.snapshot()
+
+    @property
+    def metrics_address(self) -> Optional[str]:
+        """Where the supervisor serves ``/metrics``, once bound; None without it."""
+        return self.metrics_listener.bound_address() if self.metrics_listener is not None else None
+
     def run(self) -> None:
         if not hasattr(os, "fork"):
             raise RuntimeError("worker processes need os.fork(); use workers=None on this platform")
@@ -216,6 +258,8 @@ class Supervisor:
                                "(use run(), not start(): the supervisor owns signals and forks)")
         if self.opts.cpu_affinity and not hasattr(os, "sched_setaffinity"):
             raise ValueError("option 'cpu_affinity' needs os.sched_setaffinity (Linux)")
+        if self.opts.max_worker_rss is not None and _rss(os.getpid()) is None:
+            raise ValueError("option 'max_worker_rss' needs /proc/PID/statm (Linux)")
         try:
             self._bind()
             addrs = ", ".join(lst.bound_address() for lst in self.slots[0].listeners)
@@ -239,9 +283,15 @@ class Supervisor:
         """Bind every address for every slot, before any worker exists."""
         addrs = self.addresses
         per_slot: List[List[Listener]] = [[] for _ in range(self.count)]
+        if self.opts.metrics is not None:
+            self.metrics_listener = Listener(parse_address(self.opts.metrics), self.opts)
+            self.bound.append(self.metrics_listener)
         for addr in addrs:
-            if addr.transport == "unix":
-                lst = Listener(addr, self.opts)
+            if addr.transport in ("unix", "fd"):
+                # One socket for every worker: SO_REUSEPORT does not spread Unix
+                # connections, and an inherited socket is one socket.
+                lst = (Listener(addr, self.opts) if addr.transport == "unix"
+                       else Listener.from_fd(addr.fd, self.inherited))
                 self.bound.append(lst)
                 for lsts in per_slot:
                     lsts.append(lst)
@@ -259,6 +309,8 @@ class Supervisor:
         for fd in (self.wake_r, self.wake_w):
             os.set_blocking(fd, False)
         self.sel.register(self.wake_r, selectors.EVENT_READ, None)
+        if self.metrics_listener is not None:
+            self.metrics = MetricsEndpoint(self.metrics_listener, self.stats, self.sel)
         # The handlers do nothing: the signal number written to the wake-up
         # pipe is the whole message, read and acted on in _read_signals().
         self.saved_wakeup = signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
@@ -273,6 +325,8 @@ class Supervisor:
                 pass
         if self.saved_wakeup is not None:
             signal.set_wakeup_fd(self.saved_wakeup)
+        if self.metrics is not None:
+            self.metrics.close()
         if self.sel is not None:
             self.sel.close()
         for fd in (self.wake_r, self.wake_w, self.life_r, self.life_w):
@@ -293,10 +347,16 @@ class Supervisor:
             self._enforce_deadlines(now)
             if not self.stopping:
                 self._start_due(now)
+                self._check_rss(now)
                 self._advance_roll()
-            for key, _ in self.sel.select(self._timeout(monotonic())):
-                if key.data is not None:
-                    self._read_status(key.data)
+            if self.metrics is not None:
+                self.metrics.sweep(now)
+            for key, mask in self.sel.select(self._timeout(monotonic())):
+                data = key.data
+                if isinstance(data, _Worker):
+                    self._read_status(data)
+                elif data is not None:
+                    data(mask)  # the metrics endpoint's
 
     def _timeout(self, now: float) -> float:
         timeout = _POLL
@@ -359,7 +419,10 @@ class Supervisor:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         os.close(status_w)
         os.set_blocking(status_r, False)
-        w = _Worker(slot.index, pid, status_r)
+        limit = self.opts.max_connections_per_worker
+        if limit is not None:
+            limit += random.randint(0, self.opts.max_connections_per_worker_jitter)
+        w = _Worker(slot.index, pid, status_r, limit)
         self.workers[pid] = w
         self.sel.register(status_r, selectors.EVENT_READ, w)
         slot.generation += 1
@@ -383,12 +446,17 @@ class Supervisor:
             w.buf += chunk
             while b"\n" in w.buf:
                 line, w.buf = w.buf.split(b"\n", 1)
+                if line.startswith(WIRE_PREFIX):
+                    self._worker_stats(w, line)
+                    continue
                 text = line.decode("utf-8", "replace")
                 if text == "ready":
                     w.ready = True
                     self._announce()
                 elif text.startswith("error "):
                     w.error = text[6:]
+            if len(w.buf) > MAX_WIRE_LINE:  # no newline in sight: not one of our lines
+                w.buf = b""
 
     def _announce(self) -> None:
         if self.announced or self.stopping:
@@ -416,7 +484,46 @@ class Supervisor:
                     w.status_fd = -1
             self._exited(w, os.waitstatus_to_exitcode(status))
 
+    def _worker_stats(self, w: _Worker, line: bytes) -> None:
+        try:
+            snapshot = decode_stats(line)
+        except ValueError as exc:
+            self.log.debug("worker %d (pid %d) sent a bad stats line: %s", w.slot, w.pid, exc)
+            return
+        with self.aggregate_lock:
+            self.aggregate.update(w.pid, snapshot)
+        limit = w.conn_limit
+        if limit is not None and snapshot["accepted"] >= limit:
+            self._recycle(w, f"it has accepted {int(snapshot['accepted'])} connections "
+                             f"(max_connections_per_worker, with jitter: {limit})")
+
+    def _check_rss(self, now: float) -> None:
+        limit = self.opts.max_worker_rss
+        if limit is None or now < self.next_rss_check:
+            return
+        self.next_rss_check = now + RSS_INTERVAL
+        for slot in self.slots:
+            w = slot.current
+            if w is None or not w.ready:
+                continue
+            rss = _rss(w.pid)
+            if rss is not None and rss > limit:
+                self._recycle(w, f"its resident memory is {rss / 2**20:.1f} MiB "
+                                 f"(max_worker_rss: {limit / 2**20:.1f} MiB)")
+
+    def _recycle(self, w: _Worker, why: str) -> None:
+        """Replace ``w`` as a SIGHUP roll would: successor first, then a graceful retire."""
+        slot = self.slots[w.slot]
+        if w.recycling or w.retiring or slot.current is not w or self.stopping:
+            return
+        w.recycling = True
+        self.log.info("recycling worker %d (pid %d): %s", w.slot, w.pid, why)
+        if slot.index not in self.roll:
+            self.roll.append(slot.index)
+
     def _exited(self, w: _Worker, code: int) -> None:
+        with self.aggregate_lock:
+            self.aggregate.retire(w.pid)  # its counters stay in the sums; its gauges leave them
         slot = self.slots[w.slot]
         was_successor = slot.successor is w
         if slot.current is w:
@@ -445,6 +552,8 @@ class Supervisor:
             self.log.error("replacement for worker %d failed; keeping pid %d and abandoning the "
                            "restart of the remaining workers", w.slot, slot.current.pid)
             self.roll.clear()
+            self.rolling_all = False
+            slot.current.recycling = False  # it may be recycled again later
             if immediate:
                 slot.crashes += 1
             return
@@ -508,6 +617,7 @@ class Supervisor:
     def _begin_stop(self, reason: str) -> None:
         self.stopping = reason
         self.roll.clear()
+        self.rolling_all = False
         for slot in self.slots:
             slot.restart_at = None
         if self.workers:
@@ -540,10 +650,12 @@ class Supervisor:
     def _begin_roll(self) -> None:
         if self.stopping:
             return
-        if self.roll:
+        if self.rolling_all:
             self.log.info("SIGHUP: a restart is already under way")
             return
-        self.roll = [s.index for s in self.slots]
+        # Slots already being recycled stay where they are in the queue.
+        self.roll += [s.index for s in self.slots if s.index not in self.roll]
+        self.rolling_all = True
         self.log.info("SIGHUP: restarting %d workers one by one", len(self.roll))
 
     def _advance_roll(self) -> None:
@@ -565,9 +677,12 @@ class Supervisor:
             slot.successor = self._spawn(slot)
             if slot.successor is None:  # fork failed: give up this roll
                 self.roll.clear()
+                self.rolling_all = False
             return
-        pids = ", ".join(str(s.current.pid) if s.current else "-" for s in self.slots)
-        self.log.info("restarted all %d workers (pids %s)", self.count, pids)
+        if self.rolling_all:
+            self.rolling_all = False
+            pids = ", ".join(str(s.current.pid) if s.current else "-" for s in self.slots)
+            self.log.info("restarted all %d workers (pids %s)", self.count, pids)
 
     # ------------------------------------------------------------------ the child
 
@@ -580,6 +695,8 @@ class Supervisor:
         for w in self.workers.values():
             if w.status_fd >= 0:
                 os.close(w.status_fd)
+        if self.metrics is not None:
+            self.metrics.forget()
         mine = {id(lst) for lst in slot.listeners}
         for lst in self.bound:
             if id(lst) not in mine:
@@ -590,6 +707,15 @@ class Supervisor:
         return run_worker(self.target, info, slot.listeners, status_w, self.life_r, self.base_log,
                           self.opts.graceful_timeout, cpu, traceback=slot.crashes == 0,
                           restore_mask=old_mask)
+
+
+def _rss(pid: int) -> Optional[int]:
+    """Resident memory of process ``pid`` in bytes (``/proc/PID/statm``); None if unknown."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _ignore_signal(signum: int, frame: Any) -> None:

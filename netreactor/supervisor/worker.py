@@ -11,8 +11,10 @@ public worker interface) on them until one of:
 * the application stopped its engine (``Action.SHUTDOWN``, ``engine.stop()``).
 
 It tells the supervisor ``ready`` and ``error <text>`` lines on its status
-pipe, and its exit code says which way it ended (:data:`EXIT_OK`,
-:data:`EXIT_FAILED`, :data:`EXIT_SHUTDOWN`).
+pipe, and ``stats {...}`` lines (:func:`netreactor.metrics.encode_stats`)
+every second or so, which the supervisor sums into its metrics endpoint and
+reads to recycle workers; its exit code says which way it ended
+(:data:`EXIT_OK`, :data:`EXIT_FAILED`, :data:`EXIT_SHUTDOWN`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import threading
 from typing import Any, Callable, Dict, List, Optional, Protocol
 
 from ..errors import one_line
+from ..metrics import Snapshot, encode_stats
 from ..server.listener import Listener
 
 __all__ = ["WorkerInfo", "WorkerTarget", "current_worker", "run_worker", "Prefixed",
@@ -67,9 +70,10 @@ class WorkerTarget(Protocol):
     """What a worker runs: the engine's worker interface."""
 
     def serve_worker(self, listeners: Dict[int, Listener], logger: Any,
-                     on_ready: Callable[[], None]) -> None:
+                     on_ready: Callable[[], None], on_stats: Callable[[Snapshot], None]) -> None:
         """Serve on ``listeners`` (address index -> inherited listener) until
-        stopped; call ``on_ready()`` once booted. Raises on failure."""
+        stopped; call ``on_ready()`` once booted, and ``on_stats(snapshot)``
+        now and then (and once at the end) with the engine's counters. Raises on failure."""
 
     def stop(self) -> None:
         """Stop gracefully, from any thread."""
@@ -121,7 +125,8 @@ def run_worker(target: WorkerTarget, info: WorkerInfo, listeners: List[Listener]
                      name="netreactor-worker-lifeline", daemon=True).start()
     inherited = {i: Listener.inherit(lst) for i, lst in enumerate(listeners)}
     try:
-        target.serve_worker(inherited, log, lambda: send_line(status_fd, "ready"))
+        target.serve_worker(inherited, log, lambda: send_line(status_fd, "ready"),
+                            lambda snapshot: send_stats(status_fd, snapshot))
     except BaseException as exc:
         text = one_line(exc)
         # ``traceback``: once per crash streak; the repeats say the same.
@@ -154,6 +159,21 @@ def _watch_lifeline(target: WorkerTarget, life_fd: int, orphaned: threading.Even
 def send_line(fd: int, line: str) -> None:
     try:
         os.write(fd, (line.replace("\n", " ") + "\n").encode("utf-8", "replace"))
+    except OSError:  # the supervisor is gone; the lifeline will stop us
+        pass
+
+
+def send_stats(fd: int, snapshot: Snapshot) -> None:
+    """One stats line to the supervisor, unless its pipe is full: this runs on a
+    serving loop, which must not block on a supervisor that is slow to read (the
+    next report comes a second later; a line is shorter than PIPE_BUF, so it is
+    written whole or not at all)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    if not poller.poll(0):
+        return
+    try:
+        os.write(fd, encode_stats(snapshot))
     except OSError:  # the supervisor is gone; the lifeline will stop us
         pass
 
