@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -488,3 +490,151 @@ def test_engine_serves_an_inherited_socket(monkeypatch):
         finally:
             engine.stop()
             engine.wait(10)
+
+
+# ---------------------------------------------------------------- netreactor run, for real
+
+APP = """
+import os
+import netreactor as nr
+
+class Pid(nr.EventHandler):
+    # Replies with the serving process's pid and the bytes it got, then closes.
+    def on_traffic(self, conn):
+        conn.write(b"%d:%s" % (os.getpid(), conn.read()))
+        return nr.Action.CLOSE
+"""
+
+
+@pytest.fixture
+def app_dir(tmp_path):
+    (tmp_path / "pidapp.py").write_text(APP)
+    return str(tmp_path)
+
+
+def _run_cmd(app_dir: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "netreactor", "run", "pidapp:Pid", "--app-dir", app_dir, *args]
+
+
+def _ask(address, data: bytes = b"x") -> tuple[int, bytes]:
+    pid, _, rest = _echo(address, data).partition(b":")
+    return int(pid), rest
+
+
+def _stop(proc: subprocess.Popen) -> str:
+    """SIGTERM, then the process's stderr (its log)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate(timeout=5)
+        raise AssertionError(f"did not stop on SIGTERM: {err.decode()}") from None
+    assert proc.returncode == 0, err.decode()
+    return err.decode()
+
+
+@needs_activate
+@pytest.mark.parametrize("workers", [1, 2])
+def test_netreactor_run_under_systemd_socket_activate(app_dir, unix_path, workers):
+    """No --listen: the sockets the tool passes (named) are served, by the process
+    itself or by its workers (the supervisor adopts them before forking)."""
+    port = _free_port()
+    proc = subprocess.Popen([ACTIVATE, "-l", f"127.0.0.1:{port}", "-l", unix_path, "--fdname=web:admin",
+                             "-E", f"PYTHONPATH={_env()['PYTHONPATH']}",
+                             *_run_cmd(app_dir, "--workers", str(workers))],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        with _first_connection(proc, port) as c:  # starts the service
+            c.sendall(b"tcp")
+            first_pid, rest = recv_until_eof(c).split(b":")
+            assert rest == b"tcp"
+        pids = {int(first_pid)}
+        for _ in range(10):
+            pid, rest = _ask(unix_path, b"unix")
+            assert rest == b"unix"
+            pids.add(pid)
+            pids.add(_ask(("127.0.0.1", port))[0])
+        if workers == 1:
+            assert pids == {proc.pid}  # the tool exec'd netreactor: one process
+        else:
+            assert proc.pid not in pids  # the workers serve, not the supervisor
+        log = _stop(proc)
+        assert f"socket activation: serving fd://3 (web: tcp://127.0.0.1:{port}), " \
+               f"fd://4 (admin: unix://{unix_path})" in log
+        assert os.path.exists(unix_path)  # systemd's socket file: never ours to remove
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_deploy_on_an_inherited_socket_refuses_and_drops_nothing(app_dir, workers):
+    """The zero-downtime deploy of docs/workers.md: the parent (systemd, in production)
+    holds the listening socket and passes it to `netreactor run --fd N`. The new server
+    starts on the same socket while the old one serves; then SIGUSR1 tells the old one
+    to stop accepting, finish its open connections and exit. Clients connect all along:
+    not one is refused, reset or left without its reply."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(128)
+        fd = listener.fileno()
+        address = listener.getsockname()
+
+        def start() -> subprocess.Popen:
+            return subprocess.Popen(_run_cmd(app_dir, "--fd", str(fd), "--workers", str(workers)),
+                                    pass_fds=[fd], env=_env(), stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE)
+
+        procs = [start()]
+        try:
+            errors: list[BaseException] = []
+            seen: list[int] = []
+            done = threading.Event()
+
+            def clients() -> None:
+                while not done.is_set():
+                    try:
+                        pid, rest = _ask(address, b"ping")
+                        assert rest == b"ping"
+                        seen.append(pid)
+                    except BaseException as exc:  # noqa: BLE001 - reported below
+                        errors.append(exc)
+                        return
+
+            def served_by_new(count: int) -> None:
+                deadline = time.monotonic() + 15
+                while len(seen) < count and not errors:
+                    assert time.monotonic() < deadline, f"{len(seen)} requests served, not {count}"
+                    time.sleep(0.02)
+
+            threads = [threading.Thread(target=clients) for _ in range(4)]
+            for t in threads:
+                t.start()
+            served_by_new(20)
+            old_served = set(seen)
+            procs.append(start())
+            # Both serve the socket for a while: the new one takes connections too.
+            deadline = time.monotonic() + 15
+            while set(seen) <= old_served and not errors:
+                assert time.monotonic() < deadline, "the new server served nobody"
+                time.sleep(0.02)
+            procs[0].send_signal(signal.SIGUSR1)
+            procs[0].wait(15)
+            assert procs[0].returncode == 0, procs[0].stderr.read().decode()
+            count = len(seen)
+            served_by_new(count + 20)  # and the new one alone serves on
+            done.set()
+            for t in threads:
+                t.join(15)
+            assert errors == []
+            log = _stop(procs[1])
+            assert "Traceback" not in log
+        finally:
+            done.set()
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait(5)

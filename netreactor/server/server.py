@@ -125,6 +125,7 @@ class Server:
         self._inherited = inherited if inherited is not None else {}
         self._stats_sink = stats_sink
         self._metrics: Optional[Listener] = None
+        self._metrics_ctx: Optional[StreamContext] = None
 
     # ------------------------------------------------------------------ public
 
@@ -191,6 +192,9 @@ class Server:
             for source in self._sources:
                 if source.loop is loop:
                     source.stop()
+            if self._metrics_ctx is not None and self._metrics_ctx.loop is loop:
+                for conn in self._metrics_ctx.connections():  # a scraper's keep-alive is not work
+                    conn.close()
             loop.when_empty(idle)
 
         for loop in loops:
@@ -312,7 +316,8 @@ class Server:
         self._listeners.append(lst)
         self._metrics = lst
         handler = metrics.MetricsHandler(self.stats)
-        slot = _LoopSlot(primary, StreamContext(primary, handler, self.options, lambda: None))
+        self._metrics_ctx = StreamContext(primary, handler, self.options, lambda: None)
+        slot = _LoopSlot(primary, self._metrics_ctx)
         adopt = self._adopt
         tcp = lst.transport == "tcp"
 
@@ -471,9 +476,18 @@ class Server:
             self.logger.info("received %s, shutting down", signal.Signals(signum).name)
             self.stop()
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        def on_retire(signum: int, frame: Any) -> None:
+            timeout = self.options.graceful_timeout
+            self.logger.info("received %s: no longer accepting; stopping once the open connections "
+                             "have closed (at most %g s)", signal.Signals(signum).name, timeout)
+            self.retire(timeout)
+
+        handlers: Dict[int, Callable[[int, Any], None]] = {signal.SIGINT: on_signal, signal.SIGTERM: on_signal}
+        if hasattr(signal, "SIGUSR1"):  # what a supervisor sends a worker it replaces, too
+            handlers[signal.SIGUSR1] = on_retire
+        for sig, handler in handlers.items():
             try:
-                previous[sig] = signal.signal(sig, on_signal)
+                previous[sig] = signal.signal(sig, handler)
             except (ValueError, OSError):
                 pass
 

@@ -202,6 +202,10 @@ class StreamContext:
         key = close_cause(err)
         counts[key] = counts.get(key, 0) + 1
 
+    def connections(self) -> List["Conn"]:
+        """This context's connections on its loop (a moment's view; any thread)."""
+        return [e for e in tuple(self.loop.entries()) if isinstance(e, Conn) and e._ctx is self]
+
     def gauges(self) -> tuple[int, int]:
         """``(paused, queued_out)``: this context's connections on its loop that
         are not being read now, and the output bytes they have queued. Safe from

@@ -47,7 +47,10 @@ How it works
   connections until they close, for at most ``graceful_timeout``, then
   stops as on SIGTERM). The replacements are forked from the supervisor,
   so they start from fresh state with the same code: SIGHUP does not reload
-  modules (restart the supervisor to deploy new code).
+  modules (restart the supervisor to deploy new code). SIGUSR1 (RETIRE_SIGNAL):
+  retire every worker that way and exit once they are done -- the last step
+  of a zero-downtime deploy, when a new supervisor already serves the same
+  inherited sockets (docs/workers.md).
 * **Worker -> supervisor.** A pipe per worker carries ``ready`` once the
   engine is bound and booted, and ``error <text>`` when it fails. The exit
   code says why a worker ended: :data:`EXIT_OK` (stopped by a signal, or the
@@ -129,7 +132,7 @@ RSS_INTERVAL = 1.0
 
 # Longest the supervisor sleeps: it also polls Engine.stop() called from another thread.
 _POLL = 0.25
-_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD)
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD, RETIRE_SIGNAL)
 
 
 class SupervisorError(NetreactorError, RuntimeError):
@@ -386,6 +389,10 @@ class Supervisor:
                         self._kill(w)
             elif signum == signal.SIGHUP:
                 self._begin_roll()
+            elif signum == RETIRE_SIGNAL and not self.stopping:
+                # A graceful exit for a deploy: the new server already serves the same
+                # (inherited) sockets; the workers finish their open connections first.
+                self._begin_stop(f"received {signal.Signals(signum).name}", graceful=True)
 
     # ------------------------------------------------------------------ workers
 
@@ -614,7 +621,7 @@ class Supervisor:
                                  w.slot, w.pid, w.kill_at - w.retired_at)
                 self._kill(w)
 
-    def _begin_stop(self, reason: str) -> None:
+    def _begin_stop(self, reason: str, graceful: bool = False) -> None:
         self.stopping = reason
         self.roll.clear()
         self.rolling_all = False
@@ -623,7 +630,7 @@ class Supervisor:
         if self.workers:
             self.log.info("%s: stopping %d worker(s)", reason, len(self.workers))
         for w in list(self.workers.values()):
-            if w.retiring and not w.killed:
+            if w.retiring and not w.killed and not graceful:
                 # A roll was retiring it gently: stopping now means stopping now.
                 w.retired_at = monotonic()
                 w.kill_at = min(w.kill_at, w.retired_at + self.opts.shutdown_timeout + KILL_GRACE)
@@ -631,7 +638,7 @@ class Supervisor:
                     os.kill(w.pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
-            self._retire(w)
+            self._retire(w, graceful=graceful)
 
     def _kill_all(self) -> None:
         """Last resort on the way out (an exception in the supervisor): no orphans."""
