@@ -149,15 +149,16 @@ class FramedHandler(EventHandler):
                 result = gathered
             if result:
                 conn.write(self.codec.encode_many(result))  # one encode pass, one write
+            conn.count_frames(len(frames), len(result))
             return None
         if gathered:
             conn.write(self.codec.encode_many(gathered))
-        if result is None:
-            return None
-        if isinstance(result, Action):
-            return None if result is Action.NONE else result
+        if result is None or isinstance(result, Action):
+            conn.count_frames(len(frames), len(gathered))
+            return None if result is None or result is Action.NONE else result
         # Any other iterable of payloads (a tuple, a generator).
         replies = [r if r.__class__ is bytes else bytes(r) for r in result]
         if replies:
             conn.write(self.codec.encode_many(replies))
+        conn.count_frames(len(frames), len(gathered) + len(replies))
         return None

@@ -115,6 +115,9 @@ class DatagramConn(Inbound):
         """Send ``data`` as one datagram to ``addr`` (a ``(host, port)`` tuple)."""
         return self._endpoint.send(data, addr)
 
+    def count_frames(self, received: int = 0, sent: int = 0) -> None:
+        """Stream connections count frames for ``engine.stats()``; datagrams are not counted."""
+
     def flush(self) -> None:
         """Nothing to do: datagrams are never queued."""
 
