@@ -82,6 +82,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import resource
 import socket
@@ -266,7 +267,9 @@ def serve_netreactor(host: str, port: int, unix: str | None, proto: str = "echo"
 
         handler = load_example(APP_PROTOS[proto])()
     addr = f"unix://{unix}" if unix else f"tcp://{host}:{port}"
-    nr.run(handler, addr)
+    # Extra engine options for an experiment, e.g. NETREACTOR_BENCH_OPTIONS='{"metrics": "tcp://127.0.0.1:0"}'.
+    extra = json.loads(os.environ.get("NETREACTOR_BENCH_OPTIONS") or "{}")
+    nr.run(handler, addr, **extra)
 
 
 # --------------------------------------------------------------------------

@@ -600,7 +600,7 @@ def test_a_deploy_on_an_inherited_socket_refuses_and_drops_nothing(app_dir, work
                         pid, rest = _ask(address, b"ping")
                         assert rest == b"ping"
                         seen.append(pid)
-                    except BaseException as exc:  # noqa: BLE001 - reported below
+                    except BaseException as exc:  # reported below
                         errors.append(exc)
                         return
 

@@ -53,7 +53,7 @@ class Backend:
         self.name, self.host, self.port, self.app_dir = name, host, port, app_dir
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Backend":
+    def start(self) -> Backend:
         env = dict(os.environ, BACKEND_NAME=self.name, PYTHONPATH=ROOT)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "netreactor", "run", "app:Whoami", "--app-dir", self.app_dir,

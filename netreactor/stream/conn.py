@@ -555,6 +555,7 @@ class Conn(Inbound):
         if not self._reading:
             self._io_halted(ev)
             return False
+        ctx = self._ctx
         if self._iend:
             if not self._recv_more():
                 return False
@@ -580,10 +581,10 @@ class Conn(Inbound):
                 self._grow_reads(size)
             self._in = data
             self._iend = n
-            self._ctx.bytes_in += n
+            ctx.bytes_in += n
         self._flush_pending = True
         try:
-            action = self._ctx.handler.on_traffic(self)
+            action = ctx.handler.on_traffic(self)
         except Exception as exc:
             self._callback_failed("on_traffic", exc)
             return False
@@ -603,7 +604,7 @@ class Conn(Inbound):
                 except OSError as exc:
                     self._close_now(exc)
                     return False
-                self._ctx.bytes_out += sent
+                ctx.bytes_out += sent
                 if sent == self._out_bytes:
                     self._out = None
                     self._out_bytes = 0
