@@ -34,8 +34,15 @@ Decoders are not thread-safe; like a connection, each belongs to one loop.
 from __future__ import annotations
 
 import abc
+import functools
 import struct
 from typing import Iterable, List, NoReturn, Optional, Tuple, Union
+
+from . import speedups
+
+# The C twins (netreactor._speedups), or None: the pure-Python classes below
+# define the behaviour either way (see netreactor/speedups.py).
+_c = speedups.module()
 
 __all__ = [
     "DEFAULT_MAX_FRAME_LENGTH",
@@ -153,10 +160,15 @@ class _BufferedDecoder(Decoder):
         raise exc
 
     def _raise_failed(self) -> NoReturn:
-        raise FrameError(
-            f"decoder failed earlier ({self._error}); the stream cannot be resynchronised, "
-            "use a new decoder (or close the connection)"
-        ) from self._error
+        _raise_failed_again(self._error)  # type: ignore[arg-type]
+
+
+def _raise_failed_again(error: FrameError) -> NoReturn:
+    """What every ``feed`` of a failed decoder raises (both implementations)."""
+    raise FrameError(
+        f"decoder failed earlier ({error}); the stream cannot be resynchronised, "
+        "use a new decoder (or close the connection)"
+    ) from error
 
 
 # --------------------------------------------------------------------------
@@ -756,6 +768,8 @@ class LengthFieldCodec(Codec):
         "_adj",
         "_field_max",
         "_pack",
+        "_c_args",
+        "_c_encode",
     )
 
     def __init__(
@@ -798,6 +812,8 @@ class LengthFieldCodec(Codec):
             self._pack = None
         else:
             self._pack = struct.Struct(order + _FORMATS[length_field_length]).pack
+        self._c_args = _c_length_field_args(self)
+        self._c_encode = not length_field_offset and _c is not None
 
     @property
     def length_field_length(self) -> int:
@@ -858,6 +874,12 @@ class LengthFieldCodec(Codec):
 
     def encode_many(self, payloads: List[BytesLike]) -> bytes:
         """Like :meth:`Codec.encode_many`; one pass of header packing and one join."""
+        if self._c_encode:
+            out = _c.lf_encode_many(payloads, self._lfl, self._byteorder == "big", self._adj)  # type: ignore[union-attr]
+            if out is not None:
+                return out  # type: ignore[no-any-return]
+            # None: an item the C code does not take, or a length that does not
+            # fit; the Python code below encodes it or raises the right error.
         pack = self._pack
         if self._offset or pack is None:
             return super().encode_many(payloads)
@@ -882,6 +904,12 @@ class LengthFieldCodec(Codec):
 
     def decoder(self) -> Decoder:
         """A fresh length-field decoder."""
+        if self._c_args is not None:
+            return _c.LengthFieldDecoder(*self._c_args)  # type: ignore[union-attr,no-any-return]
+        return self._py_decoder()
+
+    def _py_decoder(self) -> Decoder:
+        """The pure-Python decoder (the reference the C one is tested against)."""
         if self._lfl == 3:
             return _LengthField24Decoder(self)
         return _LengthFieldDecoder(self)
@@ -966,32 +994,61 @@ class _LengthFieldDecoder(_BufferedDecoder):
         return frames
 
     def _bad_length(self, flen: int, frames: List[bytes]) -> NoReturn:
-        value = flen - self._adj
-        if self._eight and value >= 1 << 63:
-            # Netty reads 8-byte fields as a signed long.
-            self._fail(FrameError(f"negative length field: {value - (1 << 64)}"), frames)
-        if flen > self._max:
-            self._fail(
-                FrameTooLongError(
-                    f"frame length {flen} (length field {value}) exceeds max_frame_length={self._max}"
-                ),
-                frames,
-            )
-        if flen < self._hend:
-            self._fail(
-                FrameError(
-                    f"adjusted frame length {flen} (length field {value}) is less than the end "
-                    f"of the length field ({self._hend})"
-                ),
-                frames,
-            )
-        self._fail(
-            FrameError(
-                f"adjusted frame length {flen} (length field {value}) is less than "
-                f"initial_bytes_to_strip ({self._strip})"
-            ),
-            frames,
+        self._fail(_length_error(self._adj, self._max, self._hend, self._strip, self._eight,
+                                 flen - self._adj), frames)
+
+
+def _length_error(adj: int, maxlen: int, hend: int, strip: int, eight: bool, value: int,
+                  frames: Optional[List[bytes]] = None) -> FrameError:
+    """The error for a length field of ``value`` that the decoder refuses (both
+    implementations). ``adj`` turns the value into the frame length."""
+    flen = value + adj
+    if eight and value >= 1 << 63:
+        # Netty reads 8-byte fields as a signed long.
+        exc = FrameError(f"negative length field: {value - (1 << 64)}")
+    elif flen > maxlen:
+        exc = FrameTooLongError(f"frame length {flen} (length field {value}) exceeds max_frame_length={maxlen}")
+    elif flen < hend:
+        exc = FrameError(
+            f"adjusted frame length {flen} (length field {value}) is less than the end "
+            f"of the length field ({hend})"
         )
+    else:
+        exc = FrameError(
+            f"adjusted frame length {flen} (length field {value}) is less than "
+            f"initial_bytes_to_strip ({strip})"
+        )
+    if frames:
+        exc.frames = frames
+    return exc
+
+
+# Parameters beyond these take the pure-Python decoder: the C one does its
+# arithmetic in 64 bits (no real stream comes near).
+_C_LIMIT = 1 << 60
+
+
+def _c_length_field_args(codec: LengthFieldCodec) -> Optional[tuple]:
+    """The C decoder's constructor arguments for ``codec``, or None for the Python one."""
+    if _c is None:
+        return None
+    lfl = codec.length_field_length
+    hend = codec.length_field_offset + lfl
+    adj = codec._adj + hend  # frame length = field value + adj
+    maxlen = codec.max_frame_length
+    strip = codec.initial_bytes_to_strip
+    if maxlen > _C_LIMIT or abs(adj) > _C_LIMIT or strip > _C_LIMIT or hend > _C_LIMIT:
+        return None
+    # A field value is accepted when the frame ends at or after the end of the
+    # field and the strip, and within max_frame_length; 8-byte fields are signed.
+    field_max = (1 << 63) - 1 if lfl == 8 else (1 << (8 * lfl)) - 1
+    lo = max(0, max(hend, strip) - adj)
+    hi = min(field_max, maxlen - adj)
+    if hi < lo:
+        lo, hi = 1, 0  # no value is accepted
+    error_for = functools.partial(_length_error, adj, maxlen, hend, strip, lfl == 8)
+    return (codec.length_field_offset, lfl, codec.byteorder == "big", adj, lo, hi, strip,
+            error_for, _raise_failed_again)
 
 
 class _LengthField24Decoder(_LengthFieldDecoder):
@@ -1035,3 +1092,7 @@ class _LengthField24Decoder(_LengthFieldDecoder):
         if pos < end:
             buf += memoryview(data)[pos:] if pos else data
         return frames
+
+
+if _c is not None:
+    Decoder.register(_c.LengthFieldDecoder)

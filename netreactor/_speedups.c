@@ -1,0 +1,678 @@
+/* netreactor._speedups: C twins of the per-frame pure functions.
+ *
+ * Optional: netreactor runs without it (netreactor/speedups.py says which path
+ * is active). Every function here has a pure-Python original that defines the
+ * behaviour; differential tests (tests/test_speedups.py) feed both the same
+ * streams, splits, parameters and corrupt input and require the same frames,
+ * positions, errors and messages. Error messages are never built here: the
+ * Python side passes the callables that build its exceptions, so there is one
+ * text for both paths.
+ *
+ * Built against the stable ABI (Py_LIMITED_API 3.10): one abi3 build serves
+ * every CPython from 3.10. The limited API has no buffer protocol before 3.11,
+ * so input that is not bytes is copied to bytes first (as the Python code does).
+ *
+ * Memory rules: no pointer into a caller's object survives a call (the unfinished
+ * tail of a stream is copied into the decoder's own buffer); a decoder's buffer is
+ * freed when it empties, so an idle decoder holds nothing.
+ */
+
+#ifndef Py_LIMITED_API
+#define Py_LIMITED_API 0x030A0000
+#endif
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Bump with any change of the interface that the Python modules rely on
+ * (netreactor/speedups.py refuses a build whose number differs). */
+#define API_VERSION 1
+
+/* ------------------------------------------------------------------------ */
+/* Shared helpers                                                           */
+/* ------------------------------------------------------------------------ */
+
+/* The bytes of `data`: a pointer into it when it is bytes, else into a bytes
+ * copy returned in *keep (the caller releases it). */
+static int
+view_bytes(PyObject *data, const char **p, Py_ssize_t *n, PyObject **keep)
+{
+    char *s;
+    *keep = NULL;
+    if (!PyBytes_CheckExact(data)) {
+        data = PyObject_Bytes(data);
+        if (data == NULL)
+            return -1;
+        *keep = data;
+    }
+    if (PyBytes_AsStringAndSize(data, &s, n) < 0) {
+        Py_CLEAR(*keep);
+        return -1;
+    }
+    *p = s;
+    return 0;
+}
+
+/* The unfinished tail of a stream, owned by a decoder. */
+typedef struct {
+    char *data;
+    Py_ssize_t len;
+    Py_ssize_t cap;
+} Tail;
+
+static int
+tail_append(Tail *t, const char *p, Py_ssize_t n)
+{
+    if (n <= 0)
+        return 0;
+    if (t->len + n > t->cap) {
+        Py_ssize_t cap = t->cap ? t->cap : 64;
+        char *grown;
+        while (cap < t->len + n) {
+            if (cap > PY_SSIZE_T_MAX / 2) {
+                cap = t->len + n;
+                break;
+            }
+            cap *= 2;
+        }
+        grown = (char *)PyMem_Realloc(t->data, (size_t)cap);
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        t->data = grown;
+        t->cap = cap;
+    }
+    memcpy(t->data + t->len, p, (size_t)n);
+    t->len += n;
+    return 0;
+}
+
+static void
+tail_free(Tail *t)
+{
+    PyMem_Free(t->data);
+    t->data = NULL;
+    t->len = t->cap = 0;
+}
+
+/* Raise `exc` (an exception instance). */
+static void
+raise_instance(PyObject *exc)
+{
+    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+}
+
+static int
+as_ssize(PyObject *o, Py_ssize_t *out, const char *name)
+{
+    Py_ssize_t v = PyLong_AsSsize_t(o);
+    if (v == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "%s out of range", name);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* Generic dealloc/traverse plumbing for the heap types below. */
+static void
+free_instance(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    freefunc tp_free = (freefunc)PyType_GetSlot(tp, Py_tp_free);
+    tp_free(self);
+    Py_DECREF(tp);
+}
+
+/* ------------------------------------------------------------------------ */
+/* LengthFieldDecoder: netreactor.codec._LengthFieldDecoder                 */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    Py_ssize_t off;       /* length_field_offset */
+    int lfl;              /* length_field_length: 1, 2, 3, 4 or 8 */
+    int big;              /* big-endian field */
+    long long adj;        /* frame length = field value + adj */
+    uint64_t lo, hi;      /* accepted field values: lo <= value <= hi */
+    Py_ssize_t hend;      /* end of the length field */
+    Py_ssize_t strip;     /* initial_bytes_to_strip */
+    Py_ssize_t need;      /* bytes the tail must reach before a frame may complete */
+    Tail tail;
+    PyObject *error_for;  /* value, frames -> FrameError (the Python messages) */
+    PyObject *failed;     /* error -> raises "decoder failed earlier" */
+    PyObject *error;      /* the error that failed this decoder, or NULL */
+} LFDecoder;
+
+static inline uint64_t
+read_field(const unsigned char *p, int lfl, int big)
+{
+    uint64_t v = 0;
+    int i;
+    if (big) {
+        switch (lfl) {
+        case 1: return p[0];
+        case 2: return ((uint64_t)p[0] << 8) | p[1];
+        case 4: return ((uint64_t)p[0] << 24) | ((uint64_t)p[1] << 16) | ((uint64_t)p[2] << 8) | p[3];
+        default:
+            for (i = 0; i < lfl; i++)
+                v = (v << 8) | p[i];
+            return v;
+        }
+    }
+    for (i = lfl - 1; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+/* Fail the decoder with the Python error for field `value`; always returns -1. */
+static int
+lf_fail(LFDecoder *self, uint64_t value, PyObject *frames)
+{
+    PyObject *v = PyLong_FromUnsignedLongLong(value), *exc;
+    if (v == NULL)
+        return -1;
+    exc = PyObject_CallFunctionObjArgs(self->error_for, v, frames, NULL);
+    Py_DECREF(v);
+    tail_free(&self->tail);
+    if (exc == NULL)
+        return -1;
+    Py_XDECREF(self->error);
+    self->error = exc; /* the decoder's reference */
+    raise_instance(exc);
+    return -1;
+}
+
+static PyObject *
+lf_feed(LFDecoder *self, PyObject *data)
+{
+    const char *p;
+    Py_ssize_t n, pos = 0;
+    PyObject *keep, *frames, *frame;
+    const Py_ssize_t off = self->off, hend = self->hend, strip = self->strip;
+    const int lfl = self->lfl, big = self->big;
+    const uint64_t lo = self->lo, hi = self->hi;
+    const long long adj = self->adj;
+
+    if (self->error != NULL)
+        return PyObject_CallFunctionObjArgs(self->failed, self->error, NULL);
+    if (view_bytes(data, &p, &n, &keep) < 0)
+        return NULL;
+    frames = PyList_New(0);
+    if (frames == NULL)
+        goto error;
+
+    /* Finish the frame held in the tail: take only the bytes it still needs,
+     * then decode the rest straight from the caller's bytes. */
+    while (self->tail.len) {
+        Py_ssize_t take = self->need - self->tail.len;
+        uint64_t value;
+        long long flen;
+        if (take > n - pos)
+            take = n - pos;
+        if (tail_append(&self->tail, p + pos, take) < 0)
+            goto error;
+        pos += take;
+        if (self->tail.len < self->need)
+            goto done;
+        value = read_field((const unsigned char *)self->tail.data + off, lfl, big);
+        if (value < lo || value > hi) {
+            lf_fail(self, value, frames);
+            goto error;
+        }
+        flen = (long long)value + adj;
+        if (flen > self->tail.len) {
+            self->need = (Py_ssize_t)flen;
+            continue;
+        }
+        frame = PyBytes_FromStringAndSize(self->tail.data + strip, (Py_ssize_t)flen - strip);
+        if (frame == NULL || PyList_Append(frames, frame) < 0) {
+            Py_XDECREF(frame);
+            goto error;
+        }
+        Py_DECREF(frame);
+        tail_free(&self->tail);
+        self->need = hend;
+    }
+
+    /* The hot loop: one field read, one range test, one copy per frame. */
+    self->need = hend;
+    while (pos + hend <= n) {
+        uint64_t value = read_field((const unsigned char *)p + pos + off, lfl, big);
+        long long flen;
+        if (value < lo || value > hi) {
+            lf_fail(self, value, frames);
+            goto error;
+        }
+        flen = (long long)value + adj;
+        if (flen > n - pos) {
+            self->need = (Py_ssize_t)flen;
+            break;
+        }
+        frame = PyBytes_FromStringAndSize(p + pos + strip, (Py_ssize_t)flen - strip);
+        if (frame == NULL || PyList_Append(frames, frame) < 0) {
+            Py_XDECREF(frame);
+            goto error;
+        }
+        Py_DECREF(frame);
+        pos += (Py_ssize_t)flen;
+    }
+    if (pos < n && tail_append(&self->tail, p + pos, n - pos) < 0)
+        goto error;
+done:
+    Py_XDECREF(keep);
+    return frames;
+error:
+    Py_XDECREF(frames);
+    Py_XDECREF(keep);
+    return NULL;
+}
+
+static PyObject *
+lf_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    /* (offset, length, big, adj, lo, hi, strip, error_for, failed), checked
+     * by netreactor.codec, which alone constructs these. */
+    Py_ssize_t off, strip;
+    int lfl, big;
+    long long adj;
+    unsigned long long lo, hi;
+    PyObject *error_for, *failed;
+    LFDecoder *self;
+    allocfunc tp_alloc;
+
+    if (kwds != NULL && PyDict_Size(kwds)) {
+        PyErr_SetString(PyExc_TypeError, "LengthFieldDecoder takes positional arguments only");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "nipLKKnOO:LengthFieldDecoder", &off, &lfl, &big, &adj, &lo, &hi,
+                          &strip, &error_for, &failed))
+        return NULL;
+    if (off < 0 || strip < 0 || (lfl != 1 && lfl != 2 && lfl != 3 && lfl != 4 && lfl != 8) ||
+        off > ((Py_ssize_t)1 << 40) || strip > ((Py_ssize_t)1 << 61) || hi > ((uint64_t)1 << 62) ||
+        adj > ((long long)1 << 61) || adj < -((long long)1 << 61)) {
+        PyErr_SetString(PyExc_ValueError, "LengthFieldDecoder: parameters out of range");
+        return NULL;
+    }
+    tp_alloc = (allocfunc)PyType_GetSlot(type, Py_tp_alloc);
+    self = (LFDecoder *)tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->off = off;
+    self->lfl = lfl;
+    self->big = big;
+    self->adj = adj;
+    self->lo = lo;
+    self->hi = hi;
+    self->strip = strip;
+    self->hend = off + lfl;
+    self->need = self->hend;
+    Py_INCREF(error_for);
+    self->error_for = error_for;
+    Py_INCREF(failed);
+    self->failed = failed;
+    return (PyObject *)self;
+}
+
+static int
+lf_traverse(LFDecoder *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->error_for);
+    Py_VISIT(self->failed);
+    Py_VISIT(self->error);
+    return 0;
+}
+
+static int
+lf_clear(LFDecoder *self)
+{
+    Py_CLEAR(self->error_for);
+    Py_CLEAR(self->failed);
+    Py_CLEAR(self->error);
+    return 0;
+}
+
+static void
+lf_dealloc(LFDecoder *self)
+{
+    PyObject_GC_UnTrack(self);
+    lf_clear(self);
+    tail_free(&self->tail);
+    free_instance((PyObject *)self);
+}
+
+static PyObject *
+lf_buffered(LFDecoder *self, void *closure)
+{
+    return PyLong_FromSsize_t(self->tail.len);
+}
+
+static PyMethodDef lf_methods[] = {
+    {"feed", (PyCFunction)lf_feed, METH_O, "Add data to the stream; return the frames completed by it."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef lf_getset[] = {
+    {"buffered", (getter)lf_buffered, NULL, "Bytes held for an incomplete frame.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot lf_slots[] = {
+    {Py_tp_new, lf_new},
+    {Py_tp_dealloc, lf_dealloc},
+    {Py_tp_traverse, lf_traverse},
+    {Py_tp_clear, lf_clear},
+    {Py_tp_methods, lf_methods},
+    {Py_tp_getset, lf_getset},
+    {Py_tp_doc, "LengthFieldCodec's decoder (the C twin of codec._LengthFieldDecoder)."},
+    {0, NULL},
+};
+
+static PyType_Spec lf_spec = {
+    "netreactor._speedups.LengthFieldDecoder",
+    sizeof(LFDecoder),
+    0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    lf_slots,
+};
+
+/* ------------------------------------------------------------------------ */
+/* lf_encode_many: LengthFieldCodec.encode_many without an offset           */
+/* ------------------------------------------------------------------------ */
+
+/* lf_encode_many(payloads, length, big, adj) -> bytes, or None when a payload
+ * is not bytes/bytearray or its length does not fit the field (the Python
+ * code then encodes, and raises its own error). */
+static PyObject *
+lf_encode_many(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *payloads, *out;
+    Py_ssize_t count, i, total = 0;
+    long lfl_l;
+    int lfl, big;
+    long long adj;
+    uint64_t field_max;
+    char *w;
+
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "lf_encode_many(payloads, length, big, adj)");
+        return NULL;
+    }
+    payloads = args[0];
+    lfl_l = PyLong_AsLong(args[1]);
+    big = PyObject_IsTrue(args[2]);
+    adj = PyLong_AsLongLong(args[3]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (!PyList_CheckExact(payloads) || (lfl_l != 1 && lfl_l != 2 && lfl_l != 3 && lfl_l != 4 && lfl_l != 8))
+        Py_RETURN_NONE;
+    lfl = (int)lfl_l;
+    field_max = lfl == 8 ? (uint64_t)INT64_MAX : (((uint64_t)1 << (8 * lfl)) - 1);
+    count = PyList_Size(payloads);
+    for (i = 0; i < count; i++) {
+        PyObject *item = PyList_GetItem(payloads, i);
+        Py_ssize_t len;
+        long long value;
+        if (PyBytes_CheckExact(item))
+            len = PyBytes_Size(item);
+        else if (PyByteArray_CheckExact(item))
+            len = PyByteArray_Size(item);
+        else
+            Py_RETURN_NONE;
+        value = (long long)len - adj;
+        if (value < 0 || (uint64_t)value > field_max || len > PY_SSIZE_T_MAX - total - lfl)
+            Py_RETURN_NONE;
+        total += lfl + len;
+    }
+    out = PyBytes_FromStringAndSize(NULL, total);
+    if (out == NULL)
+        return NULL;
+    w = PyBytes_AsString(out);
+    /* No Python code runs between the two passes: the items cannot change. */
+    for (i = 0; i < count; i++) {
+        PyObject *item = PyList_GetItem(payloads, i);
+        const char *src;
+        Py_ssize_t len;
+        uint64_t value;
+        int k;
+        if (PyBytes_CheckExact(item)) {
+            src = PyBytes_AsString(item);
+            len = PyBytes_Size(item);
+        } else {
+            src = PyByteArray_AsString(item);
+            len = PyByteArray_Size(item);
+        }
+        value = (uint64_t)((long long)len - adj);
+        if (big) {
+            for (k = lfl - 1; k >= 0; k--) {
+                w[k] = (char)(value & 0xff);
+                value >>= 8;
+            }
+        } else {
+            for (k = 0; k < lfl; k++) {
+                w[k] = (char)(value & 0xff);
+                value >>= 8;
+            }
+        }
+        w += lfl;
+        memcpy(w, src, (size_t)len);
+        w += len;
+    }
+    return out;
+}
+
+/* ------------------------------------------------------------------------ */
+/* RESP: the command parser's fast path and bulk replies                    */
+/* ------------------------------------------------------------------------ */
+
+/* Redis's string2ll (netreactor.protocols.resp.parse_int): no sign but a
+ * leading '-', no spaces, no leading zeros, no "-0", within int64. */
+static int
+parse_ll(const char *s, Py_ssize_t n, long long *out)
+{
+    int neg = 0;
+    uint64_t v = 0, limit;
+    Py_ssize_t i = 0;
+    if (n <= 0 || n > 20)
+        return 0;
+    if (s[0] == '-') {
+        if (n == 1 || s[1] == '0')
+            return 0;
+        neg = 1;
+        i = 1;
+    } else if (s[0] == '0') {
+        if (n > 1)
+            return 0;
+        *out = 0;
+        return 1;
+    }
+    limit = neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
+    for (; i < n; i++) {
+        unsigned d = (unsigned char)s[i] - '0';
+        if (d > 9)
+            return 0;
+        if (v > (limit - d) / 10)
+            return 0;
+        v = v * 10 + d;
+    }
+    *out = neg ? (long long)(0 - v) : (long long)v;
+    return 1;
+}
+
+/* Where the CRLF ending the line at p[0:] is, searched in the first
+ * max_inline + 2 bytes (so the line is at most max_inline bytes), or -1. */
+static Py_ssize_t
+find_crlf(const char *p, Py_ssize_t avail, Py_ssize_t max_inline)
+{
+    Py_ssize_t lim = avail, i;
+    if (max_inline <= PY_SSIZE_T_MAX - 2 && max_inline + 2 < lim)
+        lim = max_inline + 2;
+    for (i = 0; i + 1 < lim; i++) {
+        const char *cr = memchr(p + i, '\r', (size_t)(lim - 1 - i));
+        if (cr == NULL)
+            return -1;
+        i = cr - p;
+        if (p[i + 1] == '\n')
+            return i;
+    }
+    return -1;
+}
+
+/* resp_parse_commands(buf, out, max_bulk, max_args, max_command, max_inline) -> pos
+ *
+ * Appends to `out` the well-formed multibulk commands at the start of `buf`
+ * (bytes), each a list of bytes, and returns where it stopped: at the end, or
+ * at the first command it is not sure of (inline, unfinished, malformed, over a
+ * limit, empty), which the careful Python parser then takes from there. It
+ * accepts exactly what the careful parser would, with every limit. */
+static PyObject *
+resp_parse_commands(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *buf, *out;
+    const char *p;
+    Py_ssize_t n, pos = 0;
+    Py_ssize_t max_bulk, max_args, max_command, max_inline;
+
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError,
+                        "resp_parse_commands(buf, out, max_bulk, max_args, max_command, max_inline)");
+        return NULL;
+    }
+    buf = args[0];
+    out = args[1];
+    if (!PyBytes_CheckExact(buf) || !PyList_CheckExact(out)) {
+        PyErr_SetString(PyExc_TypeError, "resp_parse_commands: buf must be bytes, out a list");
+        return NULL;
+    }
+    if (as_ssize(args[2], &max_bulk, "max_bulk") < 0 || as_ssize(args[3], &max_args, "max_args") < 0 ||
+        as_ssize(args[4], &max_command, "max_command") < 0 || as_ssize(args[5], &max_inline, "max_inline") < 0)
+        return NULL;
+    p = PyBytes_AsString(buf);
+    n = PyBytes_Size(buf);
+
+    while (pos < n && p[pos] == '*') {
+        Py_ssize_t nl, q, size = 0, k;
+        long long count;
+        PyObject *cmd;
+        nl = find_crlf(p + pos, n - pos, max_inline);
+        if (nl < 0 || !parse_ll(p + pos + 1, nl - 1, &count) || count <= 0 || count > max_args)
+            break;
+        q = pos + nl + 2;
+        cmd = PyList_New(count <= 64 ? (Py_ssize_t)count : 0);
+        if (cmd == NULL)
+            return NULL;
+        for (k = 0; k < count; k++) {
+            long long length;
+            Py_ssize_t stop;
+            PyObject *arg;
+            if (q >= n || p[q] != '$')
+                break;
+            nl = find_crlf(p + q, n - q, max_inline);
+            if (nl < 0 || !parse_ll(p + q + 1, nl - 1, &length) || length < 0 || length > max_bulk)
+                break;
+            stop = q + nl + 2 + (Py_ssize_t)length;
+            size += stop + 2 - q;
+            if (size > max_command || stop + 2 > n || p[stop] != '\r' || p[stop + 1] != '\n')
+                break;
+            arg = PyBytes_FromStringAndSize(p + q + nl + 2, (Py_ssize_t)length);
+            if (arg == NULL) {
+                Py_DECREF(cmd);
+                return NULL;
+            }
+            if (count <= 64)
+                PyList_SetItem(cmd, k, arg);
+            else if (PyList_Append(cmd, arg) < 0) {
+                Py_DECREF(arg);
+                Py_DECREF(cmd);
+                return NULL;
+            } else
+                Py_DECREF(arg);
+            q = stop + 2;
+        }
+        if (k < count) {
+            Py_DECREF(cmd);
+            break;
+        }
+        if (PyList_Append(out, cmd) < 0) {
+            Py_DECREF(cmd);
+            return NULL;
+        }
+        Py_DECREF(cmd);
+        pos = q;
+    }
+    return PyLong_FromSsize_t(pos);
+}
+
+/* resp_bulk(value) -> b"$<len>\r\n<value>\r\n"; None -> b"$-1\r\n". */
+static PyObject *
+resp_bulk(PyObject *module, PyObject *value)
+{
+    const char *p;
+    Py_ssize_t n;
+    PyObject *keep = NULL, *out;
+    char head[32], *w;
+    int h;
+    if (value == Py_None)
+        return PyBytes_FromStringAndSize("$-1\r\n", 5);
+    if (PyByteArray_CheckExact(value)) {
+        p = PyByteArray_AsString(value);
+        n = PyByteArray_Size(value);
+    } else if (view_bytes(value, &p, &n, &keep) < 0)
+        return NULL;
+    h = snprintf(head, sizeof head, "$%zd\r\n", n);
+    out = PyBytes_FromStringAndSize(NULL, h + n + 2);
+    if (out != NULL) {
+        w = PyBytes_AsString(out);
+        memcpy(w, head, (size_t)h);
+        memcpy(w + h, p, (size_t)n);
+        w[h + n] = '\r';
+        w[h + n + 1] = '\n';
+    }
+    Py_XDECREF(keep);
+    return out;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Module                                                                   */
+/* ------------------------------------------------------------------------ */
+
+static PyMethodDef module_methods[] = {
+    {"lf_encode_many", (PyCFunction)(void (*)(void))lf_encode_many, METH_FASTCALL,
+     "lf_encode_many(payloads, length, big, adj) -> bytes or None"},
+    {"resp_parse_commands", (PyCFunction)(void (*)(void))resp_parse_commands, METH_FASTCALL,
+     "resp_parse_commands(buf, out, max_bulk, max_args, max_command, max_inline) -> position"},
+    {"resp_bulk", (PyCFunction)resp_bulk, METH_O, "resp_bulk(value) -> the bulk-string reply"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef speedups_module = {
+    PyModuleDef_HEAD_INIT,
+    "netreactor._speedups",
+    "C twins of netreactor's per-frame functions (optional; see netreactor.speedups).",
+    -1,
+    module_methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    PyObject *m = PyModule_Create(&speedups_module), *t;
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddIntConstant(m, "API_VERSION", API_VERSION) < 0)
+        goto error;
+    t = PyType_FromSpec(&lf_spec);
+    if (t == NULL || PyModule_AddObject(m, "LengthFieldDecoder", t) < 0) {
+        Py_XDECREF(t);
+        goto error;
+    }
+    return m;
+error:
+    Py_DECREF(m);
+    return NULL;
+}
