@@ -29,7 +29,7 @@ try:
 except ImportError:  # pragma: no cover - exercised where no compiler exists
     C = None
 
-pytestmark = pytest.mark.skipif(C is None, reason="the C extension netreactor._speedups is not built")
+pytestmark = pytest.mark.skipif(not speedups.active(), reason=f"C speedups not in use: {speedups.describe()}")
 
 DIFF = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
