@@ -522,13 +522,14 @@ find_crlf(const char *p, Py_ssize_t avail, Py_ssize_t max_inline)
     return -1;
 }
 
-/* resp_parse_commands(buf, out, max_bulk, max_args, max_command, max_inline) -> pos
+/* resp_parse_commands(max_bulk, max_args, max_command, max_inline, buf, out) -> pos
  *
  * Appends to `out` the well-formed multibulk commands at the start of `buf`
  * (bytes), each a list of bytes, and returns where it stopped: at the end, or
  * at the first command it is not sure of (inline, unfinished, malformed, over a
  * limit, empty), which the careful Python parser then takes from there. It
- * accepts exactly what the careful parser would, with every limit. */
+ * accepts exactly what the careful parser would, with every limit. The limits
+ * come first so that functools.partial can bind them once per parser. */
 static PyObject *
 resp_parse_commands(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -539,17 +540,17 @@ resp_parse_commands(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
     if (nargs != 6) {
         PyErr_SetString(PyExc_TypeError,
-                        "resp_parse_commands(buf, out, max_bulk, max_args, max_command, max_inline)");
+                        "resp_parse_commands(max_bulk, max_args, max_command, max_inline, buf, out)");
         return NULL;
     }
-    buf = args[0];
-    out = args[1];
+    buf = args[4];
+    out = args[5];
     if (!PyBytes_CheckExact(buf) || !PyList_CheckExact(out)) {
         PyErr_SetString(PyExc_TypeError, "resp_parse_commands: buf must be bytes, out a list");
         return NULL;
     }
-    if (as_ssize(args[2], &max_bulk, "max_bulk") < 0 || as_ssize(args[3], &max_args, "max_args") < 0 ||
-        as_ssize(args[4], &max_command, "max_command") < 0 || as_ssize(args[5], &max_inline, "max_inline") < 0)
+    if (as_ssize(args[0], &max_bulk, "max_bulk") < 0 || as_ssize(args[1], &max_args, "max_args") < 0 ||
+        as_ssize(args[2], &max_command, "max_command") < 0 || as_ssize(args[3], &max_inline, "max_inline") < 0)
         return NULL;
     p = PyBytes_AsString(buf);
     n = PyBytes_Size(buf);
@@ -607,22 +608,41 @@ resp_parse_commands(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromSsize_t(pos);
 }
 
-/* resp_bulk(value) -> b"$<len>\r\n<value>\r\n"; None -> b"$-1\r\n". */
+static PyObject *null_bulk; /* b"$-1\r\n" */
+static PyObject *bulk_format; /* b"$%d\r\n%s\r\n" */
+
+/* resp_bulk(value): netreactor.protocols.resp.encode_bulk, b"$<len>\r\n<value>\r\n"
+ * (None: b"$-1\r\n"). bytes and bytearray are written here; anything else
+ * takes the Python expression itself, so every type behaves alike. */
 static PyObject *
 resp_bulk(PyObject *module, PyObject *value)
 {
     const char *p;
     Py_ssize_t n;
-    PyObject *keep = NULL, *out;
+    PyObject *out, *args;
     char head[32], *w;
     int h;
-    if (value == Py_None)
-        return PyBytes_FromStringAndSize("$-1\r\n", 5);
-    if (PyByteArray_CheckExact(value)) {
+    if (value == Py_None) {
+        Py_INCREF(null_bulk);
+        return null_bulk;
+    }
+    if (PyBytes_CheckExact(value)) {
+        p = PyBytes_AsString(value);
+        n = PyBytes_Size(value);
+    } else if (PyByteArray_CheckExact(value)) {
         p = PyByteArray_AsString(value);
         n = PyByteArray_Size(value);
-    } else if (view_bytes(value, &p, &n, &keep) < 0)
-        return NULL;
+    } else {
+        n = PyObject_Size(value);
+        if (n < 0)
+            return NULL;
+        args = Py_BuildValue("(nO)", n, value);
+        if (args == NULL)
+            return NULL;
+        out = PyNumber_Remainder(bulk_format, args);
+        Py_DECREF(args);
+        return out;
+    }
     h = snprintf(head, sizeof head, "$%zd\r\n", n);
     out = PyBytes_FromStringAndSize(NULL, h + n + 2);
     if (out != NULL) {
@@ -632,7 +652,6 @@ resp_bulk(PyObject *module, PyObject *value)
         w[h + n] = '\r';
         w[h + n + 1] = '\n';
     }
-    Py_XDECREF(keep);
     return out;
 }
 
@@ -644,7 +663,7 @@ static PyMethodDef module_methods[] = {
     {"lf_encode_many", (PyCFunction)(void (*)(void))lf_encode_many, METH_FASTCALL,
      "lf_encode_many(payloads, length, big, adj) -> bytes or None"},
     {"resp_parse_commands", (PyCFunction)(void (*)(void))resp_parse_commands, METH_FASTCALL,
-     "resp_parse_commands(buf, out, max_bulk, max_args, max_command, max_inline) -> position"},
+     "resp_parse_commands(max_bulk, max_args, max_command, max_inline, buf, out) -> position"},
     {"resp_bulk", (PyCFunction)resp_bulk, METH_O, "resp_bulk(value) -> the bulk-string reply"},
     {NULL, NULL, 0, NULL},
 };
@@ -666,6 +685,12 @@ PyInit__speedups(void)
         return NULL;
     if (PyModule_AddIntConstant(m, "API_VERSION", API_VERSION) < 0)
         goto error;
+    if (null_bulk == NULL) {
+        null_bulk = PyBytes_FromString("$-1\r\n");
+        bulk_format = PyBytes_FromString("$%d\r\n%s\r\n");
+        if (null_bulk == NULL || bulk_format == NULL)
+            goto error;
+    }
     t = PyType_FromSpec(&lf_spec);
     if (t == NULL || PyModule_AddObject(m, "LengthFieldDecoder", t) < 0) {
         Py_XDECREF(t);

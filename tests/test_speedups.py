@@ -213,3 +213,139 @@ def test_encode_many_agrees(length, byteorder, adjustment, includes, payloads):
 def test_the_codec_module_uses_the_c_decoder():
     assert type(LengthFieldCodec(4).decoder()) is C.LengthFieldDecoder
     assert codec_module._c is C
+
+
+# --------------------------------------------------------------------------- RESP
+
+from netreactor.protocols import resp  # noqa: E402
+from netreactor.protocols.resp import CommandParser, ProtocolError, encode_command  # noqa: E402
+
+resp_limits = st.fixed_dictionaries({}, optional={
+    "max_bulk": st.integers(1, 50), "max_args": st.integers(1, 80), "max_command": st.integers(1, 400),
+    "max_inline": st.integers(1, 40)})
+resp_parts = st.one_of(
+    st.lists(st.binary(max_size=60) | st.sampled_from([b"\r\n", b"*3", b"$3", b"\r", b"\n"]),
+             min_size=1, max_size=70).map(lambda args: encode_command(*args)),
+    st.sampled_from([b"PING\r\n", b"GET k\n", b"*0\r\n", b"*-1\r\n", b"*1\r\n$-1\r\n", b'ECHO "a b"\r\n',
+                     b"*2\r\n$3\r\nGET\r\n$01\r\nk\r\n", b"*1\r\n$3\r\nGETxx", b"*+1\r\n", b"*2\r\n$3\r\nGET\r\n:1\r\n"]),
+    st.binary(max_size=16),
+)
+
+
+def limits_tuple(limits: dict) -> tuple:
+    p = CommandParser(**limits)
+    return p.max_bulk, p.max_args, p.max_command, p.max_inline
+
+
+def parser_trace(parser: CommandParser, chunks: List[bytes]) -> list:
+    out: list = []
+    for chunk in chunks + [b"PING\r\n"]:
+        try:
+            out.append((parser.feed(chunk), parser.buffered))
+        except ProtocolError as exc:
+            out.append(("error", str(exc), exc.commands))
+    return out
+
+
+def near_limits(draw, commands: List[list]) -> dict:
+    """Limits drawn around the sizes of the commands in the stream: the boundaries
+    (exactly at a limit, one over) are where a fast path goes wrong."""
+    limits: dict = {}
+    if not commands:
+        return draw(resp_limits)
+    cmd = draw(st.sampled_from(commands))
+    sizes = {
+        "max_args": len(cmd),
+        "max_bulk": max(len(a) for a in cmd),
+        "max_command": sum(len(b"$%d\r\n" % len(a)) + len(a) + 2 for a in cmd),
+        "max_inline": max(len(b"$%d" % len(a)) for a in cmd + [b"x" * (len(cmd) if len(cmd) > 9 else 0)]),
+    }
+    for name in draw(st.sets(st.sampled_from(sorted(sizes)))):
+        limits[name] = max(1, sizes[name] + draw(st.integers(-1, 1)))
+    return limits
+
+
+command_lists = st.lists(st.binary(max_size=60) | st.sampled_from([b"\r\n", b"*3", b"$3", b"\r", b"\n"]),
+                         min_size=1, max_size=70)
+
+
+@DIFF
+@given(st.data(), st.lists(command_lists, max_size=6), st.lists(resp_parts, max_size=3),
+       st.lists(st.integers(0, 3000), max_size=8), st.integers(0, 10))
+def test_command_parsers_agree(data, commands, extra, cuts, at):
+    limits = near_limits(data.draw, commands)
+    parts = [encode_command(*args) for args in commands]
+    parts[at % (len(parts) + 1):at % (len(parts) + 1)] = extra
+    stream = b"".join(parts)
+    c_parser = CommandParser(**limits)
+    py_parser = CommandParser(**limits)
+    py_parser._fast = resp._py_fast_path(*limits_tuple(limits))
+    assert isinstance(c_parser._fast.func, type(C.resp_parse_commands))
+    chunks = split_at(stream, cuts)
+    assert parser_trace(c_parser, chunks) == parser_trace(py_parser, chunks)
+    assert parser_trace(CommandParser(**limits), [stream]) == parser_trace(py_parser_for(limits), [stream])
+
+
+def py_parser_for(limits: dict) -> CommandParser:
+    parser = CommandParser(**limits)
+    parser._fast = resp._py_fast_path(*limits_tuple(limits))
+    return parser
+
+
+@DIFF
+@given(st.data(), st.lists(command_lists, max_size=6), st.lists(resp_parts, max_size=3), st.integers(0, 10))
+def test_c_fast_path_takes_only_what_the_careful_parser_gives(data, commands, extra, at):
+    limits = near_limits(data.draw, commands)
+    parts = [encode_command(*args) for args in commands]
+    parts[at % (len(parts) + 1):at % (len(parts) + 1)] = extra
+    stream = b"".join(parts)
+    out: list = []
+    pos = C.resp_parse_commands(*limits_tuple(limits), stream, out)
+    assert 0 <= pos <= len(stream)
+    careful = CommandParser(**limits)
+    expected: list = []
+    try:
+        careful._careful_parse(stream, 0, expected)
+    except ProtocolError as exc:
+        expected = exc.commands
+    # The C path took a prefix of what the careful parser takes, and stopped
+    # between commands.
+    assert out == expected[:len(out)]
+    assert pos == sum(len(encode_command(*cmd)) for cmd in out)
+    again: list = []
+    assert CommandParser(**limits)._careful_parse(stream[:pos], 0, again) == pos and again == out
+
+
+def test_c_fast_path_takes_big_and_many_arguments():
+    big = [b"SET", b"k", bytes(range(256)) * 400]
+    many = [b"MSET"] + [b"a%d" % i for i in range(500)]
+    data = encode_command(*big) + encode_command(*many)
+    out: list = []
+    assert C.resp_parse_commands(*limits_tuple({}), data, out) == len(data)
+    assert out == [big, many]
+
+
+class BytesLike:
+    def __bytes__(self) -> bytes:
+        return b"via __bytes__"
+
+    def __len__(self) -> int:
+        return 13
+
+
+@pytest.mark.parametrize("value", [None, b"", b"abc", b"\r\n" * 10, bytearray(b"xy"), memoryview(b"mv"),
+                                   BytesLike(), "text", 5, [1, 2], (3,), object()])
+def test_encode_bulk_agrees(value):
+    def result(f):
+        try:
+            return f(value)
+        except Exception as exc:  # noqa: BLE001 - the point is the same exception
+            return type(exc), str(exc)
+
+    assert resp.encode_bulk is C.resp_bulk
+    assert result(C.resp_bulk) == result(resp._py_encode_bulk)
+
+
+@given(st.binary(max_size=5000))
+def test_encode_bulk_agrees_on_any_bytes(value):
+    assert C.resp_bulk(value) == resp._py_encode_bulk(value) == C.resp_bulk(bytearray(value))

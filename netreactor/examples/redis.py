@@ -43,7 +43,7 @@ from .. import __version__
 from ..handler import Action, EventHandler
 from ..protocols.resp import (DEFAULT_MAX_ARGS, DEFAULT_MAX_BULK, DEFAULT_MAX_COMMAND,
                               DEFAULT_MAX_INLINE, NULL_BULK, OK, CommandParser, ProtocolError,
-                              encode_error, parse_int)
+                              encode_bulk, encode_error, parse_int)
 
 __all__ = ["RedisServer", "KeyValueStore", "COMMANDS"]
 
@@ -114,8 +114,7 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _bulk(value: bytes) -> bytes:
-    return b"$%d\r\n%s\r\n" % (len(value), value)
+_bulk = encode_bulk  # values are stored as their bulk reply
 
 
 def _value_of(stored: bytes) -> bytes:
@@ -290,7 +289,7 @@ class KeyValueStore:
         if len(args) == 3:
             key = args[1]
             value = args[2]
-            self.data[key] = b"$%d\r\n%s\r\n" % (len(value), value)
+            self.data[key] = _bulk(value)
             if self.expires:
                 self.expires.pop(key, None)
             return OK

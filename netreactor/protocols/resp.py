@@ -148,6 +148,13 @@ def encode_bulk(value: Optional[bytes]) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
+_py_encode_bulk = encode_bulk
+if _c is not None:
+    # The same function in C (a server stores every value this way): bytes and
+    # bytearray written directly, anything else through the expression above.
+    encode_bulk = _c.resp_bulk  # noqa: F811
+
+
 def encode_integer(value: int) -> bytes:
     """An integer reply (``:n``)."""
     return b":%d\r\n" % value
@@ -353,10 +360,15 @@ def _check_limit(name: str, value: object) -> int:
 
 def _fast_path(max_bulk: int, max_args: int, max_command: int,
                max_inline: int) -> Callable[[bytes, List[Command]], int]:
-    """The fast path for these limits: the C one when active, else :func:`_fast_parse`."""
+    """The fast path for these limits: the C one when active, else :func:`_py_fast_path`'s."""
     if _c_parse is not None:
-        return functools.partial(_c_parse, max_bulk=max_bulk, max_args=max_args,
-                                 max_command=max_command, max_inline=max_inline)
+        return functools.partial(_c_parse, max_bulk, max_args, max_command, max_inline)
+    return _py_fast_path(max_bulk, max_args, max_command, max_inline)
+
+
+def _py_fast_path(max_bulk: int, max_args: int, max_command: int,
+                  max_inline: int) -> Callable[[bytes, List[Command]], int]:
+    """:func:`_fast_parse` bound to the tables of these limits."""
     counts, header, size_limit = _fast_tables(max_bulk, max_args, max_command, max_inline)
     if counts is _COUNT_LINES and not size_limit:
         return _fast_parse
