@@ -381,6 +381,344 @@ static PyType_Spec lf_spec = {
 };
 
 /* ------------------------------------------------------------------------ */
+/* SplitDecoder: LineCodec's decoder, and DelimiterCodec's with one delimiter */
+/* ------------------------------------------------------------------------ */
+
+/* Two modes, each the twin of a Python decoder:
+ *  - lines (codec._LineDecoder): frames end at b"\n"; a b"\r" just before it is
+ *    part of the line ending (stripped, and not counted against the limit);
+ *  - one delimiter (codec._DelimiterDecoder with a single delimiter, any length).
+ * Python builds the errors: error_for(length, unterminated, frames). */
+typedef struct {
+    PyObject_HEAD
+    int lines;            /* line mode */
+    int strip;            /* strip_delimiter */
+    Py_ssize_t max;       /* max_frame_length */
+    char *delim;          /* the delimiter (line mode: "\n") */
+    Py_ssize_t dlen;
+    Py_ssize_t scan;      /* delimiter mode: tail offset before which none can start */
+    Tail tail;
+    PyObject *error_for;
+    PyObject *failed;
+    PyObject *error;
+} SplitDecoder;
+
+static const char *
+find_delim(const char *p, Py_ssize_t n, const char *d, Py_ssize_t dlen)
+{
+    const char *end = p + n, *c;
+    if (dlen == 1)
+        return memchr(p, d[0], (size_t)n);
+    while (end - p >= dlen) {
+        c = memchr(p, d[0], (size_t)(end - p - dlen + 1));
+        if (c == NULL)
+            return NULL;
+        if (memcmp(c, d, (size_t)dlen) == 0)
+            return c;
+        p = c + 1;
+    }
+    return NULL;
+}
+
+/* Fail with error_for(length, unterminated, frames); always -1. */
+static int
+split_fail(SplitDecoder *self, Py_ssize_t length, int unterminated, PyObject *frames)
+{
+    PyObject *exc = PyObject_CallFunction(self->error_for, "nOO", length, unterminated ? Py_True : Py_False,
+                                          frames ? frames : Py_None);
+    tail_free(&self->tail);
+    self->scan = 0;
+    if (exc == NULL)
+        return -1;
+    Py_XDECREF(self->error);
+    self->error = exc;
+    raise_instance(exc);
+    return -1;
+}
+
+/* Delimiter mode: does a proper prefix of the delimiter, running to the end of
+ * p[0:end], start at some q in [pos, lim]? (codec._DelimiterDecoder._pending) */
+static int
+split_pending(SplitDecoder *self, const char *p, Py_ssize_t pos, Py_ssize_t lim, Py_ssize_t end)
+{
+    Py_ssize_t q = end - self->dlen + 1, last = end - 1;
+    if (end == 0)
+        return 0;
+    if (q < pos)
+        q = pos;
+    if (lim < last)
+        last = lim;
+    for (; q <= last; q++)
+        if (memcmp(p + q, self->delim, (size_t)(end - q)) == 0)
+            return 1;
+    return 0;
+}
+
+/* Line mode, no b"\n" in the held bytes: too long already? (_check_unterminated) */
+static int
+line_unterminated_too_long(SplitDecoder *self, const char *p, Py_ssize_t rem)
+{
+    return rem > self->max && (rem > self->max + 1 || p[rem - 1] != '\r');
+}
+
+static int
+append_frame(PyObject *frames, const char *p, Py_ssize_t n)
+{
+    PyObject *frame = PyBytes_FromStringAndSize(p, n);
+    int r;
+    if (frame == NULL)
+        return -1;
+    r = PyList_Append(frames, frame);
+    Py_DECREF(frame);
+    return r;
+}
+
+/* Split p[0:n] from `pos`; the rest becomes the tail. `from_tail`: p is the
+ * tail's own buffer (delimiter mode), `scan` where the search starts. */
+static int
+split_run(SplitDecoder *self, const char *p, Py_ssize_t n, Py_ssize_t pos, Py_ssize_t scan, PyObject *frames)
+{
+    const char *hit;
+    const Py_ssize_t max = self->max, dlen = self->dlen;
+    if (self->lines) {
+        while ((hit = memchr(p + pos, '\n', (size_t)(n - pos))) != NULL) {
+            Py_ssize_t i = hit - p, j = (i > pos && p[i - 1] == '\r') ? i - 1 : i;
+            if (j - pos > max)
+                return split_fail(self, j - pos, 0, frames);
+            if (append_frame(frames, p + pos, (self->strip ? j : i + 1) - pos) < 0)
+                return -1;
+            pos = i + 1;
+        }
+        if (pos < n) {
+            if (line_unterminated_too_long(self, p + pos, n - pos))
+                return split_fail(self, n - pos, 1, frames);
+            return tail_append(&self->tail, p + pos, n - pos);
+        }
+        return 0;
+    }
+    if (scan < pos)
+        scan = pos;
+    while ((hit = find_delim(p + scan, n - scan, self->delim, dlen)) != NULL) {
+        Py_ssize_t i = hit - p;
+        if (i - pos > max)
+            return split_fail(self, i - pos, 0, frames);
+        if (append_frame(frames, p + pos, i + (self->strip ? 0 : dlen) - pos) < 0)
+            return -1;
+        pos = scan = i + dlen;
+    }
+    if (pos < n) {
+        Py_ssize_t rem = n - pos;
+        if (rem > max && !split_pending(self, p, pos, pos + max, n))
+            return split_fail(self, rem, 1, frames);
+        if (tail_append(&self->tail, p + pos, rem) < 0)
+            return -1;
+        self->scan = rem - dlen + 1 > 0 ? rem - dlen + 1 : 0;
+    }
+    return 0;
+}
+
+static PyObject *
+split_feed(SplitDecoder *self, PyObject *data)
+{
+    const char *p;
+    Py_ssize_t n;
+    PyObject *keep, *frames;
+
+    if (self->error != NULL)
+        return PyObject_CallFunctionObjArgs(self->failed, self->error, NULL);
+    if (view_bytes(data, &p, &n, &keep) < 0)
+        return NULL;
+    frames = PyList_New(0);
+    if (frames == NULL)
+        goto error;
+    if (self->tail.len && self->lines) {
+        /* The pending line can only end in the new data. */
+        const char *hit = memchr(p, '\n', (size_t)n);
+        Py_ssize_t i, total, j;
+        char *line;
+        PyObject *frame;
+        if (hit == NULL) {
+            if (tail_append(&self->tail, p, n) < 0)
+                goto error;
+            if (line_unterminated_too_long(self, self->tail.data, self->tail.len)) {
+                split_fail(self, self->tail.len, 1, NULL);
+                goto error;
+            }
+            goto done;
+        }
+        i = hit - p;
+        total = self->tail.len + i;
+        j = (i > 0 ? p[i - 1] == '\r' : self->tail.data[self->tail.len - 1] == '\r') ? total - 1 : total;
+        if (j > self->max) {
+            split_fail(self, j, 0, frames);
+            goto error;
+        }
+        frame = PyBytes_FromStringAndSize(NULL, self->strip ? j : total + 1);
+        if (frame == NULL)
+            goto error;
+        line = PyBytes_AsString(frame);
+        if (self->strip && j < self->tail.len) {
+            memcpy(line, self->tail.data, (size_t)j);
+        } else {
+            memcpy(line, self->tail.data, (size_t)self->tail.len);
+            memcpy(line + self->tail.len, p, (size_t)((self->strip ? j : total + 1) - self->tail.len));
+        }
+        if (PyList_Append(frames, frame) < 0) {
+            Py_DECREF(frame);
+            goto error;
+        }
+        Py_DECREF(frame);
+        tail_free(&self->tail);
+        if (split_run(self, p, n, i + 1, 0, frames) < 0)
+            goto error;
+        goto done;
+    }
+    if (self->tail.len) {
+        /* Delimiter mode: append, then search only where a delimiter can still start. */
+        Tail held;
+        const char *hit;
+        Py_ssize_t scan = self->scan;
+        if (tail_append(&self->tail, p, n) < 0)
+            goto error;
+        hit = find_delim(self->tail.data + scan, self->tail.len - scan, self->delim, self->dlen);
+        if (hit == NULL) {
+            Py_ssize_t end = self->tail.len;
+            if (end > self->max && !split_pending(self, self->tail.data, 0, self->max, end)) {
+                split_fail(self, end, 1, NULL);
+                goto error;
+            }
+            self->scan = end - self->dlen + 1 > 0 ? end - self->dlen + 1 : 0;
+            goto done;
+        }
+        held = self->tail; /* take the buffer over: split_run refills the tail */
+        self->tail.data = NULL;
+        self->tail.len = self->tail.cap = 0;
+        self->scan = 0;
+        if (split_run(self, held.data, held.len, 0, scan, frames) < 0) {
+            tail_free(&held);
+            goto error;
+        }
+        tail_free(&held);
+        goto done;
+    }
+    if (split_run(self, p, n, 0, 0, frames) < 0)
+        goto error;
+done:
+    Py_XDECREF(keep);
+    return frames;
+error:
+    Py_XDECREF(frames);
+    Py_XDECREF(keep);
+    return NULL;
+}
+
+static PyObject *
+split_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    /* (delimiter, lines, strip, max_frame_length, error_for, failed) */
+    const char *d;
+    Py_ssize_t dlen, max;
+    int lines, strip;
+    PyObject *error_for, *failed;
+    SplitDecoder *self;
+    allocfunc tp_alloc;
+
+    if (kwds != NULL && PyDict_Size(kwds)) {
+        PyErr_SetString(PyExc_TypeError, "SplitDecoder takes positional arguments only");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "y#ppnOO:SplitDecoder", &d, &dlen, &lines, &strip, &max, &error_for, &failed))
+        return NULL;
+    if (dlen < 1 || max < 1 || max > ((Py_ssize_t)1 << 60) || (lines && (dlen != 1 || d[0] != '\n'))) {
+        PyErr_SetString(PyExc_ValueError, "SplitDecoder: parameters out of range");
+        return NULL;
+    }
+    tp_alloc = (allocfunc)PyType_GetSlot(type, Py_tp_alloc);
+    self = (SplitDecoder *)tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->delim = (char *)PyMem_Malloc((size_t)dlen);
+    if (self->delim == NULL) {
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
+    memcpy(self->delim, d, (size_t)dlen);
+    self->dlen = dlen;
+    self->lines = lines;
+    self->strip = strip;
+    self->max = max;
+    Py_INCREF(error_for);
+    self->error_for = error_for;
+    Py_INCREF(failed);
+    self->failed = failed;
+    return (PyObject *)self;
+}
+
+static int
+split_traverse(SplitDecoder *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->error_for);
+    Py_VISIT(self->failed);
+    Py_VISIT(self->error);
+    return 0;
+}
+
+static int
+split_clear(SplitDecoder *self)
+{
+    Py_CLEAR(self->error_for);
+    Py_CLEAR(self->failed);
+    Py_CLEAR(self->error);
+    return 0;
+}
+
+static void
+split_dealloc(SplitDecoder *self)
+{
+    PyObject_GC_UnTrack(self);
+    split_clear(self);
+    tail_free(&self->tail);
+    PyMem_Free(self->delim);
+    free_instance((PyObject *)self);
+}
+
+static PyObject *
+split_buffered(SplitDecoder *self, void *closure)
+{
+    return PyLong_FromSsize_t(self->tail.len);
+}
+
+static PyMethodDef split_methods[] = {
+    {"feed", (PyCFunction)split_feed, METH_O, "Add data to the stream; return the frames completed by it."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef split_getset[] = {
+    {"buffered", (getter)split_buffered, NULL, "Bytes held for an incomplete frame.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot split_slots[] = {
+    {Py_tp_new, split_new},
+    {Py_tp_dealloc, split_dealloc},
+    {Py_tp_traverse, split_traverse},
+    {Py_tp_clear, split_clear},
+    {Py_tp_methods, split_methods},
+    {Py_tp_getset, split_getset},
+    {Py_tp_doc, "LineCodec's decoder, or DelimiterCodec's with one delimiter (C twins)."},
+    {0, NULL},
+};
+
+static PyType_Spec split_spec = {
+    "netreactor._speedups.SplitDecoder",
+    sizeof(SplitDecoder),
+    0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    split_slots,
+};
+
+/* ------------------------------------------------------------------------ */
 /* lf_encode_many: LengthFieldCodec.encode_many without an offset           */
 /* ------------------------------------------------------------------------ */
 
@@ -693,6 +1031,11 @@ PyInit__speedups(void)
     }
     t = PyType_FromSpec(&lf_spec);
     if (t == NULL || PyModule_AddObject(m, "LengthFieldDecoder", t) < 0) {
+        Py_XDECREF(t);
+        goto error;
+    }
+    t = PyType_FromSpec(&split_spec);
+    if (t == NULL || PyModule_AddObject(m, "SplitDecoder", t) < 0) {
         Py_XDECREF(t);
         goto error;
     }

@@ -43,6 +43,9 @@ from . import speedups
 # The C twins (netreactor._speedups), or None: the pure-Python classes below
 # define the behaviour either way (see netreactor/speedups.py).
 _c = speedups.module()
+# Parameters beyond this take the pure-Python decoders: the C ones do their
+# arithmetic in 64 bits (no real stream comes near).
+_C_LIMIT = 1 << 60
 
 __all__ = [
     "DEFAULT_MAX_FRAME_LENGTH",
@@ -265,6 +268,14 @@ class LineCodec(Codec):
 
     def decoder(self) -> Decoder:
         """A fresh line decoder."""
+        if _c is not None and self._max <= _C_LIMIT:
+            return _c.SplitDecoder(  # type: ignore[no-any-return]
+                b"\n", True, self._strip, self._max,
+                functools.partial(_line_too_long, self._max), _raise_failed_again)
+        return self._py_decoder()
+
+    def _py_decoder(self) -> Decoder:
+        """The pure-Python decoder (the reference the C one is tested against)."""
         return _LineDecoder(self._max, self._strip)
 
     def __repr__(self) -> str:
@@ -336,8 +347,17 @@ class _LineDecoder(_BufferedDecoder):
             self._too_long(rem, frames, unterminated=True)
 
     def _too_long(self, length: int, frames: Optional[List[bytes]], unterminated: bool = False) -> NoReturn:
-        what = f"{length}+ bytes without a line ending" if unterminated else f"{length} bytes"
-        self._fail(FrameTooLongError(f"line longer than max_frame_length={self._max}: {what}"), frames)
+        self._fail(_line_too_long(self._max, length, unterminated), frames)
+
+
+def _line_too_long(maxlen: int, length: int, unterminated: bool,
+                   frames: Optional[List[bytes]] = None) -> FrameTooLongError:
+    """The error for a line over ``maxlen`` (both implementations)."""
+    what = f"{length}+ bytes without a line ending" if unterminated else f"{length} bytes"
+    exc = FrameTooLongError(f"line longer than max_frame_length={maxlen}: {what}")
+    if frames:
+        exc.frames = frames
+    return exc
 
 
 # --------------------------------------------------------------------------
@@ -438,6 +458,14 @@ class DelimiterCodec(Codec):
 
     def decoder(self) -> Decoder:
         """A fresh delimiter decoder."""
+        if _c is not None and len(self._delims) == 1 and self._max <= _C_LIMIT:
+            return _c.SplitDecoder(  # type: ignore[no-any-return]
+                self._delims[0], False, self._strip, self._max,
+                functools.partial(_delimiter_too_long, self._max), _raise_failed_again)
+        return self._py_decoder()
+
+    def _py_decoder(self) -> Decoder:
+        """The pure-Python decoder (the reference the C one is tested against)."""
         return _DelimiterDecoder(self._delims, self._max, self._strip)
 
     def __repr__(self) -> str:
@@ -614,8 +642,17 @@ class _DelimiterDecoder(_BufferedDecoder):
         return False
 
     def _too_long(self, length: int, frames: Optional[List[bytes]], unterminated: bool = False) -> NoReturn:
-        what = f"{length}+ bytes without a delimiter" if unterminated else f"{length} bytes"
-        self._fail(FrameTooLongError(f"frame longer than max_frame_length={self._max}: {what}"), frames)
+        self._fail(_delimiter_too_long(self._max, length, unterminated), frames)
+
+
+def _delimiter_too_long(maxlen: int, length: int, unterminated: bool,
+                        frames: Optional[List[bytes]] = None) -> FrameTooLongError:
+    """The error for a delimited frame over ``maxlen`` (both implementations)."""
+    what = f"{length}+ bytes without a delimiter" if unterminated else f"{length} bytes"
+    exc = FrameTooLongError(f"frame longer than max_frame_length={maxlen}: {what}")
+    if frames:
+        exc.frames = frames
+    return exc
 
 
 # --------------------------------------------------------------------------
@@ -1023,11 +1060,6 @@ def _length_error(adj: int, maxlen: int, hend: int, strip: int, eight: bool, val
     return exc
 
 
-# Parameters beyond these take the pure-Python decoder: the C one does its
-# arithmetic in 64 bits (no real stream comes near).
-_C_LIMIT = 1 << 60
-
-
 def _c_length_field_args(codec: LengthFieldCodec) -> Optional[tuple]:
     """The C decoder's constructor arguments for ``codec``, or None for the Python one."""
     if _c is None:
@@ -1096,3 +1128,4 @@ class _LengthField24Decoder(_LengthFieldDecoder):
 
 if _c is not None:
     Decoder.register(_c.LengthFieldDecoder)
+    Decoder.register(_c.SplitDecoder)

@@ -215,6 +215,45 @@ def test_the_codec_module_uses_the_c_decoder():
     assert codec_module._c is C
 
 
+# --------------------------------------------------------------------------- LineCodec, DelimiterCodec
+
+from netreactor.codec import DelimiterCodec, LineCodec  # noqa: E402
+
+small_alphabet = st.binary(max_size=300).map(lambda b: bytes(b"ab\r\n|"[x % 5] for x in b))
+
+
+@DIFF
+@given(stream=small_alphabet, max_frame_length=st.integers(1, 40), strip=st.booleans(),
+       cuts=st.lists(st.integers(0, 1000), max_size=10), kinds=st.lists(st.integers(0, 2), max_size=4))
+def test_line_decoders_agree(stream, max_frame_length, strip, cuts, kinds):
+    codec = LineCodec(max_frame_length=max_frame_length, strip_delimiter=strip)
+    c = codec.decoder()
+    assert type(c) is C.SplitDecoder
+    chunks = split_at(stream, cuts)
+    assert trace(c, chunks, kinds) == trace(codec._py_decoder(), chunks, kinds)
+    one = [stream[i:i + 1] for i in range(len(stream))]
+    assert trace(codec.decoder(), one, []) == trace(codec._py_decoder(), one, [])
+
+
+@DIFF
+@given(delimiter=st.binary(min_size=1, max_size=4).map(lambda b: bytes(b"ab|"[x % 3] for x in b)),
+       stream=st.binary(max_size=300).map(lambda b: bytes(b"abc|"[x % 4] for x in b)),
+       max_frame_length=st.integers(1, 40), strip=st.booleans(),
+       cuts=st.lists(st.integers(0, 1000), max_size=10), kinds=st.lists(st.integers(0, 2), max_size=4))
+def test_single_delimiter_decoders_agree(delimiter, stream, max_frame_length, strip, cuts, kinds):
+    codec = DelimiterCodec(delimiter, max_frame_length=max_frame_length, strip_delimiter=strip)
+    c = codec.decoder()
+    assert type(c) is C.SplitDecoder
+    chunks = split_at(stream, cuts)
+    assert trace(c, chunks, kinds) == trace(codec._py_decoder(), chunks, kinds)
+    one = [stream[i:i + 1] for i in range(len(stream))]
+    assert trace(codec.decoder(), one, []) == trace(codec._py_decoder(), one, [])
+
+
+def test_several_delimiters_keep_the_python_decoder():
+    assert type(DelimiterCodec([b"|", b"\r\n"]).decoder()) is not C.SplitDecoder
+
+
 # --------------------------------------------------------------------------- RESP
 
 from netreactor.protocols import resp  # noqa: E402
