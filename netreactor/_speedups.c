@@ -994,6 +994,146 @@ resp_bulk(PyObject *module, PyObject *value)
 }
 
 /* ------------------------------------------------------------------------ */
+/* HTTP/1.1: the request-head splitter (protocols.http1 _REQUEST_LINE and   */
+/* _HEADER_LINE)                                                            */
+/* ------------------------------------------------------------------------ */
+
+/* tchar (RFC 9110 5.6.2) */
+static unsigned char is_tchar[256];
+/* field-value characters: VCHAR and obs-text */
+static unsigned char is_vchar[256];
+
+static void
+init_http_tables(void)
+{
+    const char *extra = "!#$%&'*+.^_`|~-";
+    int c;
+    for (c = '0'; c <= '9'; c++)
+        is_tchar[c] = 1;
+    for (c = 'a'; c <= 'z'; c++)
+        is_tchar[c] = is_tchar[c - 32] = 1;
+    for (; *extra; extra++)
+        is_tchar[(unsigned char)*extra] = 1;
+    for (c = 0x21; c <= 0x7e; c++)
+        is_vchar[c] = 1;
+    for (c = 0x80; c <= 0xff; c++)
+        is_vchar[c] = 1;
+}
+
+/* http_split_head(buf, pos, end) -> (method, target, version, line_end, headers) or None
+ *
+ * The head is buf[pos:end+4] (end: where its CRLFCRLF starts). Returns what
+ * _REQUEST_LINE.match and _HEADER_LINE.findall give when the request line is
+ * "token SP target SP HTTP/1.0|1.1 CRLF" and every header line matches; the
+ * names lowercased. Anything else is None: the Python code then parses the
+ * head itself and raises the right error. */
+static PyObject *
+http_split_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    const unsigned char *p;
+    Py_ssize_t n, pos, end, i, m0, t0, t1, line_end, count = 0;
+    PyObject *headers = NULL, *result = NULL, *method, *target, *version;
+
+    if (nargs != 3 || !PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "http_split_head(buf: bytes, pos, end)");
+        return NULL;
+    }
+    p = (const unsigned char *)PyBytes_AsString(args[0]);
+    n = PyBytes_Size(args[0]);
+    pos = PyLong_AsSsize_t(args[1]);
+    end = PyLong_AsSsize_t(args[2]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (pos < 0 || end < pos || end + 4 > n)
+        Py_RETURN_NONE;
+    /* Request line, within buf[pos:end+2]. */
+    i = m0 = pos;
+    while (i < end && is_tchar[p[i]])
+        i++;
+    if (i == m0 || p[i] != ' ')
+        Py_RETURN_NONE;
+    t0 = ++i;
+    while (i < end && p[i] >= 0x21 && p[i] <= 0x7e)
+        i++;
+    if (i == t0 || p[i] != ' ')
+        Py_RETURN_NONE;
+    t1 = i++;
+    if (end + 2 - i < 10 || memcmp(p + i, "HTTP/1.", 7) != 0 || (p[i + 7] != '0' && p[i + 7] != '1') ||
+        p[i + 8] != '\r' || p[i + 9] != '\n')
+        Py_RETURN_NONE;
+    line_end = i + 10;
+    /* Count the header lines, checking each. */
+    for (i = line_end; i < end + 2;) {
+        Py_ssize_t k = i;
+        while (k < end + 2 && is_tchar[p[k]])
+            k++;
+        if (k == i || p[k] != ':')
+            Py_RETURN_NONE;
+        for (k++; k < end + 2 && (is_vchar[p[k]] || p[k] == ' ' || p[k] == '\t'); k++)
+            ;
+        if (k + 1 >= end + 2 + 1 || p[k] != '\r' || p[k + 1] != '\n')
+            Py_RETURN_NONE;
+        count++;
+        i = k + 2;
+    }
+    headers = PyTuple_New(count);
+    if (headers == NULL)
+        return NULL;
+    count = 0;
+    for (i = line_end; i < end + 2; count++) {
+        Py_ssize_t k = i, v0, v1;
+        PyObject *name, *value, *pair;
+        char *w;
+        while (p[k] != ':')
+            k++;
+        name = PyBytes_FromStringAndSize(NULL, k - i);
+        if (name == NULL)
+            goto error;
+        w = PyBytes_AsString(name);
+        for (v0 = i; v0 < k; v0++)
+            w[v0 - i] = (char)((p[v0] >= 'A' && p[v0] <= 'Z') ? p[v0] + 32 : p[v0]);
+        v0 = k + 1;
+        while (p[v0] == ' ' || p[v0] == '\t')
+            v0++;
+        v1 = v0;
+        while (p[v1] != '\r')
+            v1++;
+        i = v1 + 2;
+        while (v1 > v0 && (p[v1 - 1] == ' ' || p[v1 - 1] == '\t'))
+            v1--;
+        value = PyBytes_FromStringAndSize((const char *)p + v0, v1 - v0);
+        if (value == NULL) {
+            Py_DECREF(name);
+            goto error;
+        }
+        pair = PyTuple_New(2);
+        if (pair == NULL) {
+            Py_DECREF(name);
+            Py_DECREF(value);
+            goto error;
+        }
+        PyTuple_SetItem(pair, 0, name);
+        PyTuple_SetItem(pair, 1, value);
+        PyTuple_SetItem(headers, count, pair);
+    }
+    method = PyBytes_FromStringAndSize((const char *)p + m0, t0 - 1 - m0);
+    target = PyBytes_FromStringAndSize((const char *)p + t0, t1 - t0);
+    version = PyBytes_FromStringAndSize((const char *)p + t1 + 6, 3);
+    if (method != NULL && target != NULL && version != NULL)
+        result = Py_BuildValue("(NNNnN)", method, target, version, line_end, headers);
+    else {
+        Py_XDECREF(method);
+        Py_XDECREF(target);
+        Py_XDECREF(version);
+        Py_DECREF(headers);
+    }
+    return result;
+error:
+    Py_DECREF(headers);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------ */
 /* Module                                                                   */
 /* ------------------------------------------------------------------------ */
 
@@ -1003,6 +1143,8 @@ static PyMethodDef module_methods[] = {
     {"resp_parse_commands", (PyCFunction)(void (*)(void))resp_parse_commands, METH_FASTCALL,
      "resp_parse_commands(max_bulk, max_args, max_command, max_inline, buf, out) -> position"},
     {"resp_bulk", (PyCFunction)resp_bulk, METH_O, "resp_bulk(value) -> the bulk-string reply"},
+    {"http_split_head", (PyCFunction)(void (*)(void))http_split_head, METH_FASTCALL,
+     "http_split_head(buf, pos, end) -> (method, target, version, line_end, headers) or None"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1023,6 +1165,7 @@ PyInit__speedups(void)
         return NULL;
     if (PyModule_AddIntConstant(m, "API_VERSION", API_VERSION) < 0)
         goto error;
+    init_http_tables();
     if (null_bulk == NULL) {
         null_bulk = PyBytes_FromString("$-1\r\n");
         bulk_format = PyBytes_FromString("$%d\r\n%s\r\n");

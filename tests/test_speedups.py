@@ -388,3 +388,67 @@ def test_encode_bulk_agrees(value):
 @given(st.binary(max_size=5000))
 def test_encode_bulk_agrees_on_any_bytes(value):
     assert C.resp_bulk(value) == resp._py_encode_bulk(value) == C.resp_bulk(bytearray(value))
+
+
+# --------------------------------------------------------------------------- HTTP heads
+
+from netreactor.protocols import http1  # noqa: E402
+
+head_bytes = st.lists(st.sampled_from([
+    b"GET", b"POST", b"get", b" ", b"  ", b"\t", b"/", b"/a?b=c", b"*", b"http://h/x", b"HTTP/1.1", b"HTTP/1.0",
+    b"HTTP/2.0", b"HTTP/1.1x", b"\r\n", b"\r", b"\n", b"Host", b"host", b"X-A", b":", b": ", b"v", b"a b",
+    b"\x00", b"\x7f", b"\x80\xff", b"(", b",", b"\"q\"", b"Content-Length", b"0",
+]), max_size=40).map(b"".join)
+
+
+def python_split(buf: bytes, pos: int, end: int):
+    m = http1._REQUEST_LINE.match(buf, pos, end + 2)
+    if m is None:
+        return None
+    try:
+        headers = http1.RequestParser._header_lines(buf, m.end(), end)
+    except http1.HTTPError:
+        return None
+    return (*m.groups(), m.end(), headers)
+
+
+odd_bytes = st.binary(max_size=4) | st.sampled_from([b"\x7f", b"\x80", b"\xff", b"\x00", b"\x20", b"\x21", b"\x7e"])
+def mostly(valid, odd):
+    """Usually (7 in 8) one of ``valid``, else ``odd``: each part of a head is rarely the broken one."""
+    return st.integers(0, 7).flatmap(lambda k: st.sampled_from(valid) if k else odd)
+
+
+request_lines = st.tuples(
+    mostly([b"GET", b"POST", b"M-1"], st.sampled_from([b"get", b"", b"G(T"]) | odd_bytes),
+    mostly([b" "], st.sampled_from([b"  ", b"\t"])),
+    mostly([b"/", b"/a?b=c", b"*", b"http://h/x"], odd_bytes.map(lambda b: b"/" + b)),
+    mostly([b" "], st.sampled_from([b"  ", b""])),
+    mostly([b"HTTP/1.1", b"HTTP/1.0"],
+           st.sampled_from([b"HTTP/1.2", b"HTTP/2.0", b"HTTP/1.1 ", b"http/1.1", b"HTTP/1.", b"HTTP/1.9"])),
+).map(b"".join)
+header_lines = st.tuples(
+    mostly([b"Host", b"X-A", b"a", b"Content-Length"], st.sampled_from([b"", b"X A", b"("]) | odd_bytes),
+    mostly([b":", b": ", b":\t"], st.sampled_from([b" :", b"", b"::"])),
+    mostly([b"v", b"a b", b"a  b\t", b"", b" x "], odd_bytes),
+    mostly([b""], st.sampled_from([b" ", b"\t", b" \t"])),
+).map(b"".join)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.one_of(head_bytes.map(lambda b: [b]), st.tuples(request_lines, st.lists(header_lines, max_size=4)).map(
+    lambda t: [t[0]] + t[1])), st.sampled_from([b"", b"\r\n"]))
+def test_http_head_splitters_agree(lines, before):
+    buf = before + b"\r\n".join(lines) + b"\r\n\r\n"
+    pos = len(before)
+    end = buf.find(b"\r\n\r\n", pos)
+    assert C.http_split_head(buf, pos, end) == python_split(buf, pos, end)
+
+
+def test_http_head_splitter_takes_a_common_head():
+    head = (b"GET /plaintext HTTP/1.1\r\nHost: localhost:8080\r\nAccept: text/plain, */*;q=0.7 \r\n"
+            b"X-Empty:\r\nConnection:\tkeep-alive\r\n\r\n")
+    split = C.http_split_head(head, 0, head.find(b"\r\n\r\n"))
+    assert split == (b"GET", b"/plaintext", b"1.1", 25, ((b"host", b"localhost:8080"),
+                     (b"accept", b"text/plain, */*;q=0.7"), (b"x-empty", b""), (b"connection", b"keep-alive")))
+    assert split == python_split(head, 0, head.find(b"\r\n\r\n"))
+    assert http1._c_split_head is C.http_split_head

@@ -54,6 +54,11 @@ import re
 from email.utils import formatdate
 from typing import Any, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple, Union
 
+from .. import speedups
+
+# The C head splitter (netreactor._speedups), or None; see _parse_head.
+_c_split_head = getattr(speedups.module(), "http_split_head", None)
+
 __all__ = [
     "Request", "RequestParser", "HTTPError", "encode_response", "http_date", "REASONS",
     "DEFAULT_METHODS", "DEFAULT_MAX_HEAD", "DEFAULT_MAX_BODY", "DEFAULT_MAX_HEADERS",
@@ -360,28 +365,29 @@ class RequestParser:
         """Parse and check the head ``buf[pos:end+4]`` (no side effects, so results can be cached)."""
         if buf.count(b"\n", pos, end + 4) != buf.count(b"\r\n", pos, end + 4):
             self._check_head(buf, pos, end + 4)  # a bare LF: refused as in an unfinished head
-        m = _REQUEST_LINE.match(buf, pos, end + 2)
-        if m is None:
-            method, target, version, line_end = self._odd_request_line(buf, pos, end)
+        split = _c_split_head(buf, pos, end) if _c_split_head is not None else None
+        if split is not None:
+            # The C splitter: the same request line and header lines the two
+            # patterns below give, names lowercased; None when anything is odd.
+            method, target, version, line_end, headers = split
         else:
-            method, target, version = m.groups()
-            line_end = m.end()
+            m = _REQUEST_LINE.match(buf, pos, end + 2)
+            if m is None:
+                method, target, version, line_end = self._odd_request_line(buf, pos, end)
+            else:
+                method, target, version = m.groups()
+                line_end = m.end()
+            headers = None
         if line_end - pos > self.max_request_line + 2:
             self._check_head(buf, pos, end + 4)  # raises 414, as an unfinished head would
         if method not in self.methods:
             raise HTTPError(501, f"method {method.decode('latin-1')!r} not implemented")
         if target[0] != 47 and not self._other_target_form(method, target):  # 47 is '/'
             raise HTTPError(400, "invalid request target")
-        if line_end < end:
-            block = buf[line_end:end + 2]
-            pairs = _HEADER_LINE.findall(block)
-            if len(pairs) != block.count(b"\n"):
-                raise HTTPError(400, "malformed header line")
-            if len(pairs) > self.max_headers:
-                raise HTTPError(431, f"more than {self.max_headers} headers")
-            headers = tuple([(name.lower(), value) for name, value in pairs])
-        else:
-            headers = ()
+        if headers is None:
+            headers = self._header_lines(buf, line_end, end)
+        if len(headers) > self.max_headers:
+            raise HTTPError(431, f"more than {self.max_headers} headers")
         keep_alive = version == b"1.1"
         length = -1
         chunked = expect = False
@@ -409,6 +415,17 @@ class RequestParser:
         if length > self.max_body:
             raise HTTPError(413, f"body of {length} bytes is over the {self.max_body}-byte limit")
         return method, target, version, headers, keep_alive, length, chunked, expect
+
+    @staticmethod
+    def _header_lines(buf: bytes, line_end: int, end: int) -> Headers:
+        """The header lines between the request line and the empty line, checked."""
+        if line_end >= end:
+            return ()
+        block = buf[line_end:end + 2]
+        pairs = _HEADER_LINE.findall(block)
+        if len(pairs) != block.count(b"\n"):
+            raise HTTPError(400, "malformed header line")
+        return tuple([(name.lower(), value) for name, value in pairs])
 
     def _start_body(self, buf: bytes, pos: int, request: Request, length: int, chunked: bool,
                     expect: bool, out: List[Request]) -> int:
