@@ -452,3 +452,93 @@ def test_http_head_splitter_takes_a_common_head():
                      (b"accept", b"text/plain, */*;q=0.7"), (b"x-empty", b""), (b"connection", b"keep-alive")))
     assert split == python_split(head, 0, head.find(b"\r\n\r\n"))
     assert http1._c_split_head is C.http_split_head
+
+
+# --------------------------------------------------------------------------- no leaks, no crash
+
+def _exercise() -> None:
+    lf = LengthFieldCodec(2, max_frame_length=50)
+    d = lf.decoder()
+    d.feed(b"\x00\x03ab")
+    d.feed(bytearray(b"c\x00\x01"))
+    try:
+        d.feed(b"x\x00\xff")
+    except FrameError:
+        pass
+    try:
+        d.feed(b"")
+    except FrameError:
+        pass
+    lf.encode_many([b"a", bytearray(b"bc"), memoryview(b"d")])
+    for codec in (LineCodec(max_frame_length=5), DelimiterCodec(b"||", max_frame_length=5)):
+        d = codec.decoder()
+        d.feed(b"ab\r\n||e")
+        try:
+            d.feed(b"f" * 20)
+        except FrameError:
+            pass
+    p = CommandParser(max_bulk=20)
+    p.feed(encode_command("SET", "k", "v") + b"*2\r\n$3\r\nGET\r\n$1")
+    try:
+        p.feed(b"\r\nk\r\n" + encode_command("SET", "k", b"v" * 30))
+    except ProtocolError:
+        pass
+    C.resp_bulk(b"abc")
+    C.resp_bulk(memoryview(b"abc"))
+    head = b"GET / HTTP/1.1\r\nHost: h\r\nX: y\r\n\r\n"
+    C.http_split_head(head, 0, head.find(b"\r\n\r\n"))
+
+
+def test_no_memory_is_kept_across_many_calls():
+    import tracemalloc
+
+    for _ in range(200):
+        _exercise()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(3000):
+            _exercise()
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 20_000, grown  # one leaked object per call would be > 100 KB
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=300), st.integers(0, 2))
+def test_any_input_to_any_c_entry_point_never_crashes(data, kind):
+    value = as_kind(data, kind)
+    for decoder in (LengthFieldCodec(1).decoder(), LengthFieldCodec(8, byteorder="little").decoder(),
+                    LineCodec(max_frame_length=8).decoder(), DelimiterCodec(b"\x00\x01").decoder()):
+        for _ in range(2):
+            try:
+                decoder.feed(value)
+            except FrameError:
+                pass
+    C.resp_parse_commands(5, 3, 50, 4, data, [])
+    C.resp_bulk(value)
+    for end in (data.find(b"\r\n\r\n"), len(data) - 4, 0, -1):
+        C.http_split_head(data, 0, end)
+        C.http_split_head(data, len(data), end)
+    C.lf_encode_many([data, bytearray(data)], 1 + kind, kind == 1, kind - 1)
+
+
+@pytest.mark.parametrize("call", [
+    lambda: C.LengthFieldDecoder(0, 5, True, 0, 0, 10, 0, None, None),
+    lambda: C.LengthFieldDecoder(-1, 4, True, 0, 0, 10, 0, None, None),
+    lambda: C.LengthFieldDecoder(0, 4, True, 0, 0, 1 << 63, 0, None, None),
+    lambda: C.LengthFieldDecoder(0, 4, True),
+    lambda: C.SplitDecoder(b"", False, True, 10, None, None),
+    lambda: C.SplitDecoder(b"|", True, True, 10, None, None),
+    lambda: C.SplitDecoder(b"\n", True, True, 0, None, None),
+    lambda: C.resp_parse_commands(1, 1, 1, 1, bytearray(b"*1"), []),
+    lambda: C.resp_parse_commands(1, 1, 1, b"*1", []),
+    lambda: C.http_split_head(b"x", 0),
+    lambda: C.lf_encode_many([], 4, True),
+])
+def test_bad_calls_raise_instead_of_crashing(call):
+    with pytest.raises((TypeError, ValueError, OverflowError)):
+        call()
