@@ -20,6 +20,7 @@ netreactor.
 
 from __future__ import annotations
 
+import importlib
 import os
 from types import ModuleType
 from typing import Optional
@@ -36,11 +37,14 @@ API_VERSION = 1
 def _load() -> "tuple[Optional[ModuleType], str]":
     if os.environ.get(ENV_VAR, "") not in ("", "0"):
         return None, f"pure Python ({ENV_VAR}={os.environ[ENV_VAR]})"
+    name = f"{__package__}._speedups"
     try:
-        from . import _speedups  # type: ignore[attr-defined]
-    except ImportError as exc:
-        if getattr(exc, "name", None) == f"{__package__}._speedups":
+        _speedups = importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name == name:
             return None, "pure Python (extension not built)"
+        return None, f"pure Python (extension failed to load: {exc})"
+    except ImportError as exc:  # built for another platform or interpreter, or broken
         return None, f"pure Python (extension failed to load: {exc})"
     version = getattr(_speedups, "API_VERSION", None)
     if version != API_VERSION:

@@ -71,23 +71,6 @@ def test_the_switch_reports_the_active_path():
     assert C.API_VERSION == speedups.API_VERSION
 
 
-@pytest.mark.parametrize("value,described", [
-    ("1", "pure Python (NETREACTOR_NO_EXTENSIONS=1)"),
-    ("yes", "pure Python (NETREACTOR_NO_EXTENSIONS=yes)"),
-    ("0", "C speedups active (netreactor._speedups)"),
-    ("", "C speedups active (netreactor._speedups)"),
-])
-def test_the_environment_variable_forces_the_pure_path(value, described):
-    code = ("from netreactor import speedups, codec; print(speedups.active(), speedups.describe(), "
-            "type(codec.LengthFieldCodec(4).decoder()).__module__)")
-    env = dict(os.environ, NETREACTOR_NO_EXTENSIONS=value)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    active = described.startswith("C ")
-    assert out.split(" ", 1)[0] == str(active)
-    assert described in out
-    assert out.strip().endswith("netreactor._speedups" if active else "netreactor.codec")
-
-
 # --------------------------------------------------------------------------- LengthFieldCodec
 
 def both_length_field(codec: LengthFieldCodec):
