@@ -15,8 +15,8 @@ import os
 import sys
 import sysconfig
 
-from setuptools import Extension, setup
-from setuptools.command.build_ext import build_ext
+from setuptools import Extension, setup  # type: ignore[import-untyped]
+from setuptools.command.build_ext import build_ext  # type: ignore[import-untyped]
 
 # Like the runtime switch (netreactor/speedups.py): any value but "" or "0".
 NO_EXTENSIONS = os.environ.get("NETREACTOR_NO_EXTENSIONS", "") not in ("", "0")

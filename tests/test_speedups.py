@@ -10,9 +10,6 @@ messages, the same state after an error. Run under AddressSanitizer as well
 from __future__ import annotations
 
 import gc
-import os
-import subprocess
-import sys
 import weakref
 from typing import Any, List
 
