@@ -725,16 +725,22 @@ static PyType_Spec split_spec = {
 /* lf_encode_many(payloads, length, big, adj) -> bytes, or None when a payload
  * is not bytes/bytearray or its length does not fit the field (the Python
  * code then encodes, and raises its own error). */
+#define ENCODE_STACK 64
+
 static PyObject *
 lf_encode_many(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *payloads, *out;
+    PyObject *payloads, *out = NULL;
     Py_ssize_t count, i, total = 0;
     long lfl_l;
     int lfl, big;
     long long adj;
     uint64_t field_max;
     char *w;
+    /* The items' bytes, kept between the two passes (no Python code runs
+     * between them, so the items cannot change). */
+    const char *stack_src[ENCODE_STACK], **src = stack_src;
+    Py_ssize_t stack_len[ENCODE_STACK], *lens = stack_len;
 
     if (nargs != 4) {
         PyErr_SetString(PyExc_TypeError, "lf_encode_many(payloads, length, big, adj)");
@@ -751,41 +757,52 @@ lf_encode_many(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     lfl = (int)lfl_l;
     field_max = lfl == 8 ? (uint64_t)INT64_MAX : (((uint64_t)1 << (8 * lfl)) - 1);
     count = PyList_Size(payloads);
+    if (count > ENCODE_STACK) {
+        src = PyMem_Malloc((size_t)count * sizeof(*src));
+        lens = PyMem_Malloc((size_t)count * sizeof(*lens));
+        if (src == NULL || lens == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
     for (i = 0; i < count; i++) {
         PyObject *item = PyList_GetItem(payloads, i);
         Py_ssize_t len;
         long long value;
-        if (PyBytes_CheckExact(item))
+        if (PyBytes_CheckExact(item)) {
+            src[i] = PyBytes_AsString(item);
             len = PyBytes_Size(item);
-        else if (PyByteArray_CheckExact(item))
+        } else if (PyByteArray_CheckExact(item)) {
+            src[i] = PyByteArray_AsString(item);
             len = PyByteArray_Size(item);
-        else
-            Py_RETURN_NONE;
+        } else {
+            out = Py_None;
+            Py_INCREF(out);
+            goto done;
+        }
         value = (long long)len - adj;
-        if (value < 0 || (uint64_t)value > field_max || len > PY_SSIZE_T_MAX - total - lfl)
-            Py_RETURN_NONE;
+        if (value < 0 || (uint64_t)value > field_max || len > PY_SSIZE_T_MAX - total - lfl) {
+            out = Py_None;
+            Py_INCREF(out);
+            goto done;
+        }
+        lens[i] = len;
         total += lfl + len;
     }
     out = PyBytes_FromStringAndSize(NULL, total);
     if (out == NULL)
-        return NULL;
+        goto done;
     w = PyBytes_AsString(out);
-    /* No Python code runs between the two passes: the items cannot change. */
     for (i = 0; i < count; i++) {
-        PyObject *item = PyList_GetItem(payloads, i);
-        const char *src;
-        Py_ssize_t len;
-        uint64_t value;
+        Py_ssize_t len = lens[i];
+        uint64_t value = (uint64_t)((long long)len - adj);
         int k;
-        if (PyBytes_CheckExact(item)) {
-            src = PyBytes_AsString(item);
-            len = PyBytes_Size(item);
-        } else {
-            src = PyByteArray_AsString(item);
-            len = PyByteArray_Size(item);
-        }
-        value = (uint64_t)((long long)len - adj);
-        if (big) {
+        if (big && lfl == 4) {
+            w[0] = (char)(value >> 24);
+            w[1] = (char)(value >> 16);
+            w[2] = (char)(value >> 8);
+            w[3] = (char)value;
+        } else if (big) {
             for (k = lfl - 1; k >= 0; k--) {
                 w[k] = (char)(value & 0xff);
                 value >>= 8;
@@ -797,9 +814,14 @@ lf_encode_many(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             }
         }
         w += lfl;
-        memcpy(w, src, (size_t)len);
+        memcpy(w, src[i], (size_t)len);
         w += len;
     }
+done:
+    if (src != stack_src)
+        PyMem_Free((void *)src);
+    if (lens != stack_len)
+        PyMem_Free(lens);
     return out;
 }
 

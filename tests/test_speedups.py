@@ -522,3 +522,11 @@ def test_any_input_to_any_c_entry_point_never_crashes(data, kind):
 def test_bad_calls_raise_instead_of_crashing(call):
     with pytest.raises((TypeError, ValueError, OverflowError)):
         call()
+
+
+def test_encode_many_of_many_payloads():
+    codec = LengthFieldCodec(4)
+    payloads = [b"x" * (i % 7) for i in range(300)] + [bytearray(b"tail")]
+    expected = b"".join(codec.encode(p) for p in payloads)
+    assert C.lf_encode_many(payloads, 4, True, 0) == expected == codec.encode_many(payloads)
+    assert C.lf_encode_many(payloads + [memoryview(b"m")], 4, True, 0) is None
