@@ -45,7 +45,10 @@ regular-expression match, and all its header lines are checked and split by one
 ``findall`` (a line that does not match makes the count of matches differ from
 the count of lines). That is a handful of C calls per request whatever its
 headers, which is what a pure-Python server can afford. A server may also share
-a cache of checked heads between its parsers (``head_cache``).
+a cache of checked heads between its parsers (``head_cache``). With the C
+speedups (:mod:`netreactor.speedups`) one C call splits an ordinary head into
+the same request line and header pairs; anything it does not take goes
+through the patterns, which define the behaviour.
 """
 
 from __future__ import annotations

@@ -18,24 +18,31 @@ It accepts everything a Redis server accepts from a client:
 Limits (all per connection, all configurable): a bulk string is at most
 ``max_bulk`` bytes (default 64 MiB; Redis allows 512 MiB), a command has at most
 ``max_args`` arguments (default 1,048,576) and at most ``max_command`` bytes in
-total (default 128 MiB), an inline command or a length line is at most
+total (default 128 MiB: each argument with its ``$len`` line), an inline command
+(before its LF) or a ``*``/``$`` length line (before its CRLF) is at most
 ``max_inline`` bytes (64 KiB, as in Redis). The parser holds only the
 unfinished command, so its memory is bounded by ``max_command``. Violations
 raise :class:`ProtocolError`, whose :attr:`ProtocolError.reply` is the
-``-ERR Protocol error: ...`` line Redis would send before closing.
+``-ERR Protocol error: ...`` line Redis would send before closing. Every limit
+is one rule whatever the segmentation: the commands and the error depend only
+on the bytes, not on how they were split into reads (an unfinished line is
+refused as soon as it is certain to be too long; a property test checks it).
 
 Replies (server → client) are parsed by :class:`ReplyParser` (used by tests and
-clients), and built with the ``encode_*`` helpers.
+clients; arrays nest at most ``max_depth`` deep), and built with the
+``encode_*`` helpers.
 
 Why the parser looks the way it does: on the server's hot path, one
 ``bytes.split(b"\\r\\n")`` (a single C call) cuts a whole pipelined batch into
 its lines; a well-formed command is then taken by list indexing and checked by
 comparing each ``$len`` line with a precomputed header for the value's length.
 Anything unusual (inline commands, a CRLF inside a value, values of 4 KiB or
-more, many arguments, an unfinished command, errors) falls back to a careful
-parser that keeps Redis's query-buffer state between reads and defines the
-semantics; the fast path only ever accepts what the careful one would (a
-property test checks it).
+more, many arguments, an unfinished command, errors, anything a limit refuses:
+the fast path's tables are built for the parser's limits) falls back to a
+careful parser that keeps Redis's query-buffer state between reads and defines
+the semantics; the fast path only ever accepts what the careful one would
+(property tests check it). With the C speedups (:mod:`netreactor.speedups`) the
+fast path is C (any size, every limit) and :func:`encode_bulk` too.
 """
 
 from __future__ import annotations
