@@ -117,6 +117,19 @@ as_ssize(PyObject *o, Py_ssize_t *out, const char *name)
     return 0;
 }
 
+/* Allocating a frame can run the garbage collector, and so a finalizer, which
+ * could feed the same decoder while its buffer is being read: refuse that. */
+static int
+feed_enter(int *busy)
+{
+    if (*busy) {
+        PyErr_SetString(PyExc_RuntimeError, "decoder.feed() called again from inside feed()");
+        return -1;
+    }
+    *busy = 1;
+    return 0;
+}
+
 /* Generic dealloc/traverse plumbing for the heap types below. */
 static void
 free_instance(PyObject *self)
@@ -145,6 +158,7 @@ typedef struct {
     PyObject *error_for;  /* value, frames -> FrameError (the Python messages) */
     PyObject *failed;     /* error -> raises "decoder failed earlier" */
     PyObject *error;      /* the error that failed this decoder, or NULL */
+    int busy;             /* inside feed (see feed_enter) */
 } LFDecoder;
 
 static inline uint64_t
@@ -186,8 +200,21 @@ lf_fail(LFDecoder *self, uint64_t value, PyObject *frames)
     return -1;
 }
 
+static PyObject *lf_feed_body(LFDecoder *self, PyObject *data);
+
 static PyObject *
 lf_feed(LFDecoder *self, PyObject *data)
+{
+    PyObject *r;
+    if (feed_enter(&self->busy) < 0)
+        return NULL;
+    r = lf_feed_body(self, data);
+    self->busy = 0;
+    return r;
+}
+
+static PyObject *
+lf_feed_body(LFDecoder *self, PyObject *data)
 {
     const char *p;
     Py_ssize_t n, pos = 0;
@@ -401,6 +428,7 @@ typedef struct {
     PyObject *error_for;
     PyObject *failed;
     PyObject *error;
+    int busy;
 } SplitDecoder;
 
 static const char *
@@ -517,8 +545,21 @@ split_run(SplitDecoder *self, const char *p, Py_ssize_t n, Py_ssize_t pos, Py_ss
     return 0;
 }
 
+static PyObject *split_feed_body(SplitDecoder *self, PyObject *data);
+
 static PyObject *
 split_feed(SplitDecoder *self, PyObject *data)
+{
+    PyObject *r;
+    if (feed_enter(&self->busy) < 0)
+        return NULL;
+    r = split_feed_body(self, data);
+    self->busy = 0;
+    return r;
+}
+
+static PyObject *
+split_feed_body(SplitDecoder *self, PyObject *data)
 {
     const char *p;
     Py_ssize_t n;
@@ -727,6 +768,21 @@ static PyType_Spec split_spec = {
  * code then encodes, and raises its own error). */
 #define ENCODE_STACK 64
 
+/* The bytes of a payload (bytes or bytearray), or -1 for any other type. */
+static Py_ssize_t
+payload_bytes(PyObject *item, const char **src)
+{
+    if (PyBytes_CheckExact(item)) {
+        *src = PyBytes_AsString(item);
+        return PyBytes_Size(item);
+    }
+    if (PyByteArray_CheckExact(item)) {
+        *src = PyByteArray_AsString(item);
+        return PyByteArray_Size(item);
+    }
+    return -1;
+}
+
 static PyObject *
 lf_encode_many(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -737,9 +793,10 @@ lf_encode_many(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     long long adj;
     uint64_t field_max;
     char *w;
-    /* The items' bytes, kept between the two passes (no Python code runs
-     * between them, so the items cannot change). */
-    const char *stack_src[ENCODE_STACK], **src = stack_src;
+    const char *src;
+    /* Sizes from the first pass. Pointers are not kept: allocating the result
+     * can run a finalizer that changes the list or a bytearray in it, so the
+     * second pass takes them again and checks that nothing moved. */
     Py_ssize_t stack_len[ENCODE_STACK], *lens = stack_len;
 
     if (nargs != 4) {
@@ -758,31 +815,15 @@ lf_encode_many(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     field_max = lfl == 8 ? (uint64_t)INT64_MAX : (((uint64_t)1 << (8 * lfl)) - 1);
     count = PyList_Size(payloads);
     if (count > ENCODE_STACK) {
-        src = PyMem_Malloc((size_t)count * sizeof(*src));
         lens = PyMem_Malloc((size_t)count * sizeof(*lens));
-        if (src == NULL || lens == NULL) {
-            PyErr_NoMemory();
-            goto done;
-        }
+        if (lens == NULL)
+            return PyErr_NoMemory();
     }
     for (i = 0; i < count; i++) {
-        PyObject *item = PyList_GetItem(payloads, i);
-        Py_ssize_t len;
-        long long value;
-        if (PyBytes_CheckExact(item)) {
-            src[i] = PyBytes_AsString(item);
-            len = PyBytes_Size(item);
-        } else if (PyByteArray_CheckExact(item)) {
-            src[i] = PyByteArray_AsString(item);
-            len = PyByteArray_Size(item);
-        } else {
-            out = Py_None;
-            Py_INCREF(out);
-            goto done;
-        }
-        value = (long long)len - adj;
-        if (value < 0 || (uint64_t)value > field_max || len > PY_SSIZE_T_MAX - total - lfl) {
-            out = Py_None;
+        Py_ssize_t len = payload_bytes(PyList_GetItem(payloads, i), &src);
+        long long value = (long long)len - adj;
+        if (len < 0 || value < 0 || (uint64_t)value > field_max || len > PY_SSIZE_T_MAX - total - lfl) {
+            out = Py_None; /* not ours to encode: the Python code does it (or raises) */
             Py_INCREF(out);
             goto done;
         }
@@ -792,11 +833,15 @@ lf_encode_many(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     out = PyBytes_FromStringAndSize(NULL, total);
     if (out == NULL)
         goto done;
+    if (PyList_Size(payloads) != count)
+        goto changed;
     w = PyBytes_AsString(out);
     for (i = 0; i < count; i++) {
-        Py_ssize_t len = lens[i];
+        Py_ssize_t len = payload_bytes(PyList_GetItem(payloads, i), &src);
         uint64_t value = (uint64_t)((long long)len - adj);
         int k;
+        if (len != lens[i])
+            goto changed;
         if (big && lfl == 4) {
             w[0] = (char)(value >> 24);
             w[1] = (char)(value >> 16);
@@ -814,12 +859,14 @@ lf_encode_many(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             }
         }
         w += lfl;
-        memcpy(w, src[i], (size_t)len);
+        memcpy(w, src, (size_t)len);
         w += len;
     }
+    goto done;
+changed:
+    Py_CLEAR(out);
+    PyErr_SetString(PyExc_RuntimeError, "the payloads changed during encode_many()");
 done:
-    if (src != stack_src)
-        PyMem_Free((void *)src);
     if (lens != stack_len)
         PyMem_Free(lens);
     return out;

@@ -530,3 +530,24 @@ def test_encode_many_of_many_payloads():
     expected = b"".join(codec.encode(p) for p in payloads)
     assert C.lf_encode_many(payloads, 4, True, 0) == expected == codec.encode_many(payloads)
     assert C.lf_encode_many(payloads + [memoryview(b"m")], 4, True, 0) is None
+
+
+def test_a_decoder_cannot_be_fed_from_inside_its_own_feed():
+    # Python code can run inside feed (a __bytes__ of the input, a finalizer run
+    # by the garbage collector); feeding the same decoder from there would
+    # change its buffer while it is being read, so the C decoders refuse.
+    for codec in (LengthFieldCodec(2), LineCodec(), DelimiterCodec(b"|")):
+        dec = codec.decoder()
+        seen = []
+
+        class Sneaky:
+            def __bytes__(self):
+                try:
+                    dec.feed(b"x")
+                except RuntimeError as exc:
+                    seen.append(str(exc))
+                return codec.encode(b"ab")
+
+        assert dec.feed(Sneaky()) == [b"ab"]
+        assert seen == ["decoder.feed() called again from inside feed()"]
+        assert dec.feed(codec.encode(b"cd")) == [b"cd"]  # and it still works
