@@ -982,6 +982,8 @@ resp_parse_commands(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             nl = find_crlf(p + q, n - q, max_inline);
             if (nl < 0 || !parse_ll(p + q + 1, nl - 1, &length) || length < 0 || length > max_bulk)
                 break;
+            if (length > n - (q + nl + 4))
+                break; /* unfinished (and no overflow below) */
             stop = q + nl + 2 + (Py_ssize_t)length;
             size += stop + 2 - q;
             if (size > max_command || stop + 2 > n || p[stop] != '\r' || p[stop + 1] != '\n')

@@ -278,7 +278,7 @@ _BULK_HEADER: List[bytes] = [b"$%d" % n for n in range(4096)]
 
 
 def _fast_parse(buf: bytes, out: List[Command], counts: Dict[bytes, int] = _COUNT_LINES,
-                header: List[bytes] = _BULK_HEADER, max_command: int = 0) -> int:
+                header: List[bytes] = _BULK_HEADER) -> int:
     """Take well-formed multibulk commands from the start of ``buf``; return where it stopped.
 
     Stops (without error) at the first thing it is not sure about; the careful
@@ -290,8 +290,8 @@ def _fast_parse(buf: bytes, out: List[Command], counts: Dict[bytes, int] = _COUN
     The limits are in the tables: ``counts`` holds only the ``*n`` lines a
     parser accepts (``n <= max_args``, the line within ``max_inline``) and
     ``header`` only the ``$len`` lines (``len <= max_bulk``, within
-    ``max_inline``); ``max_command``, when not 0, bounds each command's size as
-    the careful parser counts it (see :func:`_fast_tables`).
+    ``max_inline``); :func:`_fast_parse_sized` adds ``max_command`` when the
+    tables admit commands bigger than that (see :func:`_fast_tables`).
     """
     parts = buf.split(b"\r\n")
     last = len(parts) - 1  # parts[last] is what follows the final CRLF (unterminated)
@@ -305,8 +305,6 @@ def _fast_parse(buf: bytes, out: List[Command], counts: Dict[bytes, int] = _COUN
                 break
             end = i + 1 + 2 * n
             if end > last:
-                break
-            if max_command and sum(map(len, parts[i + 1:end])) + 4 * n > max_command:
                 break
             if n == 3:
                 a = parts[i + 2]
@@ -333,6 +331,23 @@ def _fast_parse(buf: bytes, out: List[Command], counts: Dict[bytes, int] = _COUN
     if i == last:
         return len(buf) - len(parts[last])
     return len(buf) - sum(map(len, parts[i:])) - 2 * (last - i)
+
+
+def _fast_parse_sized(buf: bytes, out: List[Command], counts: Dict[bytes, int],
+                      header: List[bytes], max_command: int) -> int:
+    """:func:`_fast_parse`, keeping only the commands within ``max_command``
+    (the arguments with their ``$len`` lines, as the careful parser counts)."""
+    start = len(out)
+    pos = _fast_parse(buf, out, counts, header)
+    for k in range(start, len(out)):
+        args = out[k]
+        if sum([len(a) + len(header[len(a)]) + 4 for a in args]) > max_command:
+            # The careful parser refuses this one; stop where it starts. The
+            # commands taken are canonical, so their encodings give the place.
+            del out[k:]
+            return sum(len(b"*%d\r\n" % len(c)) + sum([len(a) + len(header[len(a)]) + 4 for a in c])
+                       for c in out[start:])
+    return pos
 
 
 @functools.lru_cache(maxsize=64)
@@ -381,7 +396,9 @@ def _py_fast_path(max_bulk: int, max_args: int, max_command: int,
         return _fast_parse
     if not counts:
         return _no_fast_path
-    return functools.partial(_fast_parse, counts=counts, header=header, max_command=size_limit)
+    if size_limit:
+        return functools.partial(_fast_parse_sized, counts=counts, header=header, max_command=size_limit)
+    return functools.partial(_fast_parse, counts=counts, header=header)
 
 
 def _no_fast_path(buf: bytes, out: List[Command]) -> int:
