@@ -208,7 +208,7 @@ class RequestParser:
     After an :class:`HTTPError` the parser is spent: further feeds raise again.
     """
 
-    __slots__ = ("max_head", "max_body", "max_headers", "max_request_line", "methods",
+    __slots__ = ("_max_head", "_head_room", "max_body", "max_headers", "max_request_line", "methods",
                  "expect_continue", "_buf", "_skip_below", "_state", "_req", "_body", "_left",
                  "_extra", "_error", "_cache")
 
@@ -222,6 +222,7 @@ class RequestParser:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0 or \
                     (value == 0 and name != "max_body"):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self._max_head = self._head_room = 0
         self.max_head = max_head
         self.max_body = max_body
         self.max_headers = max_headers
@@ -246,6 +247,20 @@ class RequestParser:
         #: Parsed heads by their exact bytes, shared by the parsers given the
         #: same dict (they must have the same limits and methods).
         self._cache = head_cache
+
+    @property
+    def max_head(self) -> int:
+        """Most bytes of a head, from the request line through the empty line that ends it."""
+        return self._max_head
+
+    @max_head.setter
+    def max_head(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"max_head must be a positive integer, got {value!r}")
+        self._max_head = value
+        # What feed() compares with the distance to the CRLFCRLF (the head
+        # without its last 4 bytes): one subtraction less per request.
+        self._head_room = value - 4
 
     @property
     def buffered(self) -> int:
@@ -285,7 +300,7 @@ class RequestParser:
                         pos += 2  # an empty line before a request (RFC 9112 2.2)
                         continue
                     end = buf.find(b"\r\n\r\n", pos)
-                    if end < 0 or end + 4 - pos > self.max_head:
+                    if end < 0 or end - pos > self._head_room:
                         # Unfinished, or too big: raise what the bytes already prove.
                         self._skip_below = self._check_head(buf, pos, n if end < 0 else end + 4)
                         self._buf = bytearray(buf[pos:])
