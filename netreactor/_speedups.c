@@ -217,37 +217,39 @@ static PyObject *
 lf_feed_body(LFDecoder *self, PyObject *data)
 {
     const char *p;
-    Py_ssize_t n, pos = 0;
-    PyObject *keep, *frames, *frame;
+    Py_ssize_t n, pos = 0, q, count = 0, k;
+    PyObject *keep, *frames = NULL, *first = NULL, *frame;
     const Py_ssize_t off = self->off, hend = self->hend, strip = self->strip;
     const int lfl = self->lfl, big = self->big;
     const uint64_t lo = self->lo, hi = self->hi;
     const long long adj = self->adj;
+    uint64_t value = 0;
+    int bad = 0;
 
     if (self->error != NULL)
         return PyObject_CallFunctionObjArgs(self->failed, self->error, NULL);
     if (view_bytes(data, &p, &n, &keep) < 0)
         return NULL;
-    frames = PyList_New(0);
-    if (frames == NULL)
-        goto error;
 
     /* Finish the frame held in the tail: take only the bytes it still needs,
      * then decode the rest straight from the caller's bytes. */
     while (self->tail.len) {
         Py_ssize_t take = self->need - self->tail.len;
-        uint64_t value;
         long long flen;
         if (take > n - pos)
             take = n - pos;
         if (tail_append(&self->tail, p + pos, take) < 0)
             goto error;
         pos += take;
-        if (self->tail.len < self->need)
+        if (self->tail.len < self->need) {
+            frames = PyList_New(0);
             goto done;
+        }
         value = read_field((const unsigned char *)self->tail.data + off, lfl, big);
         if (value < lo || value > hi) {
-            lf_fail(self, value, frames);
+            frames = PyList_New(0);
+            if (frames != NULL)
+                lf_fail(self, value, frames);
             goto error;
         }
         flen = (long long)value + adj;
@@ -255,37 +257,49 @@ lf_feed_body(LFDecoder *self, PyObject *data)
             self->need = (Py_ssize_t)flen;
             continue;
         }
-        frame = PyBytes_FromStringAndSize(self->tail.data + strip, (Py_ssize_t)flen - strip);
-        if (frame == NULL || PyList_Append(frames, frame) < 0) {
-            Py_XDECREF(frame);
+        first = PyBytes_FromStringAndSize(self->tail.data + strip, (Py_ssize_t)flen - strip);
+        if (first == NULL)
             goto error;
-        }
-        Py_DECREF(frame);
         tail_free(&self->tail);
-        self->need = hend;
     }
 
-    /* The hot loop: one field read, one range test, one copy per frame. */
+    /* The frames complete in the caller's bytes, counted first so that the
+     * list is made at its size (no growing, no appends). */
     self->need = hend;
-    while (pos + hend <= n) {
-        uint64_t value = read_field((const unsigned char *)p + pos + off, lfl, big);
+    for (q = pos; q + hend <= n; count++) {
         long long flen;
+        value = read_field((const unsigned char *)p + q + off, lfl, big);
         if (value < lo || value > hi) {
-            lf_fail(self, value, frames);
-            goto error;
+            bad = 1;
+            break;
         }
         flen = (long long)value + adj;
-        if (flen > n - pos) {
+        if (flen > n - q) {
             self->need = (Py_ssize_t)flen;
             break;
         }
-        frame = PyBytes_FromStringAndSize(p + pos + strip, (Py_ssize_t)flen - strip);
-        if (frame == NULL || PyList_Append(frames, frame) < 0) {
-            Py_XDECREF(frame);
+        q += (Py_ssize_t)flen;
+    }
+    frames = PyList_New((first != NULL) + count);
+    if (frames == NULL)
+        goto error;
+    k = 0;
+    if (first != NULL) {
+        PyList_SetItem(frames, k++, first);
+        first = NULL;
+    }
+    /* The hot loop: one field read and one copy per frame (checked above). */
+    for (; pos < q; k++) {
+        Py_ssize_t flen = (Py_ssize_t)((long long)read_field((const unsigned char *)p + pos + off, lfl, big) + adj);
+        frame = PyBytes_FromStringAndSize(p + pos + strip, flen - strip);
+        if (frame == NULL)
             goto error;
-        }
-        Py_DECREF(frame);
-        pos += (Py_ssize_t)flen;
+        PyList_SetItem(frames, k, frame);
+        pos += flen;
+    }
+    if (bad) {
+        lf_fail(self, value, frames);
+        goto error;
     }
     if (pos < n && tail_append(&self->tail, p + pos, n - pos) < 0)
         goto error;
@@ -293,6 +307,7 @@ done:
     Py_XDECREF(keep);
     return frames;
 error:
+    Py_XDECREF(first);
     Py_XDECREF(frames);
     Py_XDECREF(keep);
     return NULL;
@@ -773,8 +788,12 @@ static Py_ssize_t
 payload_bytes(PyObject *item, const char **src)
 {
     if (PyBytes_CheckExact(item)) {
-        *src = PyBytes_AsString(item);
-        return PyBytes_Size(item);
+        char *s;
+        Py_ssize_t len;
+        if (PyBytes_AsStringAndSize(item, &s, &len) < 0)
+            return -1;
+        *src = s;
+        return len;
     }
     if (PyByteArray_CheckExact(item)) {
         *src = PyByteArray_AsString(item);
@@ -787,16 +806,18 @@ static PyObject *
 lf_encode_many(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     PyObject *payloads, *out = NULL;
-    Py_ssize_t count, i, total = 0;
+    Py_ssize_t count, i, held = 0, total = 0;
     long lfl_l;
     int lfl, big;
     long long adj;
     uint64_t field_max;
     char *w;
-    const char *src;
-    /* Sizes from the first pass. Pointers are not kept: allocating the result
-     * can run a finalizer that changes the list or a bytearray in it, so the
-     * second pass takes them again and checks that nothing moved. */
+    /* The items, held (a new reference each) between the two passes, with
+     * their bytes and sizes. A bytes item cannot change; a bytearray's buffer
+     * is taken again in the second pass and its size checked, in case Python
+     * code ran in between (allocating the result does not run any today). */
+    PyObject *stack_items[ENCODE_STACK], **items = stack_items;
+    const char *stack_src[ENCODE_STACK], **src = stack_src;
     Py_ssize_t stack_len[ENCODE_STACK], *lens = stack_len;
 
     if (nargs != 4) {
@@ -815,33 +836,41 @@ lf_encode_many(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     field_max = lfl == 8 ? (uint64_t)INT64_MAX : (((uint64_t)1 << (8 * lfl)) - 1);
     count = PyList_Size(payloads);
     if (count > ENCODE_STACK) {
+        items = PyMem_Malloc((size_t)count * sizeof(*items));
+        src = PyMem_Malloc((size_t)count * sizeof(*src));
         lens = PyMem_Malloc((size_t)count * sizeof(*lens));
-        if (lens == NULL)
-            return PyErr_NoMemory();
+        if (items == NULL || src == NULL || lens == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
     }
     for (i = 0; i < count; i++) {
-        Py_ssize_t len = payload_bytes(PyList_GetItem(payloads, i), &src);
+        PyObject *item = PyList_GetItem(payloads, i);
+        Py_ssize_t len = payload_bytes(item, &src[i]);
         long long value = (long long)len - adj;
         if (len < 0 || value < 0 || (uint64_t)value > field_max || len > PY_SSIZE_T_MAX - total - lfl) {
             out = Py_None; /* not ours to encode: the Python code does it (or raises) */
             Py_INCREF(out);
             goto done;
         }
+        Py_INCREF(item);
+        items[held++] = item;
         lens[i] = len;
         total += lfl + len;
     }
     out = PyBytes_FromStringAndSize(NULL, total);
     if (out == NULL)
         goto done;
-    if (PyList_Size(payloads) != count)
-        goto changed;
     w = PyBytes_AsString(out);
     for (i = 0; i < count; i++) {
-        Py_ssize_t len = payload_bytes(PyList_GetItem(payloads, i), &src);
+        Py_ssize_t len = lens[i];
         uint64_t value = (uint64_t)((long long)len - adj);
         int k;
-        if (len != lens[i])
-            goto changed;
+        if (!PyBytes_CheckExact(items[i]) && payload_bytes(items[i], &src[i]) != len) {
+            Py_CLEAR(out);
+            PyErr_SetString(PyExc_RuntimeError, "a payload changed during encode_many()");
+            goto done;
+        }
         if (big && lfl == 4) {
             w[0] = (char)(value >> 24);
             w[1] = (char)(value >> 16);
@@ -859,14 +888,16 @@ lf_encode_many(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             }
         }
         w += lfl;
-        memcpy(w, src, (size_t)len);
+        memcpy(w, src[i], (size_t)len);
         w += len;
     }
-    goto done;
-changed:
-    Py_CLEAR(out);
-    PyErr_SetString(PyExc_RuntimeError, "the payloads changed during encode_many()");
 done:
+    for (i = 0; i < held; i++)
+        Py_DECREF(items[i]);
+    if (items != stack_items)
+        PyMem_Free(items);
+    if (src != stack_src)
+        PyMem_Free((void *)src);
     if (lens != stack_len)
         PyMem_Free(lens);
     return out;
