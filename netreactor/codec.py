@@ -850,7 +850,7 @@ class LengthFieldCodec(Codec):
         else:
             self._pack = struct.Struct(order + _FORMATS[length_field_length]).pack
         self._c_args = _c_length_field_args(self)
-        self._c_encode = not length_field_offset and _c is not None
+        self._c_encode = _c is not None and not length_field_offset and abs(self._adj) <= _C_LIMIT
 
     @property
     def length_field_length(self) -> int:

@@ -125,6 +125,13 @@ def test_length_field_decoders_agree_on_any_bytes_and_extreme_parameters(length,
     assert trace(c, chunks, [0]) == trace(py, chunks, [0])
 
 
+def test_adjustments_beyond_64_bits_take_the_python_encoder():
+    codec = LengthFieldCodec(4, length_adjustment=1 << 70)
+    assert not codec._c_encode
+    with pytest.raises(ValueError, match="does not fit"):
+        codec.encode_many([b"x"])
+
+
 def test_parameters_beyond_64_bits_take_the_python_decoder():
     codec = LengthFieldCodec(8, max_frame_length=1 << 70)
     assert codec._c_args is None
