@@ -409,3 +409,8 @@ def test_reply_parser_garbage_is_a_value_error(data):
         ReplyParser().feed(data)
     except ValueError:
         pass
+
+
+def test_limits_beyond_64_bits_are_accepted():
+    parser = CommandParser(max_bulk=1 << 70, max_args=1 << 70, max_command=1 << 70, max_inline=1 << 70)
+    assert parser.feed(SET + b"PING\r\n") == [[b"SET", b"key", b"value"], [b"PING"]]

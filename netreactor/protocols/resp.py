@@ -48,6 +48,7 @@ fast path is C (any size, every limit) and :func:`encode_bulk` too.
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 from .. import speedups
@@ -384,7 +385,11 @@ def _fast_path(max_bulk: int, max_args: int, max_command: int,
                max_inline: int) -> Callable[[bytes, List[Command]], int]:
     """The fast path for these limits: the C one when active, else :func:`_py_fast_path`'s."""
     if _c_parse is not None:
-        return functools.partial(_c_parse, max_bulk, max_args, max_command, max_inline)
+        # The C code counts in Py_ssize_t; a larger limit is the same as the
+        # largest one (no buffer comes near it).
+        big = sys.maxsize
+        return functools.partial(_c_parse, min(max_bulk, big), min(max_args, big), min(max_command, big),
+                                 min(max_inline, big))
     return _py_fast_path(max_bulk, max_args, max_command, max_inline)
 
 
