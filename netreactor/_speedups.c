@@ -334,7 +334,7 @@ lf_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
                           &strip, &error_for, &failed))
         return NULL;
     if (off < 0 || strip < 0 || (lfl != 1 && lfl != 2 && lfl != 3 && lfl != 4 && lfl != 8) ||
-        off > ((Py_ssize_t)1 << 40) || strip > ((Py_ssize_t)1 << 61) || hi > ((uint64_t)1 << 62) ||
+        off > ((Py_ssize_t)1 << 61) || strip > ((Py_ssize_t)1 << 61) || hi > ((uint64_t)1 << 62) ||
         adj > ((long long)1 << 61) || adj < -((long long)1 << 61)) {
         PyErr_SetString(PyExc_ValueError, "LengthFieldDecoder: parameters out of range");
         return NULL;

@@ -125,6 +125,14 @@ def test_length_field_decoders_agree_on_any_bytes_and_extreme_parameters(length,
     assert trace(c, chunks, [0]) == trace(py, chunks, [0])
 
 
+def test_large_but_64_bit_parameters_take_the_c_decoder():
+    codec = LengthFieldCodec(2, length_field_offset=1 << 41, max_frame_length=1 << 50,
+                             initial_bytes_to_strip=1 << 45)
+    dec = codec.decoder()
+    assert type(dec) is C.LengthFieldDecoder
+    assert dec.feed(b"x" * 100) == [] and dec.buffered == 100
+
+
 def test_adjustments_beyond_64_bits_take_the_python_encoder():
     codec = LengthFieldCodec(4, length_adjustment=1 << 70)
     assert not codec._c_encode
