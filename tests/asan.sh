@@ -2,7 +2,7 @@
 # Build netreactor._speedups with AddressSanitizer and UBSan in a scratch copy
 # of the checkout and run the differential and fuzz tests against that build.
 #
-#   tests/asan.sh                                   # tests/test_speedups.py
+#   tests/asan.sh [-x ...]                          # tests/test_speedups.py
 #   tests/asan.sh tests/test_codec.py tests/test_resp_parser.py -x
 #
 # CPython itself is not instrumented, so the sanitizer runtime is preloaded and
@@ -30,7 +30,10 @@ run() {
         UBSAN_OPTIONS="print_stacktrace=1:log_path=$work/sanitizer" "$@"
 }
 run python3 -c 'import netreactor._speedups as c, netreactor.speedups as s; print("ASan build:", c.__file__, "-", s.describe())'
-[ $# -gt 0 ] || set -- tests/test_speedups.py
+# No test path among the arguments: the differential tests.
+paths=0
+for arg in "$@"; do case $arg in -*) ;; *) paths=1 ;; esac; done
+[ "$paths" -eq 1 ] || set -- tests/test_speedups.py "$@"
 status=0
 run python3 -m pytest -q -p no:cacheprovider "$@" || status=$?
 if compgen -G "$work/sanitizer*" >/dev/null; then
