@@ -32,7 +32,7 @@ run() {
 run python3 -c 'import netreactor._speedups as c, netreactor.speedups as s; print("ASan build:", c.__file__, "-", s.describe())'
 # No test path among the arguments: the differential tests.
 paths=0
-for arg in "$@"; do case $arg in -*) ;; *) paths=1 ;; esac; done
+for arg in "$@"; do [ -e "$src/${arg%%::*}" ] && paths=1; done
 [ "$paths" -eq 1 ] || set -- tests/test_speedups.py "$@"
 status=0
 run python3 -m pytest -q -p no:cacheprovider "$@" || status=$?
