@@ -25,8 +25,10 @@ def probe(env_value=None, path=None) -> str:
         env["NETREACTOR_NO_EXTENSIONS"] = env_value
     if path is not None:
         env["PYTHONPATH"] = str(path)
-    out = subprocess.run([sys.executable, "-c", PROBE], env=env, cwd=path or ROOT, capture_output=True, text=True,
-                         check=True)
+    # -S: no site-packages, so no editable-install finder can supply another
+    # copy of netreactor (or of its extension) than the one under test.
+    out = subprocess.run([sys.executable, "-S", "-c", PROBE], env=env, cwd=path or ROOT, capture_output=True,
+                         text=True, check=True)
     return out.stdout.strip()
 
 
