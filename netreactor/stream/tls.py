@@ -12,11 +12,13 @@ How the rules of the transport contract (stream/transport.py) are kept:
 
 * **Reads.** Ciphertext is read from the fd at most one record (16 KiB + 256)
   at a time, so the incoming BIO (which never shrinks) stays about one record
-  large whatever the peer sends, and decrypted into a per-loop scratch buffer
-  (no allocation but the bytes handed over, no exception per read: OpenSSL is
-  only asked when the BIO holds something). When complete records remain in
-  the BIO after a read (the peer sent several in one segment), the connection
-  is scheduled to read again: the fd will not signal them. Records with no
+  large whatever the peer sends, and decrypted in reads that start small
+  and grow while they fill (as the plain path's: a small bytes object is
+  the cheapest to make), with no exception per read: OpenSSL is only asked
+  when the BIO holds something. When complete records remain in the BIO after
+  a read (the peer sent several in one segment), or a read filled its size
+  (OpenSSL holds the rest of the record), the connection is scheduled to
+  read again: the fd will not signal them. Records with no
   application data (handshake messages, session tickets, a KeyUpdate) raise
   ``BlockingIOError``: nothing for the handler, and ``on_traffic`` is not
   called. The peer's close_notify is ``b""`` (an orderly end); a TCP EOF
@@ -49,7 +51,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..reactor import EventLoop, TimerHandle
     from .conn import Conn
 
-__all__ = ["TLSTransport", "TLSHandshake", "RECORD", "scratch_for"]
+__all__ = ["TLSTransport", "TLSHandshake", "RECORD"]
 
 Buffer = Union[bytes, bytearray, memoryview]
 #: Plaintext bytes in one TLS record at most.
@@ -63,18 +65,6 @@ _os_read = os.read
 _os_write = os.write
 _log = logging.getLogger("netreactor.tls")
 
-# One decryption buffer per loop (connections of a loop never decrypt at once).
-_scratch: "dict[int, bytearray]" = {}
-
-
-def scratch_for(loop: "EventLoop") -> bytearray:
-    """The loop's decryption buffer (one record large)."""
-    buf = _scratch.get(id(loop))
-    if buf is None:
-        buf = _scratch[id(loop)] = bytearray(RECORD)
-    return buf
-
-
 class TLSTransport:
     """A connection's TLS transport, once the handshake is done (see the module docstring)."""
 
@@ -86,8 +76,10 @@ class TLSTransport:
         self._sslobj = sslobj
         self._incoming = incoming
         self._outgoing = outgoing
-        self._buf = scratch_for(conn.loop)
-        self._view = memoryview(self._buf)
+        # Plaintext and ciphertext read sizes: small first (a bytes object that
+        # CPython's small-object allocator serves), eightfold while reads fill.
+        self._plain_size = _FIRST_READ
+        self._more = False  # OpenSSL may hold decrypted bytes of the last record
         self._read_size = read_size
         self._backlog: Optional[memoryview] = None  # ciphertext the kernel did not take
         self._held = 0       # plaintext bytes reported as not taken while the backlog waits
@@ -102,20 +94,29 @@ class TLSTransport:
         if self._shut:
             return _os_read(fd, 65536)
         while True:
-            if incoming.pending:
+            if incoming.pending or self._more:
+                self._more = False
+                want = self._plain_size
                 try:
-                    n = self._sslobj.read(RECORD, self._buf)
+                    data = self._sslobj.read(want)
                 except ssl.SSLWantReadError:
-                    pass  # only part of a record is here
+                    pass  # only part of a record is here, or one without application data
                 else:
                     if self._outgoing.pending:  # OpenSSL answered something (a KeyUpdate)
                         self._send_protocol_output(fd)
-                    if not n:
-                        return b""  # close_notify: the peer's orderly end
-                    if incoming.pending:
+                    if not data:
+                        return data  # close_notify: the peer's orderly end
+                    if len(data) == want:
+                        # The record may hold more (OpenSSL keeps it decrypted, out of
+                        # the BIO's sight), and the next reads should be larger.
+                        self._more = True
+                        if want < RECORD:
+                            self._plain_size = min(RECORD, want << 3)
+                        self._conn.loop.schedule_read(self._conn)
+                    elif incoming.pending:
                         # Complete records may wait in the BIO: the fd will not say so.
                         self._conn.loop.schedule_read(self._conn)
-                    return bytes(self._view[:n])
+                    return data
             want = self._read_size
             data = _os_read(fd, want)  # BlockingIOError: nothing more now
             if not data:
@@ -140,10 +141,18 @@ class TLSTransport:
             held, self._held = self._held, 0
             if held:
                 return held  # those bytes went out with the backlog
-        chunk = data if len(data) <= RECORD else memoryview(data)[:RECORD]
-        self._sslobj.write(chunk)
-        taken = len(chunk)
-        if not self._send_ciphertext(fd):
+        taken = len(data)
+        if taken > RECORD:
+            data = memoryview(data)[:RECORD]
+            taken = RECORD
+        self._sslobj.write(data)
+        ciphertext = self._outgoing.read()
+        try:
+            sent = _os_write(fd, ciphertext)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        if sent < len(ciphertext):
+            self._backlog = memoryview(ciphertext)[sent:]
             # Keep the connection writing (see the module docstring).
             self._held = 1
             return taken - 1
