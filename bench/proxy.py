@@ -233,7 +233,7 @@ def start_proxy(kind: str, port: int, upstream_port: int, cpu: int | None) -> Se
     else:
         cmd = [sys.executable, os.path.abspath(__file__), "--serve", kind, "--port", str(port),
                "--upstream-port", str(upstream_port)]
-    return ServerProc(kind, cmd, port, cpu, what="proxy")
+    return ServerProc(kind, cmd, port, cpu, cwd=REPO_ROOT, what="proxy")  # -m finds netreactor there
 
 
 def run_one(kind: str, sc: Scenario, profile: Profile, proxy_cpu: int | None) -> dict:
