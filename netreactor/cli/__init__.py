@@ -29,7 +29,7 @@ import subprocess
 import sys
 from typing import Any, List, NoReturn, Optional, Sequence
 
-from .. import __version__
+from .. import __version__, speedups
 from ..engine import Engine
 from ..errors import one_line
 from ..handler import EventHandler
@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, allow_abbrev=False,
                      description="Event-driven reactor networking on epoll, in the style of gnet. "
                                  "With no command: run the self-check (same as 'netreactor check').")
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument("--version", action="version",
+                        version=f"{PROG} {__version__} ({speedups.describe()})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     serving = _Parser(add_help=False, allow_abbrev=False)
