@@ -68,10 +68,12 @@ _log = logging.getLogger("netreactor.tls")
 class TLSTransport:
     """A connection's TLS transport, once the handshake is done (see the module docstring)."""
 
+    __slots__ = ("_conn", "_sslobj", "_incoming", "_outgoing", "_plain_size", "_more", "_read_size",
+                 "_backlog", "_held", "_shut", "_server_name", "_info")
     linger = True
 
     def __init__(self, conn: "Conn", sslobj: ssl.SSLObject, incoming: ssl.MemoryBIO,
-                 outgoing: ssl.MemoryBIO, info: TLSInfo, read_size: int) -> None:
+                 outgoing: ssl.MemoryBIO, server_name: Optional[str], read_size: int) -> None:
         self._conn = conn
         self._sslobj = sslobj
         self._incoming = incoming
@@ -84,8 +86,16 @@ class TLSTransport:
         self._backlog: Optional[memoryview] = None  # ciphertext the kernel did not take
         self._held = 0       # plaintext bytes reported as not taken while the backlog waits
         self._shut = False   # close_notify sent: reads drop raw bytes
-        #: What ``conn.tls`` returns.
-        self.info = info
+        self._server_name = server_name
+        self._info: Optional[TLSInfo] = None
+
+    @property
+    def info(self) -> TLSInfo:
+        """What ``conn.tls`` returns (built on first use: an idle connection
+        that nobody asks about keeps no copy of its certificate)."""
+        if self._info is None:
+            self._info = TLSInfo.from_ssl(self._sslobj, server_name=self._server_name)
+        return self._info
 
     # ------------------------------------------------------------------ reading
 
@@ -342,12 +352,7 @@ class TLSHandshake:
         if self._outgoing.pending:
             self._pending = self._merge_pending(self._outgoing.read())
         self._cancel_timer()
-        try:
-            info = TLSInfo.from_ssl(sslobj, server_name=self._server_name)
-        except ValueError as exc:  # pragma: no cover - do_handshake returned without a session
-            self._fail(conn, exc)
-            return
-        transport = TLSTransport(conn, sslobj, self._incoming, self._outgoing, info,
+        transport = TLSTransport(conn, sslobj, self._incoming, self._outgoing, self._server_name,
                                  self._read_size)
         if self._pending is not None:
             transport._backlog = self._pending
