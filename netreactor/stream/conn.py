@@ -421,14 +421,7 @@ class Conn(Inbound):
         self._update_events()
 
     def _below_low_water(self) -> None:
-        was = self._paused
-        self._paused = was & ~_BACKLOG
-        self._settle()
-        if was & _BACKLOG and not self._paused:
-            self._reading_resumed()
-        extras = self._extras
-        if extras is not None and extras.drain_waiters:
-            self._notify_drained()
+        self._backlog_done(update_events=False)  # _sent settles the events itself
 
     def _drained(self) -> None:
         """Everything queued went out: finish a pending close, resume reading, stop watching writability."""
@@ -440,10 +433,16 @@ class Conn(Inbound):
             callbacks, extras.when_empty = extras.when_empty, None
             for callback in callbacks:
                 callback()
+        self._backlog_done(update_events=True)
+
+    def _backlog_done(self, update_events: bool) -> None:
+        """Queued output fell to the low-water mark: reading resumes if back-pressure
+        alone held it, and the drain waiters are told."""
         was = self._paused
         self._paused = was & ~_BACKLOG
         self._settle()
-        self._update_events()
+        if update_events:
+            self._update_events()
         if was & _BACKLOG and not self._paused:
             self._reading_resumed()
         extras = self._extras

@@ -156,13 +156,7 @@ class TLSTransport:
             data = memoryview(data)[:RECORD]
             taken = RECORD
         self._sslobj.write(data)
-        ciphertext = self._outgoing.read()
-        try:
-            sent = _os_write(fd, ciphertext)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        if sent < len(ciphertext):
-            self._backlog = memoryview(ciphertext)[sent:]
+        if not self._send_ciphertext(fd):
             # Keep the connection writing (see the module docstring).
             self._held = 1
             return taken - 1
