@@ -42,6 +42,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import ssl
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Union
 
@@ -93,6 +94,23 @@ class TLSTransport:
     def info(self) -> TLSInfo:
         """What ``conn.tls`` returns (built on first use: an idle connection
         that nobody asks about keeps no copy of its certificate)."""
+        info = self._info
+        if info is None:
+            loop = self._conn.loop
+            if loop.on_loop_thread() or loop.finished:
+                info = self._read_info()
+            else:
+                # OpenSSL objects are not thread-safe: while the loop thread
+                # reads a post-handshake message (a session ticket) the object
+                # reports "handshake in progress". Read it on the loop.
+                ready = threading.Event()
+                loop.call_soon_threadsafe(lambda: (self._read_info(), ready.set()))
+                if not ready.wait(5.0) or self._info is None:
+                    raise RuntimeError("conn.tls: the connection's loop did not answer")
+                info = self._info
+        return info
+
+    def _read_info(self) -> TLSInfo:
         if self._info is None:
             self._info = TLSInfo.from_ssl(self._sslobj, server_name=self._server_name)
         return self._info
