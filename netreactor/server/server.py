@@ -35,7 +35,10 @@ import os
 import signal
 import socket
 import threading
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Union
+
+if TYPE_CHECKING:  # pragma: no cover
+    import ssl
 
 from .. import metrics
 from ..address import Address, parse_address
@@ -63,8 +66,12 @@ __all__ = ["Server", "STATS_INTERVAL"]
 STATS_INTERVAL = 1.0
 
 Source = Union[Acceptor, DatagramEndpoint]
-#: ``factory(peer_address)``: the preambles of one accepted connection.
-PreambleFactory = Callable[[Any], Sequence[Preamble]]
+#: ``factory(peer_address, ctx)``: the preambles of one accepted connection.
+PreambleFactory = Callable[[Any, StreamContext], Sequence[Preamble]]
+
+
+def _proxy_only(proxy: Callable[[Any], Preamble]) -> PreambleFactory:
+    return lambda peer, ctx: (proxy(peer),)
 
 
 class _LoopSlot:
@@ -126,6 +133,7 @@ class Server:
         self._stats_sink = stats_sink
         self._metrics: Optional[Listener] = None
         self._metrics_ctx: Optional[StreamContext] = None
+        self._tls: Optional["ssl.SSLContext"] = None  # set when serving starts (see _setup_tls)
 
     # ------------------------------------------------------------------ public
 
@@ -160,6 +168,8 @@ class Server:
             row["bytes_out"] = ctx.bytes_out
             row["frames_in"] = ctx.frames_in
             row["frames_out"] = ctx.frames_out
+            row["tls_handshakes"] = ctx.tls_handshakes
+            row["tls_failures"] = ctx.tls_handshake_failures
             row["paused"], row["queued_out"] = ctx.gauges()
             rows.append(row)
         return metrics.Snapshot.from_loops(rows, {"pool_queue": queue_depth()})
@@ -208,6 +218,7 @@ class Server:
         """Bind, boot, serve on the calling thread until stopped, then shut down.
         ``on_ready()`` runs once bound and booted, just before serving."""
         try:
+            self._setup_tls()
             self._setup_loops()
             self._bind()
             if self.handler.on_boot(self._facade) is Action.SHUTDOWN:
@@ -232,6 +243,21 @@ class Server:
                 raise self._escaped
         finally:
             self._release()
+
+    def _setup_tls(self) -> None:
+        """Build (or take) the TLS context here, where serving starts: in a
+        worker process, after the fork, so that no two workers share one."""
+        tls = self.options.tls
+        if tls is None or not callable(tls):  # an SSLContext (which is not callable), or none
+            self._tls = tls
+            return
+        import ssl
+
+        context = tls()
+        if not isinstance(context, ssl.SSLContext):
+            raise ValueError(f"option 'tls': the function returned {type(context).__name__}, "
+                             "not an ssl.SSLContext")
+        self._tls = context
 
     def _loop_count(self) -> int:
         if self.options.multicore and not gil_enabled():
@@ -346,15 +372,36 @@ class Server:
 
     def _preambles_for(self, lst: Listener) -> Optional[PreambleFactory]:
         """What a connection accepted on ``lst`` runs before ``on_open``, as
-        ``factory(peer_address) -> [Preamble, ...]``; None for nothing.
+        ``factory(peer_address, ctx) -> [Preamble, ...]`` (``ctx``: the
+        StreamContext of the loop it goes to, which counts TLS handshakes);
+        None for nothing.
 
         The PROXY protocol header comes first: a load balancer writes it before
-        anything of the client's, a TLS ClientHello included (a TLS preamble
-        goes after it and gets the bytes read past the header)."""
+        anything of the client's, a TLS ClientHello included; the TLS handshake
+        goes after it and gets the bytes read past the header."""
         proxy = proxy_preamble_factory(self.options, lst.transport)
-        if proxy is None:
-            return None
-        return lambda peer: (proxy(peer),)
+        if not lst.address.tls:
+            return None if proxy is None else _proxy_only(proxy)
+        from ..stream.tls import TLSHandshake  # plain servers do not even import ssl
+
+        context_of = self._tls_context
+        timeout = self.options.handshake_timeout
+
+        def tls(peer: Any, ctx: StreamContext) -> Sequence[Preamble]:
+            handshake = TLSHandshake(context_of, server_side=True, timeout=timeout, stats=ctx)
+            return [handshake] if proxy is None else [proxy(peer), handshake]
+
+        return tls
+
+    def _tls_context(self) -> "ssl.SSLContext":
+        context = self._tls
+        if context is None:
+            raise ValueError("no TLS context")  # Engine checks tls:// against tls= up front
+        return context
+
+    def set_tls(self, context: "ssl.SSLContext") -> None:
+        """New TLS connections use ``context`` (a reference swap: any thread)."""
+        self._tls = context
 
     def _local_dispatch(self, slot: _LoopSlot, lst: Listener) -> Callable[[socket.socket, Any], None]:
         adopt = self._adopt
@@ -402,7 +449,7 @@ class Server:
             return
         transport = for_socket(sock)
         conn = (EdgeConn if self.options.edge_triggered else Conn)(slot.ctx, sock.detach(), transport)
-        conn.start(preambles(addr) if preambles is not None else ())
+        conn.start(preambles(addr, slot.ctx) if preambles is not None else ())
 
     # ------------------------------------------------------------------ running & stopping
 

@@ -156,16 +156,19 @@ class StreamContext:
     are plain ints): ``bytes_in``/``bytes_out`` (application bytes handed to the
     handler / taken by the transport), ``frames_in``/``frames_out`` (where a
     codec or protocol counts them: :meth:`Conn.count_frames`), ``open``
-    (connections not yet closed), and ``counts``, a dict of event counters keyed
+    (connections not yet closed), ``tls_handshakes``/``tls_handshake_failures``
+    (TLS handshakes that completed / failed, when the context is the handshake's
+    ``stats``), and ``counts``, a dict of event counters keyed
     like :mod:`netreactor.metrics` (``accepted``, ``closed.<cause>``,
-    ``refused.<reason>``, ``tls_handshakes``, ``tls_failures``): the owner passes
+    ``refused.<reason>``): the owner passes
     the dict (an engine: :func:`netreactor.metrics.loop_stats`), else any key counts.
     """
 
     __slots__ = ("loop", "handler", "logger", "read_buffer_cap", "inbound_buffer_cap",
                  "write_high_water", "write_low_water", "write_buffer_cap", "close_timeout",
                  "pause_on_high_water", "read_budget", "request_shutdown",
-                 "bytes_in", "bytes_out", "frames_in", "frames_out", "open", "counts")
+                 "bytes_in", "bytes_out", "frames_in", "frames_out", "open", "counts",
+                 "tls_handshakes", "tls_handshake_failures")
 
     def __init__(self, loop: "EventLoop", handler: Any, options: Any,
                  request_shutdown: Callable[[], None], *, pause_on_high_water: bool = True,
@@ -193,6 +196,9 @@ class StreamContext:
         self.frames_in = 0
         self.frames_out = 0
         self.open = 0
+        #: What a TLSHandshake given this context as ``stats`` counts.
+        self.tls_handshakes = 0
+        self.tls_handshake_failures = 0
         self.counts: Dict[str, int] = counts if counts is not None else collections.defaultdict(int)
 
     def count_closed(self, err: Optional[BaseException]) -> None:
@@ -237,7 +243,7 @@ class _Extras:
     """Per-connection state that most connections never need, allocated on first use."""
 
     __slots__ = ("close_err", "linger", "close_timer", "drain_waiters", "preambles",
-                 "preamble_wants_write", "proxy")
+                 "preamble_wants_write", "proxy", "upgrading", "when_empty")
 
     def __init__(self) -> None:
         self.close_err: Optional[BaseException] = None
@@ -249,6 +255,10 @@ class _Extras:
         self.preamble_wants_write = False
         #: (header, peer) once a PROXY protocol preamble read a header.
         self.proxy: Optional[tuple[Any, Any]] = None
+        #: A preamble runs on a connection the handler knows already (start_tls).
+        self.upgrading = False
+        #: Callbacks for when all queued output has gone (start_tls waits for it).
+        self.when_empty: Optional[List[Callable[[], Any]]] = None
 
 
 def _owned(data: Buffer) -> Union[bytes, memoryview]:
@@ -483,24 +493,28 @@ class Conn(Inbound):
         self._update_events()
 
     def _below_low_water(self) -> None:
-        was = self._paused
-        self._paused = was & ~_BACKLOG
-        self._settle()
-        if was & _BACKLOG and not self._paused:
-            self._reading_resumed()
-        extras = self._extras
-        if extras is not None and extras.drain_waiters:
-            self._notify_drained()
+        self._backlog_done(update_events=False)  # _sent settles the events itself
 
     def _drained(self) -> None:
         """Everything queued went out: finish a pending close, resume reading, stop watching writability."""
         if self._state is CLOSING:
             self._finish_close()
             return
+        extras = self._extras
+        if extras is not None and extras.when_empty:
+            callbacks, extras.when_empty = extras.when_empty, None
+            for callback in callbacks:
+                callback()
+        self._backlog_done(update_events=True)
+
+    def _backlog_done(self, update_events: bool) -> None:
+        """Queued output fell to the low-water mark: reading resumes if back-pressure
+        alone held it, and the drain waiters are told."""
         was = self._paused
         self._paused = was & ~_BACKLOG
         self._settle()
-        self._update_events()
+        if update_events:
+            self._update_events()
         if was & _BACKLOG and not self._paused:
             self._reading_resumed()
         extras = self._extras
@@ -711,6 +725,65 @@ class Conn(Inbound):
         extras = self._extras
         return extras.proxy[1] if extras is not None and extras.proxy is not None else None
 
+    @property
+    def tls(self) -> Any:
+        """A :class:`netreactor.tls.TLSInfo` on a TLS connection (version, cipher,
+        ALPN protocol, SNI server name, peer certificate); None on a plain one."""
+        return self._transport.info
+
+    def start_tls(self, context: Any, *, server_side: bool, server_hostname: Optional[str] = None,
+                  callback: Optional[Callback] = None, timeout: Optional[float] = 10.0) -> None:
+        """Upgrade this open plain connection to TLS, as STARTTLS protocols (SMTP,
+        IMAP, PostgreSQL) do, and as asyncio's ``loop.start_tls`` does (loop thread).
+
+        What is queued is sent first, in plain text; then the handshake runs
+        (nothing more is read for the handler, and writes are refused, until it
+        ends). Bytes already received and not consumed are the handshake's
+        first bytes. ``callback(conn, err)`` runs when it ends: ``err`` None,
+        and the connection goes on over TLS (``conn.tls`` tells the details); or
+        the error, and the connection is closed (``on_close`` gets it too).
+        ``timeout`` bounds the handshake (None: no bound).
+        """
+        if not self._loop.on_loop_thread():
+            raise self._wrong_thread("start_tls")
+        if self._state is not OPEN:
+            raise ClosedError("start_tls() on a connection that is not open")
+        if self._transport.info is not None:
+            raise RuntimeError("start_tls() on a connection that uses TLS already")
+        from .tls import TLSHandshake  # TLS costs plain connections nothing, not even an import
+
+        handshake = TLSHandshake(lambda: context, server_side=server_side,
+                                 server_hostname=server_hostname, timeout=timeout,
+                                 on_outcome=callback)
+
+        def begin() -> None:
+            if self._state is not OPEN:
+                self._notify(callback, ClosedError("closed before start_tls() could begin"))
+                return
+            extras = self._x()
+            extras.upgrading = True
+            extras.preambles = [handshake]
+            self._state = OPENING
+            self._settle()
+            rest = b""
+            if self._iend:
+                rest = bytes(self._in[self._ipos:self._iend])
+                self._consumed_all()
+            self._update_events()
+            handshake.begin(self, rest)
+            if self._state is OPENING:
+                self._reading_resumed()
+
+        if self._out:
+            self._flush()
+        if self._out_bytes:
+            extras = self._x()
+            if extras.when_empty is None:
+                extras.when_empty = []
+            extras.when_empty.append(begin)
+        else:
+            begin()
+
     def preamble_wants_write(self, wanted: bool) -> None:
         """The running preamble has output the kernel did not take (watch WRITABLE)."""
         extras = self._x()
@@ -738,7 +811,13 @@ class Conn(Inbound):
             self._in = rest
             self._iend = len(rest)
             self._ctx.bytes_in += len(rest)
-        self._opened()
+        if extras.upgrading:  # start_tls: the handler met it long ago
+            extras.upgrading = False
+            self._state = OPEN
+            self._settle()
+            self._update_events()
+        else:
+            self._opened()
         if self._iend and self._reading:
             self._traffic()
         if self._reading:
@@ -950,10 +1029,12 @@ class Conn(Inbound):
         extras = self._extras
         if extras is not None and extras.close_timer is not None:
             extras.close_timer.cancel()
-        if state is OPENING:  # the handler never met it
+        if state is OPENING:
             if extras is not None and extras.preambles:
                 for preamble in extras.preambles:
                     preamble.abandon(self)
+            if extras is not None and extras.upgrading:
+                self._closed_for_handler(err)  # start_tls failed: the handler knows this one
         elif state is not LINGER:
             self._closed_for_handler(err)  # extras kept for it: proxy_header stays readable
         self._extras = None

@@ -1,8 +1,7 @@
-#!/usr/bin/env python3
 """A TCP proxy: every connection accepted on ``--listen`` is relayed, byte for
 byte, to a new connection to ``--upstream``.
 
-    python3 examples/tcp_proxy.py --listen tcp://127.0.0.1:8888 --upstream tcp://127.0.0.1:9000
+    python3 -m netreactor.examples.tcp_proxy --listen tcp://127.0.0.1:8888 --upstream tcp://127.0.0.1:9000
 
 How it is built, and why:
 
@@ -37,11 +36,7 @@ import sys
 import threading
 from typing import Optional
 
-try:
-    import netreactor as nr
-except ImportError:  # run from a source checkout without installing
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import netreactor as nr
+import netreactor as nr
 from netreactor.address import parse_address
 
 log = logging.getLogger("netreactor.examples.tcp_proxy")
