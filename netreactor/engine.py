@@ -62,9 +62,10 @@ def _check_tls(addresses: Sequence[Address], texts: Sequence[Any], options: Opti
     if tls_addrs and options.tls is None:
         raise ValueError(f"address {tls_addrs[0]!r} needs option 'tls' (an ssl.SSLContext, e.g. "
                          f"netreactor.tls.server_context(certfile, keyfile))")
-    if options.tls is not None and not tls_addrs:
-        raise ValueError("option 'tls' is set but no address uses it: give a tls://, tls4:// or "
-                         f"tls6:// address (got {', '.join(map(str, texts))})")
+    inherited = any(a.transport == "fd" for a in addresses)  # TCP ones serve TLS (see Server)
+    if options.tls is not None and not tls_addrs and not inherited:
+        raise ValueError("option 'tls' is set but no address uses it: give a tls://, tls4://, "
+                         f"tls6:// or an inherited fd:// address (got {', '.join(map(str, texts))})")
 
 
 class Engine:

@@ -79,9 +79,10 @@ class Options:
                                        "it are dropped.")
     multicast_interface: Optional[str] = opt(None, "UDP multicast: the interface to join on (an IPv4 "
                                                    "address or an interface name).")
-    proxy_protocol: str = opt("off", "PROXY protocol header before each TCP/Unix connection's data "
-                                     "(HAProxy send-proxy, nginx proxy_protocol): \"off\", \"v1\", "
-                                     "\"v2\" or \"auto\" (either version; one is required).")
+    proxy_protocol: str = opt("off", "PROXY protocol header before each TCP, TLS or Unix connection's "
+                                     "data, read before a TLS handshake (HAProxy send-proxy, nginx "
+                                     "proxy_protocol): \"off\", \"v1\", \"v2\" or \"auto\" (either "
+                                     "version; one is required).")
     proxy_allow_from: Union[str, Sequence[str]] = opt(
         "127.0.0.1,::1", "Peers allowed to send a PROXY header: addresses and CIDR networks, "
                          "comma-separated, or \"*\"; other peers are refused (Unix peers always pass).")

@@ -492,6 +492,33 @@ def test_engine_serves_an_inherited_socket(monkeypatch):
             engine.wait(10)
 
 
+def test_engine_serves_tls_on_an_inherited_socket(tls_pki):
+    """With the tls option, an inherited TCP socket serves TLS (a socket unit cannot
+    say tls://); the address reports it."""
+    import ssl
+
+    from netreactor.tls import server_context
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        fd = os.dup(s.fileno())
+        engine = nr.Engine(_Echo(), f"fd://{fd}", tls=server_context(tls_pki["server.pem"], tls_pki["server.key"]))
+        engine.start()
+        try:
+            assert engine.addresses == [f"tls://127.0.0.1:{s.getsockname()[1]}"]
+            client = ssl.create_default_context(cafile=tls_pki["ca.pem"])
+            with client.wrap_socket(socket.create_connection(s.getsockname(), timeout=10),
+                                    server_hostname="localhost") as c:
+                c.sendall(b"over tls")
+                assert recv_until_eof(c) == b"over tls"
+                assert c.version().startswith("TLSv1.")
+            assert engine.stats()["tls_handshakes"] == 1
+        finally:
+            engine.stop()
+            engine.wait(10)
+
+
 # ---------------------------------------------------------------- netreactor run, for real
 
 APP = """
@@ -564,6 +591,33 @@ def test_netreactor_run_under_systemd_socket_activate(app_dir, unix_path, worker
         assert f"socket activation: serving fd://3 (web: tcp://127.0.0.1:{port}), " \
                f"fd://4 (admin: unix://{unix_path})" in log
         assert os.path.exists(unix_path)  # systemd's socket file: never ours to remove
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+
+@needs_activate
+@pytest.mark.parametrize("workers", [1, 2])
+def test_netreactor_run_tls_under_systemd_socket_activate(app_dir, tls_pki, workers):
+    """--ssl-certfile/--ssl-keyfile with socket activation: the socket systemd passes
+    serves TLS, in the process itself or in each worker."""
+    import ssl
+
+    port = _free_port()
+    proc = subprocess.Popen([ACTIVATE, "-l", f"127.0.0.1:{port}", "-E", f"PYTHONPATH={_env()['PYTHONPATH']}",
+                             *_run_cmd(app_dir, "--workers", str(workers), "--ssl-certfile",
+                                       tls_pki["server.pem"], "--ssl-keyfile", tls_pki["server.key"])],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    client = ssl.create_default_context(cafile=tls_pki["ca.pem"])
+    try:
+        for i in range(4):
+            raw = _first_connection(proc, port) if i == 0 else socket.create_connection(("127.0.0.1", port), 10)
+            with client.wrap_socket(raw, server_hostname="localhost") as c:
+                c.sendall(b"tls")
+                assert recv_until_eof(c).split(b":")[1] == b"tls"
+        log = _stop(proc)
+        assert f"socket activation: serving fd://3 (unknown: tcp://127.0.0.1:{port})" in log
     finally:
         if proc.poll() is None:
             proc.kill()

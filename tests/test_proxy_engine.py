@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -57,7 +58,9 @@ class Who(nr.EventHandler):
                 "command": h.command.name if h else None, "alpn": h.alpn.decode() if h and h.alpn else None,
                 "authority": h.authority if h else None,
                 "unique_id": h.unique_id.decode() if h and h.unique_id else None,
-                "ssl_cn": h.ssl.cn if h and h.ssl else None}
+                "ssl_cn": h.ssl.cn if h and h.ssl else None,
+                "tls": conn.tls.version if conn.tls else None,
+                "sni": conn.tls.server_name if conn.tls else None}
         with self.lock:
             self.opened += 1
         conn.write(json.dumps(info).encode() + b"\n")
@@ -295,6 +298,113 @@ backend be
             info = _line(c)
             assert info["remote"] == list(c.getsockname()) and info["peer"] == ""
         assert engine.stats()["refused.proxy"] == 0
+
+
+@needs_haproxy
+def test_haproxy_in_front_of_a_tls_listener(tls_pki):
+    """HAProxy in TCP mode passes TLS through and prefixes PROXY v2: netreactor reads the
+    header, then terminates TLS, and the handler sees the client's address."""
+    from netreactor.tls import server_context
+
+    tls = server_context(tls_pki["server.pem"], tls_pki["server.key"])
+    with serving(Who(), "tls://127.0.0.1:0", tls=tls, proxy_protocol="v2") as engine, \
+            listening_socket("127.0.0.1") as front:
+        with HAProxy(f"""
+frontend fe
+    bind fd@{front.fileno()}
+    default_backend be
+backend be
+    server nr {_address(engine).split("://")[1]} send-proxy-v2
+""", pass_fds=[front]):
+            raw = connect(f"tcp://127.0.0.1:{front.getsockname()[1]}")
+            with _client_tls(tls_pki).wrap_socket(raw, server_hostname="localhost") as c:
+                info = _line(c)
+                me = c.getsockname()
+                c.sendall(b"tls through haproxy")
+                assert c.recv(100) == b"tls through haproxy"
+        snap = engine.stats()
+    assert info["remote"] == [me[0], me[1]] and info["peer"][0] == "127.0.0.1"
+    assert info["tls"].startswith("TLSv1.") and info["version"] == 2
+    assert snap["tls_handshakes"] == 1 and snap["refused.proxy"] == 0
+
+
+# ---------------------------------------------------------------- PROXY before TLS
+
+def _client_tls(tls_pki) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=tls_pki["ca.pem"])
+    return ctx
+
+
+def _handshake_after(sock: socket.socket, ctx: ssl.SSLContext, first: bytes, sni: str = "localhost"):
+    """A TLS client over ``sock`` whose ClientHello goes in one segment right after
+    ``first`` (the PROXY header): the server must hand the handshake the bytes it read
+    past the header. Returns a function reading one line of plaintext."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=sni)
+    with pytest.raises(ssl.SSLWantReadError):
+        obj.do_handshake()
+    sock.sendall(first + outgoing.read())
+    while True:
+        try:
+            obj.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            if outgoing.pending:
+                sock.sendall(outgoing.read())
+            data = sock.recv(65536)
+            assert data, "the server closed during the handshake"
+            incoming.write(data)
+    if outgoing.pending:
+        sock.sendall(outgoing.read())
+
+    def line() -> dict:
+        buf = b""
+        while not buf.endswith(b"\n"):
+            try:
+                buf += obj.read(1)
+            except ssl.SSLWantReadError:
+                data = sock.recv(65536)
+                assert data, f"closed after {buf!r}"
+                incoming.write(data)
+        return json.loads(buf)
+
+    return line
+
+
+@pytest.mark.parametrize("mode, encode", [("v1", encode_v1), ("v2", encode_v2), ("auto", encode_v2)])
+@pytest.mark.parametrize("config", [{}, {"loops": 2}], ids=["1-loop", "main-reactor"])
+def test_proxy_header_comes_before_the_tls_handshake(tls_pki, mode, encode, config):
+    """On a tls:// listener the PROXY header is read first (a balancer writes it before
+    the client's ClientHello), in the same segment as the ClientHello; the handler meets
+    a TLS connection with the client's addresses."""
+    from netreactor.tls import server_context
+
+    handler = Who()
+    with serving(handler, "tls://127.0.0.1:0", tls=server_context(tls_pki["server.pem"], tls_pki["server.key"]),
+                 proxy_protocol=mode, **config) as engine:
+        with connect(_address(engine)) as c:
+            line = _handshake_after(c, _client_tls(tls_pki), encode(CLIENT, DIALLED))
+            info = line()
+        assert info["remote"] == list(CLIENT) and info["local"] == list(DIALLED)
+        assert info["tls"].startswith("TLSv1.") and info["sni"] == "localhost"
+        assert info["version"] == (1 if encode is encode_v1 else 2)
+        wait_for(lambda: engine.stats()["open"] == 0, what="the close")
+        snap = engine.stats()
+    assert (snap["tls_handshakes"], snap["tls_failures"], snap["refused.proxy"]) == (1, 0, 0)
+
+
+def test_a_bad_header_on_a_tls_listener_is_refused_before_the_handshake(tls_pki):
+    """A ClientHello with no PROXY header is a refusal of the header (counted so), not
+    a TLS failure: the handshake never began."""
+    from netreactor.tls import server_context
+
+    with serving(Who(), "tls://127.0.0.1:0", tls=server_context(tls_pki["server.pem"], tls_pki["server.key"]),
+                 proxy_protocol="v2") as engine:
+        with connect(_address(engine)) as c, pytest.raises((ssl.SSLError, OSError)):
+            _client_tls(tls_pki).wrap_socket(c, server_hostname="localhost").do_handshake()
+        wait_for(lambda: engine.stats()["refused.proxy"] == 1, what="the refusal")
+        snap = engine.stats()
+        assert (snap["tls_handshakes"], snap["tls_failures"], snap["open"]) == (0, 0, 0)
 
 
 NGINX_STREAM = "/usr/lib/nginx/modules/ngx_stream_module.so"

@@ -169,6 +169,39 @@ def test_pool_queue_depth():
         pool.shutdown()
 
 
+def test_tls_handshakes_and_failures(tls_pki):
+    """Handshakes that complete, and those that fail each way (garbage, a peer that
+    leaves, a timeout), per loop and in total, and under their close causes."""
+    import ssl
+
+    from netreactor.tls import server_context
+
+    client = ssl.create_default_context(cafile=tls_pki["ca.pem"])
+    with serving(Commands(), "tls://127.0.0.1:0", tls=server_context(tls_pki["server.pem"], tls_pki["server.key"]),
+                 handshake_timeout=0.5, loops=2, lb="round-robin", metrics="tcp://127.0.0.1:0") as engine:
+        addr = engine.addresses[0]
+        for _ in range(2):
+            with client.wrap_socket(connect(addr), server_hostname="localhost") as c:
+                c.sendall(b"over tls")
+                assert recv_exact(c, 8) == b"over tls"
+        with connect(addr) as c:  # plain text to a TLS port
+            c.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            _closed_by_server(c)
+        with connect(addr) as c:  # silent: the handshake timeout closes it
+            _closed_by_server(c)
+        connect(addr).close()     # gone before a ClientHello
+        wait_for(lambda: engine.stats()["open"] == 0 and engine.stats()["tls_failures"] == 3,
+                 what="every connection to close")
+        snap = engine.stats()
+        scraped = _scrape(engine.metrics_address)
+    assert (snap["accepted"], snap["tls_handshakes"], snap["tls_failures"]) == (5, 2, 3)
+    assert [row["tls_handshakes"] for row in snap.loops] == [1, 1]
+    assert (snap["closed.peer"], snap["closed.error"], snap["closed.timeout"]) == (3, 1, 1)
+    assert snap["bytes_in"] == snap["bytes_out"] == 16  # application bytes, not ciphertext
+    assert scraped[("netreactor_tls_handshakes_total", ())] == 2
+    assert scraped[("netreactor_tls_handshake_failures_total", ())] == 3
+
+
 def test_stats_before_serving_is_all_zero():
     engine = nr.Engine(Commands(), "tcp://127.0.0.1:0")
     snap = engine.stats()

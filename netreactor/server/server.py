@@ -324,7 +324,12 @@ class Server:
     def _serve_inherited(self, lst: Listener, main_reactor: bool) -> None:
         """Serve a socket bound by someone else (``fd://N``, systemd). It is one
         socket whatever ``reuse_port`` says: a stream one is accepted on as a
-        shared listener; a datagram one is read by the first loop."""
+        shared listener; a datagram one is read by the first loop. With the
+        ``tls`` option, an inherited TCP socket serves TLS (as gunicorn's,
+        uvicorn's and hypercorn's do with a certificate): a socket unit cannot
+        say ``tls://``."""
+        if self.options.tls is not None and lst.transport == "tcp":
+            lst.address = dataclasses.replace(lst.address, scheme="tls")
         self._listeners.append(lst)
         self._bound.append(lst)
         if lst.transport == "udp":

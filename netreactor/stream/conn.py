@@ -63,6 +63,7 @@ import contextlib
 import enum
 import os
 import socket
+import sys
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Protocol, Sequence, Union
 
@@ -131,7 +132,8 @@ _BACKLOG = int(Pause.BACKLOG)
 def close_cause(err: Optional[BaseException]) -> str:
     """The counter a connection that ended with ``err`` (what ``on_close`` got)
     counts under: ``closed.local`` (None: the server closed it), ``closed.peer``
-    (EOF, reset, broken pipe), ``closed.cap`` (a buffer cap), ``closed.timeout``
+    (EOF, reset, broken pipe; a TLS peer that left without ``close_notify``, as
+    Python's own clients do), ``closed.cap`` (a buffer cap), ``closed.timeout``
     (any ``TimeoutError``: idle, read or header timeouts, TCP keep-alive),
     ``refused.<reason>`` (:class:`RefusedError`, before ``on_open``), else
     ``closed.error`` (a socket error, a handler that raised, a peer's garbage)."""
@@ -145,6 +147,9 @@ def close_cause(err: Optional[BaseException]) -> str:
         return "closed.timeout"
     if isinstance(err, RefusedError):
         return "refused." + err.reason
+    ssl = sys.modules.get("ssl")  # only TLS raises it, and a plain server never imports ssl
+    if ssl is not None and isinstance(err, ssl.SSLEOFError):
+        return "closed.peer"
     return "closed.error"
 
 
@@ -208,7 +213,7 @@ class StreamContext:
         key = close_cause(err)
         counts[key] = counts.get(key, 0) + 1
 
-    def connections(self) -> List["Conn"]:
+    def connections(self) -> List[Conn]:
         """This context's connections on its loop (a moment's view; any thread)."""
         return [e for e in tuple(self.loop.entries()) if isinstance(e, Conn) and e._ctx is self]
 
