@@ -618,6 +618,7 @@ def test_netreactor_run_tls_under_systemd_socket_activate(app_dir, tls_pki, work
                 assert recv_until_eof(c).split(b":")[1] == b"tls"
         log = _stop(proc)
         assert f"socket activation: serving fd://3 (unknown: tcp://127.0.0.1:{port})" in log
+        assert f"serving tls://127.0.0.1:{port} on " in log  # what the socket serves
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -202,6 +202,42 @@ def test_tls_handshakes_and_failures(tls_pki):
     assert scraped[("netreactor_tls_handshake_failures_total", ())] == 3
 
 
+def test_start_tls_handshakes_count_too(tls_pki):
+    """A STARTTLS upgrade on a plain listener is a TLS handshake of the engine too;
+    a client that answers the upgrade with garbage is a failure."""
+    import ssl
+
+    from netreactor.tls import server_context
+
+    sctx = server_context(tls_pki["server.pem"], tls_pki["server.key"])
+
+    class StartTLS(nr.EventHandler):
+        def on_traffic(self, conn):
+            data = conn.read()
+            if conn.tls is None and data == b"STARTTLS":
+                conn.write(b"go")
+                conn.start_tls(sctx, server_side=True)
+            else:
+                conn.write(data)
+
+    client = ssl.create_default_context(cafile=tls_pki["ca.pem"])
+    with serving(StartTLS(), "tcp://127.0.0.1:0") as engine:
+        for garbage in (False, True):
+            with connect(engine.addresses[0]) as raw:
+                raw.sendall(b"STARTTLS")
+                assert recv_exact(raw, 2) == b"go"
+                if garbage:
+                    raw.sendall(b"not a ClientHello\r\n")
+                    _closed_by_server(raw)
+                    continue
+                with client.wrap_socket(raw, server_hostname="localhost") as c:
+                    c.sendall(b"secret")
+                    assert recv_exact(c, 6) == b"secret"
+        wait_for(lambda: engine.stats()["open"] == 0, what="the closes")
+        snap = engine.stats()
+    assert (snap["tls_handshakes"], snap["tls_failures"]) == (1, 1)
+
+
 def test_stats_before_serving_is_all_zero():
     engine = nr.Engine(Commands(), "tcp://127.0.0.1:0")
     snap = engine.stats()

@@ -63,11 +63,18 @@ class Listener:
         return lst
 
     @classmethod
-    def from_fd(cls, fd: int, adopted: Optional[Dict[int, InheritedSocket]] = None) -> Listener:
+    def from_fd(cls, fd: int, adopted: Optional[Dict[int, InheritedSocket]] = None, *,
+                tls: bool = False) -> Listener:
         """:meth:`adopt` the socket on descriptor ``fd``: the one in ``adopted``
-        (sockets systemd passed, taken out of it), or the descriptor itself."""
+        (sockets systemd passed, taken out of it), or the descriptor itself.
+        With ``tls``, a TCP socket serves TLS (its address says ``tls://``): a
+        socket unit cannot say so, and a certificate means TLS, as with
+        gunicorn, uvicorn and hypercorn."""
         inherited = adopted.pop(fd, None) if adopted is not None else None
-        return cls.adopt(inherited if inherited is not None else inherit_fd(fd))
+        lst = cls.adopt(inherited if inherited is not None else inherit_fd(fd))
+        if tls and lst.address.transport == "tcp":
+            lst.address = dataclasses.replace(lst.address, scheme="tls")
+        return lst
 
     @property
     def transport(self) -> str:

@@ -290,7 +290,8 @@ class Server:
             prebound = self._prebound.pop(index, None)
             if addr.transport == "fd":
                 self._serve_inherited(prebound if prebound is not None else
-                                      Listener.from_fd(addr.fd, self._inherited), main_reactor)
+                                      Listener.from_fd(addr.fd, self._inherited, tls=opts.tls is not None),
+                                      main_reactor)
             elif addr.transport == "udp":
                 # Every loop reads the address through its own socket; SO_REUSEPORT
                 # lets the kernel spread datagrams (and worker processes share it).
@@ -324,12 +325,8 @@ class Server:
     def _serve_inherited(self, lst: Listener, main_reactor: bool) -> None:
         """Serve a socket bound by someone else (``fd://N``, systemd). It is one
         socket whatever ``reuse_port`` says: a stream one is accepted on as a
-        shared listener; a datagram one is read by the first loop. With the
-        ``tls`` option, an inherited TCP socket serves TLS (as gunicorn's,
-        uvicorn's and hypercorn's do with a certificate): a socket unit cannot
-        say ``tls://``."""
-        if self.options.tls is not None and lst.transport == "tcp":
-            lst.address = dataclasses.replace(lst.address, scheme="tls")
+        shared listener; a datagram one is read by the first loop. A TCP one
+        serves TLS with the ``tls`` option (see :meth:`Listener.from_fd`)."""
         self._listeners.append(lst)
         self._bound.append(lst)
         if lst.transport == "udp":

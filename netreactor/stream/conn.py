@@ -759,7 +759,7 @@ class Conn(Inbound):
 
         handshake = TLSHandshake(lambda: context, server_side=server_side,
                                  server_hostname=server_hostname, timeout=timeout,
-                                 on_outcome=callback)
+                                 on_outcome=callback, stats=self._ctx)
 
         def begin() -> None:
             if self._state is not OPEN:

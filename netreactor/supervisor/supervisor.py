@@ -294,7 +294,7 @@ class Supervisor:
                 # One socket for every worker: SO_REUSEPORT does not spread Unix
                 # connections, and an inherited socket is one socket.
                 lst = (Listener(addr, self.opts) if addr.transport == "unix"
-                       else Listener.from_fd(addr.fd, self.inherited))
+                       else Listener.from_fd(addr.fd, self.inherited, tls=self.opts.tls is not None))
                 self.bound.append(lst)
                 for lsts in per_slot:
                     lsts.append(lst)
