@@ -36,7 +36,7 @@ from __future__ import annotations
 import abc
 import functools
 import struct
-from typing import Iterable, List, NoReturn, Optional, Tuple, Union
+from typing import Any, Iterable, List, NoReturn, Optional, Tuple, Union
 
 from . import speedups
 
@@ -1060,7 +1060,7 @@ def _length_error(adj: int, maxlen: int, hend: int, strip: int, eight: bool, val
     return exc
 
 
-def _c_length_field_args(codec: LengthFieldCodec) -> Optional[tuple]:
+def _c_length_field_args(codec: LengthFieldCodec) -> Optional[Tuple[Any, ...]]:
     """The C decoder's constructor arguments for ``codec``, or None for the Python one."""
     if _c is None:
         return None
