@@ -95,7 +95,7 @@ def parse_address(text: str) -> Address:
     ``fd://N`` is the socket already bound on inherited descriptor N.
     """
     if not isinstance(text, str):
-        raise ValueError(f"address must be a string like 'tcp://127.0.0.1:9000', got {text!r}")  # noqa: TRY004
+        raise ValueError(f"address must be a string like 'tcp://127.0.0.1:9000', got {text!r}")
     scheme, sep, rest = text.partition("://")
     if not sep:
         raise ValueError(

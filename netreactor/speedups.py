@@ -34,7 +34,7 @@ ENV_VAR = "NETREACTOR_NO_EXTENSIONS"
 API_VERSION = 1
 
 
-def _load() -> "tuple[Optional[ModuleType], str]":
+def _load() -> tuple[Optional[ModuleType], str]:
     if os.environ.get(ENV_VAR, "") not in ("", "0"):
         return None, f"pure Python ({ENV_VAR}={os.environ[ENV_VAR]})"
     name = f"{__package__}._speedups"

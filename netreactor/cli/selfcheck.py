@@ -95,7 +95,7 @@ def _check_clients(addresses: List[str], deadline: float) -> Tuple[int, int]:
                     payload = rng.randbytes(size) if hasattr(rng, "randbytes") else os.urandom(size)
                     echoed = _roundtrip(sock, payload, deadline)
                     if echoed != payload:
-                        first = next(i for i, (a, b) in enumerate(zip(echoed, payload)) if a != b)
+                        first = next(i for i, (a, b) in enumerate(zip(echoed, payload, strict=False)) if a != b)
                         raise AssertionError(f"echo of {size} bytes differs at byte {first}")
                     done += 1
                     moved += size

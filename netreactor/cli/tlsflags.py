@@ -15,7 +15,7 @@ import argparse
 import logging
 import signal
 import ssl
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional
 
 __all__ = ["add_tls_flags", "tls_option", "reload_on_sighup"]
 

@@ -26,10 +26,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
-import os
 import sys
 import time
-from typing import Optional
+from typing import List, Optional
 
 import netreactor as nr
 from netreactor.codec import LineCodec
@@ -69,12 +68,12 @@ class BlockingOffload(nr.FramedHandler):
 
     def _reply(self, conn: nr.Conn, result: Optional[bytes], exc: Optional[BaseException]) -> None:
         # On the connection's loop, in submission order.
-        if exc is not None:
+        if exc is not None or result is None:
             result = f"ERR {exc}".encode()
         self.send(conn, result)
 
 
-def main(argv: Optional[list] = None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description="Line server whose blocking commands run on a "
                                              "netreactor WorkerPool.")
     ap.add_argument("--listen", "-l", action="append", metavar="ADDR",

@@ -24,7 +24,7 @@ import logging
 import sys
 import threading
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import netreactor as nr
 
@@ -87,7 +87,7 @@ class PushOnTick(EventHandler):
 
 DEFAULT_LISTEN = "tcp://127.0.0.1:9000"
 
-def main(argv: Optional[list] = None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description="Push a 'tick N TIME' line to every client on each tick.")
     ap.add_argument("--listen", "-l", action="append", metavar="ADDR",
                     help=f"address to serve, repeatable (default {DEFAULT_LISTEN})")

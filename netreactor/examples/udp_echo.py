@@ -51,9 +51,9 @@ class _Collect(nr.EventHandler):
     """Client side: hand every datagram received to the waiting thread."""
 
     def __init__(self) -> None:
-        self.received: "queue.Queue[bytes]" = queue.Queue()
+        self.received: queue.Queue[bytes] = queue.Queue()
 
-    def on_traffic(self, conn) -> None:
+    def on_traffic(self, conn: Any) -> None:  # a DatagramConn (EventHandler names the stream Conn)
         self.received.put(conn.read())
 
 
@@ -73,7 +73,7 @@ def send(address: str, messages: List[bytes], timeout: float = 2.0) -> List[byte
         return replies
 
 
-def main(argv: Optional[list] = None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description="UDP echo server on netreactor (and a tiny client).")
     ap.add_argument("--listen", "-l", action="append", metavar="ADDR",
                     help=f"address to serve, repeatable (default {DEFAULT_LISTEN})")

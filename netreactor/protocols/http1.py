@@ -17,7 +17,8 @@ What it refuses, with the status a server should answer before closing:
 * 400 — a malformed request line, header line (including obsolete line
   folding, bare CR or LF, control characters), ``Content-Length`` or chunk
   size (a bare LF is refused as soon as it arrives, in the head as in chunked
-  framing: a client that ends lines with LF alone gets its answer); ``Transfer-Encoding`` together with ``Content-Length``; conflicting
+  framing: a client that ends lines with LF alone gets its answer);
+  ``Transfer-Encoding`` together with ``Content-Length``; conflicting
   ``Content-Length`` values; a ``Transfer-Encoding`` that does not end in
   ``chunked`` or that comes with HTTP/1.0; an HTTP/1.1 request without exactly
   one ``Host``;
@@ -102,8 +103,8 @@ _REQUEST_LINE_ANY_VERSION = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP
 # field-line = field-name ":" OWS field-value OWS; field-value chars: VCHAR, obs-text, SP, HTAB.
 # Anchored at each line start (re.M); a line that does not match is simply not
 # found, so "matches == lines" validates every line at once.
-_HEADER_LINE = re.compile(rb"^(" + _TOKEN + rb"):[ \t]*((?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?)[ \t]*\r\n",
-                          re.M)
+_FIELD_VALUE = rb"(?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?"
+_HEADER_LINE = re.compile(rb"^(" + _TOKEN + rb"):[ \t]*(" + _FIELD_VALUE + rb")[ \t]*\r\n", re.M)
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")
 _SPECIAL = frozenset((b"content-length", b"transfer-encoding", b"connection", b"host", b"expect"))
 # Head cache bounds: heads longer than this are not cached; a full cache is emptied.
@@ -126,7 +127,7 @@ class HTTPError(Exception):
     the data given to :meth:`RequestParser.feed` (answer those first).
     """
 
-    def __init__(self, status: int, detail: str, requests: Optional[List["Request"]] = None) -> None:
+    def __init__(self, status: int, detail: str, requests: Optional[List[Request]] = None) -> None:
         super().__init__(f"{status} {REASONS.get(status, '')}: {detail}")
         self.status = status
         self.detail = detail
@@ -325,7 +326,9 @@ class RequestParser:
                                                                  keep_alive), length, chunked, expect, out)
                 elif self._state == _LENGTH:
                     take = min(self._left, n - pos)
-                    self._body += memoryview(buf)[pos:pos + take]
+                    body = self._body
+                    assert body is not None  # a body state always has its buffer
+                    body += memoryview(buf)[pos:pos + take]
                     pos += take
                     self._left -= take
                     if not self._left:
@@ -379,7 +382,7 @@ class RequestParser:
             raise HTTPError(status, detail)
         return self.max_head if line_done else min(line_proof, self.max_head)
 
-    def _parse_head(self, buf: bytes, pos: int, end: int) -> "_HeadInfo":
+    def _parse_head(self, buf: bytes, pos: int, end: int) -> _HeadInfo:
         """Parse and check the head ``buf[pos:end+4]`` (no side effects, so results can be cached)."""
         if buf.count(b"\n", pos, end + 4) != buf.count(b"\r\n", pos, end + 4):
             self._check_head(buf, pos, end + 4)  # a bare LF: refused as in an unfinished head
@@ -511,8 +514,9 @@ class RequestParser:
         return True
 
     def _finish(self, out: List[Request]) -> None:
-        request = self._req
-        request.body = bytes(self._body)
+        request, body = self._req, self._body
+        assert request is not None and body is not None  # only a body state finishes
+        request.body = bytes(body)
         out.append(request)
         self._req = None
         self._body = None
@@ -528,7 +532,9 @@ class RequestParser:
             state = self._state
             if state == _CHUNK_DATA:
                 take = min(self._left, n - pos)
-                self._body += memoryview(buf)[pos:pos + take]
+                body = self._body
+                assert body is not None  # a body state always has its buffer
+                body += memoryview(buf)[pos:pos + take]
                 pos += take
                 self._left -= take
                 if not self._left:
@@ -558,7 +564,7 @@ class RequestParser:
                     self._state = _TRAILERS
                     self._extra = 0
                     continue
-                if len(self._body) + size > self.max_body:
+                if len(self._body or b"") + size > self.max_body:
                     raise HTTPError(413, f"chunked body over the {self.max_body}-byte limit")
                 self._left = size
                 self._state = _CHUNK_DATA

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, NoReturn, Optional, Tuple, Union
 
 from .. import speedups
 
@@ -160,7 +160,7 @@ _py_encode_bulk = encode_bulk
 if _c is not None:
     # The same function in C (a server stores every value this way): bytes and
     # bytearray written directly, anything else through the expression above.
-    encode_bulk = _c.resp_bulk  # noqa: F811
+    encode_bulk = _c.resp_bulk
 
 
 def encode_integer(value: int) -> bytes:
@@ -537,7 +537,7 @@ class CommandParser:
             self._pending = bytearray(buf[pos:])
         return out
 
-    def _fail(self, message: str, out: List[Command]) -> None:
+    def _fail(self, message: str, out: List[Command]) -> NoReturn:
         self._error = message
         self._pending = self._args = None
         raise ProtocolError(message, out)

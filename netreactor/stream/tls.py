@@ -44,12 +44,12 @@ import os
 import socket
 import threading
 import ssl
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
 from ..tls import TLSInfo, client_hello_server_name
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..reactor import EventLoop, TimerHandle
+    from ..reactor import TimerHandle
     from .conn import Conn
 
 __all__ = ["TLSTransport", "TLSHandshake", "RECORD"]
@@ -73,7 +73,7 @@ class TLSTransport:
                  "_backlog", "_held", "_shut", "_server_name", "_info")
     linger = True
 
-    def __init__(self, conn: "Conn", sslobj: ssl.SSLObject, incoming: ssl.MemoryBIO,
+    def __init__(self, conn: Conn, sslobj: ssl.SSLObject, incoming: ssl.MemoryBIO,
                  outgoing: ssl.MemoryBIO, server_name: Optional[str], read_size: int) -> None:
         self._conn = conn
         self._sslobj = sslobj
@@ -104,7 +104,12 @@ class TLSTransport:
                 # reads a post-handshake message (a session ticket) the object
                 # reports "handshake in progress". Read it on the loop.
                 ready = threading.Event()
-                loop.call_soon_threadsafe(lambda: (self._read_info(), ready.set()))
+
+                def read_on_loop() -> None:
+                    self._read_info()
+                    ready.set()
+
+                loop.call_soon_threadsafe(read_on_loop)
                 if not ready.wait(5.0) or self._info is None:
                     raise RuntimeError("conn.tls: the connection's loop did not answer")
                 info = self._info
@@ -293,12 +298,12 @@ class TLSHandshake:
         self._hello = b""            # server side: the ClientHello's first bytes, for SNI
         self._sni_done = not server_side
         self._server_name: Optional[str] = None
-        self._timer: Optional["TimerHandle"] = None
+        self._timer: Optional[TimerHandle] = None
         self._read_size = _FIRST_READ
 
     # ------------------------------------------------------------------ the Preamble protocol
 
-    def begin(self, conn: "Conn", initial: bytes) -> None:
+    def begin(self, conn: Conn, initial: bytes) -> None:
         try:
             self._sslobj = self._context_of().wrap_bio(
                 self._incoming, self._outgoing, server_side=self._server_side,
@@ -312,7 +317,7 @@ class TLSHandshake:
             self._received(initial)
         self._step(conn)
 
-    def handle_io(self, conn: "Conn", events: int) -> None:
+    def handle_io(self, conn: Conn, events: int) -> None:
         if self._pending is not None and not self._flush(conn):
             return
         fd = conn.fd
@@ -333,7 +338,7 @@ class TLSHandshake:
             self._received(data)
         self._step(conn)
 
-    def abandon(self, conn: "Conn") -> None:
+    def abandon(self, conn: Conn) -> None:
         self._cancel_timer()
 
     # ------------------------------------------------------------------ steps
@@ -348,7 +353,7 @@ class TLSHandshake:
                 self._server_name = name
                 self._hello = b""
 
-    def _step(self, conn: "Conn") -> None:
+    def _step(self, conn: Conn) -> None:
         sslobj: ssl.SSLObject = self._sslobj  # type: ignore[assignment]
         try:
             sslobj.do_handshake()
@@ -389,7 +394,7 @@ class TLSHandshake:
             return memoryview(more)
         return memoryview(bytes(self._pending) + more)
 
-    def _flush(self, conn: "Conn") -> bool:
+    def _flush(self, conn: Conn) -> bool:
         """Write handshake output; True when none waits."""
         if self._outgoing.pending:
             self._pending = self._merge_pending(self._outgoing.read())
@@ -411,7 +416,7 @@ class TLSHandshake:
         conn.preamble_wants_write(False)
         return True
 
-    def _timed_out(self, conn: "Conn") -> None:
+    def _timed_out(self, conn: Conn) -> None:
         self._timer = None
         self._fail(conn, TimeoutError(f"TLS handshake not completed within {self._timeout}s"))
 
@@ -420,7 +425,7 @@ class TLSHandshake:
             self._timer.cancel()
             self._timer = None
 
-    def _fail(self, conn: "Conn", exc: BaseException) -> None:
+    def _fail(self, conn: Conn, exc: BaseException) -> None:
         self._cancel_timer()
         if self._stats is not None:
             self._stats.tls_handshake_failures += 1

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any, Callable, Protocol, Sequence, Type, Union
+from typing import Any, Protocol, Type, Union
 
 __all__ = ["Transport", "PlainTCP", "PlainUnix", "PlainTransport", "PLAIN_TCP", "PLAIN_UNIX", "for_socket"]
 
