@@ -467,7 +467,7 @@ def serve_py_floor(host: str, port: int, unix: str | None, proto: str = "echo",
         bufs.pop(fd, None)
 
     while True:
-        for fd, ev in ep.poll():
+        for fd, _ev in ep.poll():
             if fd == lfd:
                 for s in _accepted(lsock):
                     socks[s.fileno()] = _FloorConn(s) if api else s

@@ -49,7 +49,7 @@ def parse_addresses(addrs: Sequence[Any]) -> List[Address]:
                          "(or start under systemd socket activation)")
     parsed = [parse_address(a) for a in addrs]
     seen = set()
-    for text, addr in zip(addrs, parsed):
+    for text, addr in zip(addrs, parsed, strict=True):
         key = str(addr)
         if key in seen and not (addr.transport != "unix" and addr.port == 0):
             raise ValueError(f"address {text!r} is given twice")
@@ -58,7 +58,7 @@ def parse_addresses(addrs: Sequence[Any]) -> List[Address]:
 
 
 def _check_tls(addresses: Sequence[Address], texts: Sequence[Any], options: Options) -> None:
-    tls_addrs = [str(t) for a, t in zip(addresses, texts) if a.tls]
+    tls_addrs = [str(t) for a, t in zip(addresses, texts, strict=True) if a.tls]
     if tls_addrs and options.tls is None:
         raise ValueError(f"address {tls_addrs[0]!r} needs option 'tls' (an ssl.SSLContext, e.g. "
                          f"netreactor.tls.server_context(certfile, keyfile))")
@@ -197,7 +197,7 @@ class Engine:
         """Block until the engine has stopped; False on timeout."""
         return self._done.wait(timeout)
 
-    def start(self, timeout: float = 30.0) -> "Engine":
+    def start(self, timeout: float = 30.0) -> Engine:
         """Run in a background thread; return once serving (or raise what boot raised)."""
         with self._lock:
             if self._state != "new":
@@ -211,7 +211,7 @@ class Engine:
             raise self._boot_error
         return self
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> Engine:
         if self._state == "new":
             self.start()
         return self

@@ -148,17 +148,17 @@ class FramedHandler(EventHandler):
                 gathered += result  # send()s made during the call go first
                 result = gathered
             if result:
-                conn.write(self.codec.encode_many(result))  # one encode pass, one write
+                conn.write(self.codec.encode_many(result))  # type: ignore[union-attr, arg-type]  # one pass, one write
             conn.count_frames(len(frames), len(result))
             return None
         if gathered:
-            conn.write(self.codec.encode_many(gathered))
+            conn.write(self.codec.encode_many(gathered))  # type: ignore[union-attr, arg-type]
         if result is None or isinstance(result, Action):
             conn.count_frames(len(frames), len(gathered))
             return None if result is None or result is Action.NONE else result
         # Any other iterable of payloads (a tuple, a generator).
         replies = [r if r.__class__ is bytes else bytes(r) for r in result]
         if replies:
-            conn.write(self.codec.encode_many(replies))
+            conn.write(self.codec.encode_many(replies))  # type: ignore[union-attr, arg-type]
         conn.count_frames(len(frames), len(gathered) + len(replies))
         return None

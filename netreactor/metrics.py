@@ -177,7 +177,7 @@ def loop_stats() -> dict[str, int]:
 
 def _number(key: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"stats value {key!r} must be a number, got {value!r}")  # noqa: TRY004
+        raise ValueError(f"stats value {key!r} must be a number, got {value!r}")
     return value
 
 
@@ -260,7 +260,7 @@ def render(snapshot: Snapshot, *, per_loop: bool = False,
                 or name in reserved:
             raise ValueError(f"const label name {name!r} is not usable (reserved or not [a-zA-Z_][a-zA-Z0-9_]*)")
         if not isinstance(value, str):
-            raise ValueError(f"const label {name!r}: value must be a string, got {value!r}")  # noqa: TRY004
+            raise ValueError(f"const label {name!r}: value must be a string, got {value!r}")
     split = per_loop and bool(snapshot.loops)
     lines: list[str] = []
     for m in METRICS:
@@ -271,7 +271,7 @@ def render(snapshot: Snapshot, *, per_loop: bool = False,
             [((("loop", str(i)),), values) for i, values in enumerate(snapshot.loops)]
         for extra, values in series:
             if m.label:
-                for label_value, key in zip(m.values, m.keys):
+                for label_value, key in zip(m.values, m.keys, strict=True):
                     labels = _labels(const + extra + ((m.label, label_value),))
                     lines.append(f"{name}{labels} {_format_value(values.get(key, 0))}")
             else:
@@ -447,7 +447,7 @@ class MetricsHandler(EventHandler):
                  per_loop: bool = False, const_labels: Mapping[str, str] | None = None,
                  idle_timeout: float | None = 120.0, max_head: int = 8192) -> None:
         if not callable(snapshot):
-            raise ValueError(f"snapshot must be a callable returning a Snapshot, got {snapshot!r}")  # noqa: TRY004
+            raise ValueError(f"snapshot must be a callable returning a Snapshot, got {snapshot!r}")
         if not path.startswith("/") or any(c in path for c in " ?#\r\n"):
             raise ValueError(f"path must be an absolute path like '/metrics', got {path!r}")
         if idle_timeout is not None and (isinstance(idle_timeout, bool) or

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import logging
 from dataclasses import dataclass, field, fields
-from typing import Any, Dict, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 __all__ = ["Options", "LOAD_BALANCERS", "POLLERS", "PROXY_PROTOCOLS", "option_docs"]
 
@@ -102,7 +102,7 @@ class Options:
               "bytes (granian's --workers-max-rss; sizes may end in k, m, g).")
 
     @classmethod
-    def from_kwargs(cls, kwargs: Mapping[str, Any]) -> "Options":
+    def from_kwargs(cls, kwargs: Mapping[str, Any]) -> Options:
         """Build and validate options from keyword arguments."""
         names = [f.name for f in fields(cls)]
         for key in kwargs:
@@ -220,7 +220,7 @@ def _bool(name: str, value: Any) -> None:
         raise ValueError(f"option {name!r} must be True or False, got {value!r}")
 
 
-def _choice(name: str, value: Any, choices: tuple) -> None:
+def _choice(name: str, value: Any, choices: Tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"option {name!r} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}")
 

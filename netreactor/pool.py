@@ -105,7 +105,7 @@ class _Job:
     def __init__(self, fn: Callable[..., Any], on_result: Optional[ResultCallback]) -> None:
         self.fn = fn
         # None until the executor has it: the delivery path treats that as "not done".
-        self.future: Optional[concurrent.futures.Future] = None
+        self.future: Optional[concurrent.futures.Future[Any]] = None
         self.on_result = on_result
         self.counted = False  # holds a slot of the pool's capacity
 
@@ -176,7 +176,7 @@ class WorkerPool:
         return len(self._holding)
 
     def submit(self, conn: Any, fn: Callable[..., Any], *args: Any,
-               on_result: Optional[ResultCallback] = None) -> concurrent.futures.Future:
+               on_result: Optional[ResultCallback] = None) -> concurrent.futures.Future[Any]:
         """Run ``fn(*args)`` on a worker thread and deliver its outcome to ``conn``'s loop.
 
         Without ``on_result`` a bytes-like result is written to ``conn``; with it,
@@ -211,7 +211,7 @@ class WorkerPool:
         if sync:
             self._on_loop(conn, self._sync, conn)
         if drop:
-            future: concurrent.futures.Future = concurrent.futures.Future()
+            future: concurrent.futures.Future[Any] = concurrent.futures.Future()
             future.set_exception(PoolFullError(
                 f"worker pool full ({self.capacity} jobs in flight): job {_name(fn)} dropped"))
         else:
@@ -238,7 +238,7 @@ class WorkerPool:
         self._closed = True
         self._executor.shutdown(wait=wait, cancel_futures=cancel_futures)
 
-    def __enter__(self) -> "WorkerPool":
+    def __enter__(self) -> WorkerPool:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -313,7 +313,7 @@ class WorkerPool:
                 return
         action(Pause.POOL)
 
-    def _report(self, conn: Any, job: _Job, future: concurrent.futures.Future) -> None:
+    def _report(self, conn: Any, job: _Job, future: concurrent.futures.Future[Any]) -> None:
         """Hand one job's outcome to its callback, or write / log it."""
         result: Any = None
         exc: Optional[BaseException]

@@ -27,7 +27,7 @@ import logging
 import os
 import subprocess
 import sys
-from typing import Any, List, NoReturn, Optional, Sequence
+from typing import Any, Callable, List, NoReturn, Optional, Sequence
 
 from .. import __version__, speedups
 from ..engine import Engine
@@ -213,7 +213,7 @@ def _serve(handler: EventHandler, listen: Sequence[str], args: argparse.Namespac
         engine = Engine(handler, *listen, **options)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    restore = lambda: None  # noqa: E731
+    restore: Callable[[], None] = lambda: None
     if tls is not None and worker_count(engine.options) <= 1:
         restore = reload_on_sighup(engine, tls)  # with workers, SIGHUP rolls them instead
     try:

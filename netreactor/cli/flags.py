@@ -19,7 +19,7 @@ __all__ = ["NO_FLAG", "option_fields", "add_option_flags", "options_from_args"]
 NO_FLAG = frozenset({"logger", "tls"})  # tls: built from the --ssl-* flags
 
 
-def option_fields() -> List["dataclasses.Field[Any]"]:
+def option_fields() -> List[dataclasses.Field[Any]]:
     """The Options fields that have a flag."""
     return [f for f in dataclasses.fields(Options) if f.name not in NO_FLAG]
 
@@ -81,6 +81,7 @@ def add_option_flags(group: Any) -> None:
             group.add_argument(flag, action=argparse.BooleanOptionalAction,
                                help=f"{help_text} (default: {'on' if default else 'off'})", **common)
             continue
+        convert: Callable[[str], Any]
         if base == "int":
             sized = any(word in f.name for word in ("buffer", "cap", "water", "rss"))
             convert, metavar = _int_arg, ("BYTES" if sized else "N")

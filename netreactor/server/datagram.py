@@ -36,7 +36,9 @@ from ..reactor import READABLE
 from ..stream.inbound import Inbound
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..reactor import EventLoop
+    import socket
+
+    from ..reactor import EventLoop, TimerHandle
 
 __all__ = ["DatagramConn", "DatagramEndpoint", "MAX_DATAGRAM"]
 
@@ -61,7 +63,7 @@ class DatagramConn(Inbound):
     __slots__ = ("_loop", "_endpoint", "fd", "context", "_in", "_ipos", "_iend",
                  "_block", "_raddr", "_alive", "_last", "_session", "_sendto")
 
-    def __init__(self, endpoint: "DatagramEndpoint", remote_addr: Any, session: bool = False) -> None:
+    def __init__(self, endpoint: DatagramEndpoint, remote_addr: Any, session: bool = False) -> None:
         self._loop = endpoint.loop
         self._endpoint = endpoint
         #: The UDP socket's file descriptor (shared by every peer of the endpoint).
@@ -92,7 +94,7 @@ class DatagramConn(Inbound):
         return not self._alive
 
     @property
-    def loop(self) -> "EventLoop":
+    def loop(self) -> EventLoop:
         """The event loop that owns this connection's endpoint."""
         return self._loop
 
@@ -185,10 +187,10 @@ class DatagramEndpoint:
 
     is_connection = False
 
-    def __init__(self, loop: "EventLoop", sock: Any, handler: Any, options: Any,
+    def __init__(self, loop: EventLoop, sock: Any, handler: Any, options: Any,
                  request_shutdown: Callable[[], None], connected: bool = False) -> None:
         self.loop = loop
-        self.sock = sock
+        self.sock: socket.socket = sock
         self.fd = sock.fileno()
         self.handler = handler
         self.request_shutdown = request_shutdown
@@ -198,7 +200,7 @@ class DatagramEndpoint:
         self._timeout: Optional[float] = options.udp_session_timeout
         self._max_sessions: int = options.udp_max_sessions
         self._sessions: Dict[Any, DatagramConn] = {}
-        self._sweeper = None
+        self._sweeper: Optional[TimerHandle] = None
         self._stopped = False
         self._full_warned = False
         #: Datagrams dropped on send (full buffer, unreachable peer...).
@@ -216,6 +218,8 @@ class DatagramEndpoint:
         """A connected (client) endpoint: run ``on_open`` for its one peer. A handler
         that raises is logged and the connection closed, as for a stream."""
         conn = self.peer
+        if conn is None:
+            raise RuntimeError("open_peer() on an endpoint that is not connected")
         self.loop.connection_opened()
         action = call(self.logger, self.handler, "on_open", conn, self.handler.on_open, conn)
         if action.__class__ is Failed:
@@ -320,7 +324,7 @@ class DatagramEndpoint:
                         conn._alive = False
                     elif action is Action.SHUTDOWN:
                         self.request_shutdown()
-                if refs < 0 or refcount(conn) != refs:
+                if refs < 0 or refcount(conn) != refs:  # type: ignore[misc]  # refs >= 0: it exists
                     conn = None  # kept by the handler: it is no longer ours to reuse
                 else:
                     conn.context = None  # a fresh connection for the next datagram
@@ -398,12 +402,13 @@ class DatagramEndpoint:
             self.request_shutdown()
 
     def _sweep_interval(self) -> float:
-        return max(0.01, min(1.0, self._timeout / 4))
+        timeout: float = self._timeout  # type: ignore[assignment]  # sessions: never None
+        return max(0.01, min(1.0, timeout / 4))
 
     def _sweep(self) -> None:
         if self._stopped:
             return
-        deadline = monotonic() - self._timeout
+        deadline = monotonic() - self._timeout  # type: ignore[operator]  # sessions: never None
         idle = [c for c in self._sessions.values() if c._last <= deadline]
         for conn in idle:
             self.end(conn, TimeoutError(f"udp session with {conn._raddr} idle for {self._timeout}s"))
@@ -413,14 +418,14 @@ class DatagramEndpoint:
 
     def _send_to_peer(self, data: Buffer, addr: Any) -> int:
         # DatagramConn.write on a connected (client) endpoint; errors are the caller's.
-        if addr is None or addr == self.peer._raddr:
+        if addr is None or addr == self.peer._raddr:  # type: ignore[union-attr]  # connected: a peer
             return self.sock.send(data)
         return self.sock.sendto(data, addr)
 
     def send(self, data: Buffer, addr: Any) -> int:
         """One datagram; the bytes sent, or 0 when it was dropped (counted in ``send_errors``)."""
         try:
-            if self._connected and (addr is None or addr == self.peer._raddr):
+            if self._connected and (addr is None or addr == self.peer._raddr):  # type: ignore[union-attr]
                 return self.sock.send(data)
             return self.sock.sendto(data, addr)
         except OSError:

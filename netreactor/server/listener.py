@@ -14,7 +14,7 @@ import os
 import socket
 import stat
 import struct
-from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, cast
 
 from ..address import Address
 from ..stream.sockopts import apply_buffer_sizes
@@ -42,7 +42,7 @@ class Listener:
             self._unix_inode = os.stat(address.path).st_ino
 
     @classmethod
-    def inherit(cls, origin: "Listener") -> "Listener":
+    def inherit(cls, origin: Listener) -> Listener:
         inherited = cls.__new__(cls)
         inherited.address = origin.address
         inherited.sock = origin.sock
@@ -259,7 +259,7 @@ def _bind_unix(address: Address, options: Any) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         apply_buffer_sizes(sock, options)
-        sock.bind(address.sockaddr())
+        sock.bind(cast(str, address.sockaddr()))  # a Unix path (or "\0name")
         sock.listen(options.backlog)
         sock.setblocking(False)
     except BaseException:

@@ -107,14 +107,14 @@ class Server:
     """
 
     def __init__(self, handler: EventHandler, addresses: Sequence[Address], options: Options,
-                 logger: Any, *, facade: Any = None, prebound: Optional[dict] = None,
+                 logger: Any, *, facade: Any = None, prebound: Optional[Dict[int, Listener]] = None,
                  own_signals: bool = True, inherited: Optional[Dict[int, InheritedSocket]] = None,
                  stats_sink: Optional[Callable[[metrics.Snapshot], None]] = None) -> None:
         self.handler = handler
         self.options = options
         self.logger = logger
         self._addresses = list(addresses)
-        self._facade = facade if facade is not None else self
+        self._facade: Any = facade if facade is not None else self  # the public Engine, duck-typed
         self._prebound = dict(prebound or {})
         self._own_signals = own_signals
         # Reentrant: the SIGINT/SIGTERM handler calls stop() on the main thread,
@@ -133,7 +133,7 @@ class Server:
         self._stats_sink = stats_sink
         self._metrics: Optional[Listener] = None
         self._metrics_ctx: Optional[StreamContext] = None
-        self._tls: Optional["ssl.SSLContext"] = None  # set when serving starts (see _setup_tls)
+        self._tls: Optional[ssl.SSLContext] = None  # set when serving starts (see _setup_tls)
 
     # ------------------------------------------------------------------ public
 
@@ -296,11 +296,11 @@ class Server:
                 # Every loop reads the address through its own socket; SO_REUSEPORT
                 # lets the kernel spread datagrams (and worker processes share it).
                 reuse = opts.reuse_port or len(self._slots) > 1
-                for slot, lst in zip(self._slots, self._bind_per_loop(addr, reuse, prebound)):
+                for slot, lst in zip(self._slots, self._bind_per_loop(addr, reuse, prebound), strict=True):
                     self._sources.append(DatagramEndpoint(slot.loop, lst.sock, self.handler, opts,
                                                           self.stop))
             elif opts.reuse_port and addr.transport != "unix" and prebound is None:
-                for slot, lst in zip(self._slots, self._bind_per_loop(addr, True)):
+                for slot, lst in zip(self._slots, self._bind_per_loop(addr, True), strict=True):
                     self._sources.append(Acceptor(slot.loop, lst, self._local_dispatch(slot, lst)))
             else:
                 lst = prebound if prebound is not None else Listener(addr, opts, reuse_port=opts.reuse_port)
@@ -395,13 +395,13 @@ class Server:
 
         return tls
 
-    def _tls_context(self) -> "ssl.SSLContext":
+    def _tls_context(self) -> ssl.SSLContext:
         context = self._tls
         if context is None:
             raise ValueError("no TLS context")  # Engine checks tls:// against tls= up front
         return context
 
-    def set_tls(self, context: "ssl.SSLContext") -> None:
+    def set_tls(self, context: ssl.SSLContext) -> None:
         """New TLS connections use ``context`` (a reference swap: any thread)."""
         self._tls = context
 

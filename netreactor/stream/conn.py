@@ -175,7 +175,7 @@ class StreamContext:
                  "bytes_in", "bytes_out", "frames_in", "frames_out", "open", "counts",
                  "tls_handshakes", "tls_handshake_failures")
 
-    def __init__(self, loop: "EventLoop", handler: Any, options: Any,
+    def __init__(self, loop: EventLoop, handler: Any, options: Any,
                  request_shutdown: Callable[[], None], *, pause_on_high_water: bool = True,
                  counts: Optional[Dict[str, int]] = None) -> None:
         self.loop = loop
@@ -234,13 +234,13 @@ class StreamContext:
 class Preamble(Protocol):
     """Work a connection does before its handler meets it (see the module docstring)."""
 
-    def begin(self, conn: "Conn", initial: bytes) -> None:
+    def begin(self, conn: Conn, initial: bytes) -> None:
         """Start; ``initial`` holds bytes an earlier preamble read past its own part."""
 
-    def handle_io(self, conn: "Conn", events: int) -> None:
+    def handle_io(self, conn: Conn, events: int) -> None:
         """The fd is ready (``events``, epoll bits) while this preamble runs."""
 
-    def abandon(self, conn: "Conn") -> None:
+    def abandon(self, conn: Conn) -> None:
         """The connection closes before the preamble finished: release what it holds."""
 
 
@@ -253,8 +253,8 @@ class _Extras:
     def __init__(self) -> None:
         self.close_err: Optional[BaseException] = None
         self.linger = False
-        self.close_timer: Optional["TimerHandle"] = None
-        self.drain_waiters: Optional[List[Callable[["Conn"], Any]]] = None
+        self.close_timer: Optional[TimerHandle] = None
+        self.drain_waiters: Optional[List[Callable[[Conn], Any]]] = None
         #: The preamble running now, then those still to run (OPENING only).
         self.preambles: Optional[List[Preamble]] = None
         self.preamble_wants_write = False
@@ -356,7 +356,7 @@ class Conn(Inbound):
         return self._state >= CLOSING
 
     @property
-    def loop(self) -> "EventLoop":
+    def loop(self) -> EventLoop:
         """The event loop that owns this connection."""
         return self._loop
 
@@ -1119,7 +1119,7 @@ class Conn(Inbound):
         ctx.frames_in += received
         ctx.frames_out += sent
 
-    def when_drained(self, callback: Callable[["Conn"], Any]) -> None:
+    def when_drained(self, callback: Callable[[Conn], Any]) -> None:
         """Run ``callback(conn)`` on the loop once queued output falls to the
         low-water mark (at once, on the next loop iteration, if it already is).
 
@@ -1168,7 +1168,7 @@ class Conn(Inbound):
         """:meth:`writev` from any thread; see :meth:`async_write`."""
         self._loop.post(self._async_write_task, tuple(_owned(b) for b in buffers), callback)
 
-    def _async_write_task(self, buffers: tuple, callback: Optional[Callback]) -> None:
+    def _async_write_task(self, buffers: tuple[Any, ...], callback: Optional[Callback]) -> None:
         if not self._writing:
             self._notify(callback, ClosedError())
             return

@@ -92,7 +92,6 @@ systems fork and supervise the same way but may not spread TCP connections.
 
 from __future__ import annotations
 
-import logging
 import os
 import random
 import selectors
@@ -139,7 +138,7 @@ class SupervisorError(NetreactorError, RuntimeError):
     """The supervisor gave up: a worker kept crashing right after it started."""
 
 
-def worker_count(options: "Options") -> int:
+def worker_count(options: Options) -> int:
     """Worker processes these options ask for; 1 means "serve in this process".
 
     ``workers`` wins when given; otherwise ``multicore`` on a GIL build asks for
@@ -301,7 +300,7 @@ class Supervisor:
                 continue
             group = bind_group(addr, self.opts, self.count)
             self.bound.extend(group)
-            for lsts, lst in zip(per_slot, group):
+            for lsts, lst in zip(per_slot, group, strict=True):
                 lsts.append(lst)
         self.slots = [_Slot(i, lsts) for i, lsts in enumerate(per_slot)]
 
@@ -354,7 +353,7 @@ class Supervisor:
                 self._advance_roll()
             if self.metrics is not None:
                 self.metrics.sweep(now)
-            for key, mask in self.sel.select(self._timeout(monotonic())):
+            for key, mask in self._selector().select(self._timeout(monotonic())):
                 data = key.data
                 if isinstance(data, _Worker):
                     self._read_status(data)
@@ -431,7 +430,7 @@ class Supervisor:
             limit += random.randint(0, self.opts.max_connections_per_worker_jitter)
         w = _Worker(slot.index, pid, status_r, limit)
         self.workers[pid] = w
-        self.sel.register(status_r, selectors.EVENT_READ, w)
+        self._selector().register(status_r, selectors.EVENT_READ, w)
         slot.generation += 1
         slot.restart_at = None
         self.log.debug("started worker %d (pid %d)", slot.index, pid)
@@ -446,7 +445,7 @@ class Supervisor:
             except OSError:
                 chunk = b""
             if not chunk:
-                self.sel.unregister(w.status_fd)
+                self._selector().unregister(w.status_fd)
                 os.close(w.status_fd)
                 w.status_fd = -1
                 return
@@ -465,12 +464,18 @@ class Supervisor:
             if len(w.buf) > MAX_WIRE_LINE:  # no newline in sight: not one of our lines
                 w.buf = b""
 
+    def _selector(self) -> selectors.BaseSelector:
+        sel = self.sel
+        if sel is None:  # set up by serve() before any worker exists
+            raise RuntimeError("the supervisor's selector is used before serve() set it up")
+        return sel
+
     def _announce(self) -> None:
         if self.announced or self.stopping:
             return
         if all(s.current is not None and s.current.ready for s in self.slots):
             self.announced = True
-            pids = ", ".join(str(s.current.pid) for s in self.slots)
+            pids = ", ".join(str(s.current.pid) for s in self.slots if s.current is not None)
             addrs = ", ".join(lst.bound_address() for lst in self.slots[0].listeners)
             self.log.info("all %d workers ready on %s (pids %s)", self.count, addrs, pids)
 
@@ -486,7 +491,7 @@ class Supervisor:
             if w.status_fd >= 0:  # what it said just before exiting is in the pipe
                 self._read_status(w)
                 if w.status_fd >= 0:
-                    self.sel.unregister(w.status_fd)
+                    self._selector().unregister(w.status_fd)
                     os.close(w.status_fd)
                     w.status_fd = -1
             self._exited(w, os.waitstatus_to_exitcode(status))
