@@ -184,6 +184,7 @@ class TimingWheel:
             due = sorted(t for t in buckets if t <= now)
         else:
             due = [t for t in range(tick + 1, now + 1) if t in buckets]
+        horizon = now + HORIZON
         for tick in due:
             bucket = buckets.pop(tick)
             i = 0
@@ -194,7 +195,16 @@ class TimingWheel:
                 entry.wheel_bucket = None
                 again = entry.wheel_due(now)
                 if again is not None:
-                    self.file(entry, again)
+                    # file(), written out: this is the per-entry cost of the wheel.
+                    if again <= now:
+                        again = now + 1
+                    elif again > horizon:
+                        again = horizon
+                    into = buckets.get(again)
+                    if into is None:
+                        into = buckets[again] = Bucket(again)
+                    into.append(entry)
+                    entry.wheel_bucket = into
                 budget -= 1
                 if not budget:
                     break
