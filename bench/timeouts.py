@@ -42,11 +42,11 @@ import tracemalloc
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import netreactor as nr  # noqa: E402
-from netreactor.options import Options  # noqa: E402
-from netreactor.reactor import EventLoop, new_poller  # noqa: E402
-from netreactor.reactor import wheel as wheel_module  # noqa: E402
-from netreactor.stream import Conn, StreamContext  # noqa: E402
+import netreactor as nr
+from netreactor.options import Options
+from netreactor.reactor import EventLoop, new_poller
+from netreactor.reactor import wheel as wheel_module
+from netreactor.stream import Conn, StreamContext
 
 
 class _NoIO:

@@ -67,7 +67,7 @@ def _unclosed(conn: Conn) -> None:
     if conn._state is CLOSED:
         return
     try:
-        warnings.warn(f"unclosed connection {conn!r}", ResourceWarning, source=conn)
+        warnings.warn(f"unclosed connection {conn!r}", ResourceWarning, stacklevel=2, source=conn)
         conn._ctx.logger.warning("netreactor debug: connection %r was garbage-collected without "
                                  "being closed; its fd is closed now", conn)
         conn._transport.close(conn.fd)
@@ -128,7 +128,7 @@ class DebugHandler:
                 self.on_traffic = self._timed("on_traffic", traffic)
 
     @property  # type: ignore[misc]
-    def __class__(self) -> Type[Any]:  # noqa: D105 - it passes for the handler
+    def __class__(self) -> Type[Any]:
         return type(self.handler)
 
     def __getattr__(self, name: str) -> Any:
@@ -173,14 +173,15 @@ def check_setup(handler: Any, options: Any, logger: Any) -> None:
 
 # ---------------------------------------------------------------------------- engines
 
-_running: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_running: weakref.WeakSet[Any] = weakref.WeakSet()
 _lock = threading.Lock()
 _atexit_registered = False
 
 
 def _warn_engine(engine: Any, when: str) -> None:
     try:
-        warnings.warn(f"engine {engine!r} was not stopped ({when})", ResourceWarning, source=engine)
+        warnings.warn(f"engine {engine!r} was not stopped ({when})", ResourceWarning, stacklevel=2,
+                      source=engine)
         engine.logger.warning("netreactor debug: engine serving %s was not stopped (%s); call "
                               "engine.stop()", ", ".join(engine.addresses) or "nothing", when)
     except Exception:  # pragma: no cover - interpreter shutdown

@@ -22,7 +22,7 @@ class Timers:
     """The loop's call_later, recorded: the test runs what is due itself."""
 
     class Handle:
-        def __init__(self, timers: "Timers", delay: float, fn) -> None:
+        def __init__(self, timers: Timers, delay: float, fn) -> None:
             self.timers, self.delay, self.fn = timers, delay, fn
 
         def cancel(self) -> None:
@@ -135,7 +135,7 @@ def test_unfiled_and_moved_entries_do_not_pile_up(wheel, clock):
     live = [Entry(now + 100) for _ in range(10)]
     for e in live:
         wheel.file(e, now + 100)
-    for round_ in range(1000):  # churn: entries filed and closed, all in one bucket
+    for _ in range(1000):  # churn: entries filed and closed, all in one bucket
         e = Entry(now + 100)
         wheel.file(e, now + 100)
         wheel.unfile(e)

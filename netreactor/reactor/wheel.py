@@ -84,7 +84,7 @@ class TimingWheel:
 
     __slots__ = ("now", "tick", "_loop", "_origin", "_buckets", "_done", "_timer")
 
-    def __init__(self, loop: "EventLoop", tick: float = TICK) -> None:
+    def __init__(self, loop: EventLoop, tick: float = TICK) -> None:
         self._loop = loop
         #: Seconds per tick.
         self.tick = tick
@@ -94,7 +94,7 @@ class TimingWheel:
         self.now = 0
         self._buckets: Dict[int, Bucket] = {}
         self._done = 0  # buckets up to this tick have been looked at
-        self._timer: Optional["TimerHandle"] = None
+        self._timer: Optional[TimerHandle] = None
 
     def ticks(self, seconds: float) -> int:
         """Ticks to wait so that at least ``seconds`` pass, however the

@@ -56,7 +56,7 @@ class Acceptor:
     is_connection = False
 
     def __init__(self, loop: "EventLoop", listener: Listener, dispatch: Dispatch,
-                 shared: bool = False, gate: Optional["Gate"] = None) -> None:
+                 shared: bool = False, gate: Optional[Gate] = None) -> None:
         self.loop = loop
         self.listener = listener
         self.fd = listener.sock.fileno()

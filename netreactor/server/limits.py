@@ -73,7 +73,7 @@ class ConnectionLimits:
     def admit(self, addr: Any) -> Optional[str]:
         """A connection from ``addr`` was accepted: count it and return its key
         (its IP address, or ``""``), or None when it must be closed."""
-        ip = addr[0] if self.max_per_ip is not None and isinstance(addr, tuple) else ""
+        ip: Optional[str] = addr[0] if self.max_per_ip is not None and isinstance(addr, tuple) else ""
         report = 0
         held = False
         with self._lock:
@@ -84,7 +84,7 @@ class ConnectionLimits:
                     self._refused_since_report += 1
                     if self._due("_last_refusal_report"):
                         report, self._refused_since_report = self._refused_since_report, 0
-                    ip = None  # type: ignore[assignment]
+                    ip = None
                 else:
                     self._per_ip[ip] = have + 1
             if ip is not None:

@@ -166,7 +166,7 @@ class StreamContext:
         self.idle_ticks: int = self.wheel.ticks(idle) if idle else 0
         #: Called with each connection once its fd is closed (the server's
         #: connection limits), or None.
-        self.on_closed: Optional[Callable[["Conn"], None]] = None
+        self.on_closed: Optional[Callable[[Conn], None]] = None
 
 
 class Preamble(Protocol):
@@ -211,7 +211,7 @@ class _Timeouts:
         #: The read deadline, a wheel tick, or None.
         self.read_at: Optional[int] = None
         self.read_seconds = 0.0
-        self.on_read_timeout: Optional[Callable[["Conn"], Any]] = None
+        self.on_read_timeout: Optional[Callable[[Conn], Any]] = None
 
 
 def _owned(data: Buffer) -> Union[bytes, memoryview]:
@@ -311,7 +311,7 @@ class Conn(Inbound):
         return self._ctx.loop
 
     @property
-    def _loop(self) -> "EventLoop":
+    def _loop(self) -> EventLoop:  # type: ignore[override]  # an attribute in Inbound's eyes
         # What the read half (Inbound) and the worker pool reach for; the
         # connection itself goes through _ctx and spends no slot on it.
         return self._ctx.loop
@@ -969,7 +969,7 @@ class Conn(Inbound):
             wheel.file(self, now + ticks)
 
     def set_read_timeout(self, seconds: Optional[float],
-                         on_timeout: Optional[Callable[["Conn"], Any]] = None) -> None:
+                         on_timeout: Optional[Callable[[Conn], Any]] = None) -> None:
         """Close this connection unless this is cleared (``set_read_timeout(None)``)
         within ``seconds`` from now, whatever arrives meanwhile: for a protocol
         waiting for the rest of a frame, or a header (a peer that trickles a
