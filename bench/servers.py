@@ -183,6 +183,12 @@ class _ShimConn:
     def writev(self, buffers) -> None:
         self.transport.writelines(buffers)
 
+    def set_read_timeout(self, seconds, on_timeout=None) -> None:
+        pass  # the HTTP example times a request that arrives in pieces; the shim does not
+
+    def set_idle_timeout(self, seconds) -> None:
+        pass
+
     def close(self) -> None:
         self.transport.close()
 
