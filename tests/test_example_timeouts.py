@@ -352,7 +352,7 @@ class Server:
                 pytest.fail(f"{self.proc.args} did not report serving within {timeout}s: {self.log!r}")
             self.log += chunk
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -164,3 +164,21 @@ def test_no_limits_no_limiter():
         with connect(engine.addresses[0]) as s:
             assert served(s, 5)
     time.sleep(0)
+
+
+def test_the_1001st_connection_waits_in_the_backlog_and_is_served_when_one_closes():
+    n = 1000
+    with serving(Echo(), "tcp://127.0.0.1:0", max_connections=n, backlog=64) as engine:
+        addr = engine.addresses[0]
+        first = [connect(addr) for _ in range(n)]
+        wait_for(lambda: engine.count_connections() == n, what="a thousand accepted")
+        late = connect(addr)  # the kernel completes the handshake; the engine does not accept
+        assert not served(late, 0.3)
+        assert engine.count_connections() == n
+        assert served(first[-1], 5)  # the others are served meanwhile
+        first.pop(0).close()
+        late.settimeout(5)
+        assert late.recv(4) == b"ping"
+        for s in first + [late]:
+            s.close()
+        wait_for(lambda: engine.limits.snapshot()["open"] == 0, what="every close counted")

@@ -27,7 +27,7 @@ import logging
 import os
 import subprocess
 import sys
-from typing import Any, List, NoReturn, Optional, Sequence
+from typing import Any, Dict, List, NoReturn, Optional, Sequence
 
 from .. import __version__
 from ..engine import Engine
@@ -158,10 +158,10 @@ def _argument_type(convert: Any) -> Any:
     return parse
 
 
-def _example_flags(args: argparse.Namespace, name: str) -> dict:
+def _example_flags(args: argparse.Namespace, name: str) -> Dict[str, Any]:
     """The flags of example ``name`` given on the command line, as factory keywords;
     a flag of another example is a usage error."""
-    given = {}
+    given: Dict[str, Any] = {}
     for dest, value in vars(args).items():
         if not dest.startswith(_EXAMPLE_FLAG):
             continue
@@ -239,7 +239,7 @@ def _setup_logging(level: str) -> None:
 
 
 def _serve(handler: EventHandler, listen: Sequence[str], args: argparse.Namespace,
-           options: Optional[dict] = None) -> int:
+           options: Optional[Dict[str, Any]] = None) -> int:
     if options is None:
         options = options_from_args(args)
     try:
