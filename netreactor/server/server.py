@@ -35,7 +35,10 @@ import os
 import signal
 import socket
 import threading
-from typing import Any, Callable, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Union
+
+if TYPE_CHECKING:  # pragma: no cover
+    import ssl
 
 from ..address import Address
 from ..callbacks import call
@@ -120,6 +123,7 @@ class Server:
         self._all_loops: List[EventLoop] = []  # plus the main reactor, if any
         self._sources: List[Source] = []
         self._primary: Optional[EventLoop] = None
+        self._tls: Optional["ssl.SSLContext"] = None  # set when serving starts (see _setup_tls)
 
     # ------------------------------------------------------------------ public
 
@@ -177,6 +181,7 @@ class Server:
         """Bind, boot, serve on the calling thread until stopped, then shut down.
         ``on_ready()`` runs once bound and booted, just before serving."""
         try:
+            self._setup_tls()
             self._setup_loops()
             self._bind()
             if self.options.debug:
@@ -201,6 +206,21 @@ class Server:
                 raise self._escaped
         finally:
             self._release()
+
+    def _setup_tls(self) -> None:
+        """Build (or take) the TLS context here, where serving starts: in a
+        worker process, after the fork, so that no two workers share one."""
+        tls = self.options.tls
+        if tls is None or not callable(tls):  # an SSLContext (which is not callable), or none
+            self._tls = tls
+            return
+        import ssl
+
+        context = tls()
+        if not isinstance(context, ssl.SSLContext):
+            raise ValueError(f"option 'tls': the function returned {type(context).__name__}, "
+                             "not an ssl.SSLContext")
+        self._tls = context
 
     def _loop_count(self) -> int:
         if self.options.multicore and not gil_enabled():
@@ -289,7 +309,27 @@ class Server:
     def _preambles_for(self, lst: Listener) -> Optional[PreambleFactory]:
         """What a connection accepted on ``lst`` runs before ``on_open``, as
         ``factory(peer_address) -> [Preamble, ...]``; None for nothing."""
-        return None
+        if not lst.address.tls:
+            return None
+        from ..stream.tls import TLSHandshake  # plain servers do not even import ssl
+
+        context_of = self._tls_context
+        timeout = self.options.handshake_timeout
+
+        def tls(addr: Any) -> Sequence[Preamble]:
+            return [TLSHandshake(context_of, server_side=True, timeout=timeout)]
+
+        return tls
+
+    def _tls_context(self) -> "ssl.SSLContext":
+        context = self._tls
+        if context is None:
+            raise ValueError("no TLS context")  # Engine checks tls:// against tls= up front
+        return context
+
+    def set_tls(self, context: "ssl.SSLContext") -> None:
+        """New TLS connections use ``context`` (a reference swap: any thread)."""
+        self._tls = context
 
     def _local_dispatch(self, slot: _LoopSlot, lst: Listener) -> Callable[[socket.socket, Any], None]:
         adopt = self._adopt

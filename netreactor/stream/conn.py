@@ -186,7 +186,7 @@ class _Extras:
     """Per-connection state that most connections never need, allocated on first use."""
 
     __slots__ = ("close_err", "linger", "close_timer", "drain_waiters", "preambles",
-                 "preamble_wants_write", "local_addr", "timeouts")
+                 "preamble_wants_write", "upgrading", "when_empty", "local_addr", "timeouts")
 
     def __init__(self) -> None:
         self.close_err: Optional[BaseException] = None
@@ -196,6 +196,10 @@ class _Extras:
         #: The preamble running now, then those still to run (OPENING only).
         self.preambles: Optional[List[Preamble]] = None
         self.preamble_wants_write = False
+        #: A preamble runs on a connection the handler knows already (start_tls).
+        self.upgrading = False
+        #: Callbacks for when all queued output has gone (start_tls waits for it).
+        self.when_empty: Optional[List[Callable[[], Any]]] = None
         self.local_addr: Any = None
         self.timeouts: Optional[_Timeouts] = None
 
@@ -456,24 +460,28 @@ class Conn(Inbound):
         self._update_events()
 
     def _below_low_water(self) -> None:
-        was = self._paused
-        self._paused = was & ~_BACKLOG
-        self._settle()
-        if was & _BACKLOG and not self._paused:
-            self._reading_resumed()
-        extras = self._extras
-        if extras is not None and extras.drain_waiters:
-            self._notify_drained()
+        self._backlog_done(update_events=False)  # _sent settles the events itself
 
     def _drained(self) -> None:
         """Everything queued went out: finish a pending close, resume reading, stop watching writability."""
         if self._state is CLOSING:
             self._finish_close()
             return
+        extras = self._extras
+        if extras is not None and extras.when_empty:
+            callbacks, extras.when_empty = extras.when_empty, None
+            for callback in callbacks:
+                callback()
+        self._backlog_done(update_events=True)
+
+    def _backlog_done(self, update_events: bool) -> None:
+        """Queued output fell to the low-water mark: reading resumes if back-pressure
+        alone held it, and the drain waiters are told."""
         was = self._paused
         self._paused = was & ~_BACKLOG
         self._settle()
-        self._update_events()
+        if update_events:
+            self._update_events()
         if was & _BACKLOG and not self._paused:
             self._reading_resumed()
         extras = self._extras
@@ -660,6 +668,65 @@ class Conn(Inbound):
         self._raddr = remote
         self._x().local_addr = local
 
+    @property
+    def tls(self) -> Any:
+        """A :class:`netreactor.tls.TLSInfo` on a TLS connection (version, cipher,
+        ALPN protocol, SNI server name, peer certificate); None on a plain one."""
+        return self._transport.info
+
+    def start_tls(self, context: Any, *, server_side: bool, server_hostname: Optional[str] = None,
+                  callback: Optional[Callback] = None, timeout: Optional[float] = 10.0) -> None:
+        """Upgrade this open plain connection to TLS, as STARTTLS protocols (SMTP,
+        IMAP, PostgreSQL) do, and as asyncio's ``loop.start_tls`` does (loop thread).
+
+        What is queued is sent first, in plain text; then the handshake runs
+        (nothing more is read for the handler, and writes are refused, until it
+        ends). Bytes already received and not consumed are the handshake's
+        first bytes. ``callback(conn, err)`` runs when it ends: ``err`` None,
+        and the connection goes on over TLS (``conn.tls`` tells the details); or
+        the error, and the connection is closed (``on_close`` gets it too).
+        ``timeout`` bounds the handshake (None: no bound).
+        """
+        if not self._ctx.loop.on_loop_thread():
+            raise self._wrong_thread("start_tls")
+        if self._state is not OPEN:
+            raise ClosedError("start_tls() on a connection that is not open")
+        if self._transport.info is not None:
+            raise RuntimeError("start_tls() on a connection that uses TLS already")
+        from .tls import TLSHandshake  # TLS costs plain connections nothing, not even an import
+
+        handshake = TLSHandshake(lambda: context, server_side=server_side,
+                                 server_hostname=server_hostname, timeout=timeout,
+                                 on_outcome=callback)
+
+        def begin() -> None:
+            if self._state is not OPEN:
+                self._notify(callback, ClosedError("closed before start_tls() could begin"))
+                return
+            extras = self._x()
+            extras.upgrading = True
+            extras.preambles = [handshake]
+            self._state = OPENING
+            self._settle()
+            rest = b""
+            if self._iend:
+                rest = bytes(self._in[self._ipos:self._iend])
+                self._consumed_all()
+            self._update_events()
+            handshake.begin(self, rest)
+            if self._state is OPENING:
+                self._reading_resumed()
+
+        if self._out:
+            self._flush()
+        if self._out_bytes:
+            extras = self._x()
+            if extras.when_empty is None:
+                extras.when_empty = []
+            extras.when_empty.append(begin)
+        else:
+            begin()
+
     def preamble_wants_write(self, wanted: bool) -> None:
         """The running preamble has output the kernel did not take (watch WRITABLE)."""
         extras = self._x()
@@ -676,8 +743,12 @@ class Conn(Inbound):
             return
         extras.preambles.pop(0)
         extras.preamble_wants_write = False
-        if extras.timeouts is not None:
-            extras.timeouts.read_at = None  # the finished preamble's timeout
+        timeouts = extras.timeouts
+        if timeouts is not None:  # the finished preamble's timeout, and what its callback holds
+            if timeouts.idle_ticks is None:
+                extras.timeouts = None
+            else:
+                timeouts.read_at = timeouts.on_read_timeout = None
         if extras.preambles:
             extras.preambles[0].begin(self, rest)
             if self._state is OPENING:
@@ -688,7 +759,14 @@ class Conn(Inbound):
         if rest:
             self._in = rest
             self._iend = len(rest)
-        self._opened()
+        if extras.upgrading:  # start_tls: the handler met it long ago
+            extras.upgrading = False
+            self._state = OPEN
+            self._settle()
+            self._arm_idle()  # the wheel let it go while the handshake ran
+            self._update_events()
+        else:
+            self._opened()
         if self._iend and self._reading:
             self._traffic()
         if self._reading:
@@ -710,7 +788,7 @@ class Conn(Inbound):
         """The preamble (if any) is done: the handler meets the connection."""
         self._state = OPEN
         self._settle()
-        idle = self._idle_ticks()
+        idle = self._idle_ticks()  # _arm_idle() inlined: once per connection
         if idle:
             wheel = self._ctx.wheel
             self._seen = now = wheel.current()
@@ -722,6 +800,14 @@ class Conn(Inbound):
             self._close_now(result.exc)
             return
         self._after_callback(result)
+
+    def _arm_idle(self) -> None:
+        """Count the idle timeout (if any) from now: the connection became OPEN."""
+        idle = self._idle_ticks()
+        if idle:
+            wheel = self._ctx.wheel
+            self._seen = now = wheel.current()
+            wheel.file(self, now + idle)
 
     def _traffic(self) -> None:
         """Run ``on_traffic`` and what follows it (the slow-path twin of handle_io's)."""
@@ -912,10 +998,12 @@ class Conn(Inbound):
             self._extras = None
             if extras.local_addr is not None:  # still reported once closed, as remote_addr is
                 self._x().local_addr = extras.local_addr
-        if state is OPENING:  # the handler never met it
+        if state is OPENING:
             if extras is not None and extras.preambles:
                 for preamble in extras.preambles:
                     preamble.abandon(self)
+            if extras is not None and extras.upgrading:
+                self._closed_for_handler(err)  # start_tls failed: the handler knows this one
         elif state is not LINGER:
             self._closed_for_handler(err)
 
