@@ -394,3 +394,68 @@ def test_a_preamble_that_finishes_clears_its_timeout(harness):
         peer.sendall(b"data")
         assert peer.recv(2) == b"ok"  # not closed: the timeout went with the preamble
         assert ("abandon",) not in log
+
+
+# ---------------------------------------------------------------- TLS on the same mechanism
+
+
+def test_tls_handshake_timeouts_are_on_the_wheel_not_heap_timers(tls_pki):
+    """Silent clients on a TLS port: each is closed at handshake_timeout, and no
+    heap timer is armed per handshake (the read timeout is a wheel entry)."""
+    from netreactor.tls import server_context
+
+    ctx = server_context(tls_pki["server.pem"], tls_pki["server.key"])
+    handler = Echo()
+    with serving(handler, "tls://127.0.0.1:0", tls=ctx, handshake_timeout=T) as engine:
+        loop = engine.loops[0]
+        addr = engine.addresses[0]
+        before = len(loop._timers)
+        silent = [connect(addr.replace("tls://", "tcp://")) for _ in range(50)]
+        wait_for(lambda: engine.count_connections() == 50, what="all accepted")
+        start = time.monotonic()
+        assert len(loop._timers) <= before + 1  # the wheel's own timer at most
+        assert sum(len(b) for b in loop.wheel._buckets.values()) >= 50
+        for s in silent:
+            assert eof_after(s) < T + LATE + 1
+            s.close()
+        assert T - TICK <= time.monotonic() - start
+        wait_for(lambda: engine.count_connections() == 0, what="the silent clients closed")
+    assert handler.closed == []  # the handler never met them
+
+
+def test_start_tls_connection_keeps_its_idle_timeout(tls_pki):
+    """A connection upgraded with start_tls (no handshake timeout) is idle-timed
+    again once the handshake is done."""
+    import ssl
+
+    from netreactor.tls import client_context, server_context
+
+    sctx = server_context(tls_pki["server.pem"], tls_pki["server.key"])
+
+    class StartTLS(Echo):
+        def on_traffic(self, conn):
+            data = conn.read()
+            if conn.tls is None and data == b"STARTTLS\r\n":
+                conn.write(b"go\r\n")
+                conn.start_tls(sctx, server_side=True, timeout=None)
+            else:
+                conn.write(data)
+
+    handler = StartTLS()
+    with serving(handler, "tcp://127.0.0.1:0", idle_timeout=T) as engine:
+        raw = connect(engine.addresses[0])
+        raw.sendall(b"STARTTLS\r\n")
+        assert raw.recv(4) == b"go\r\n"
+        time.sleep(T + LATE)  # the wheel looks at it mid-handshake (no idle timeout there)
+        s = client_context(tls_pki["ca.pem"]).wrap_socket(raw, server_hostname="localhost")
+        s.sendall(b"hi")
+        assert s.recv(2) == b"hi"
+        start = time.monotonic()
+        s.settimeout(T + LATE + 1)
+        try:
+            assert s.recv(10) == b""
+        except (ssl.SSLError, ConnectionResetError):
+            pass
+        assert T - TICK <= time.monotonic() - start < T + LATE
+        s.close()
+    assert isinstance(handler.closed[0], nr.IdleTimeoutError)
