@@ -443,3 +443,35 @@ def test_netreactor_run_engine_option_flags(tmp_path):
         assert c.recv(1) == b"y"
         for s in (a, b, c):
             s.close()
+
+
+def test_max_connections_is_per_worker(tmp_path):
+    """With workers=2 and max_connections=1, at most one connection per worker
+    is served at a time; the others wait in the backlog and are served later."""
+    (tmp_path / "tapp.py").write_text(APP)
+    args = ["run", "tapp:app", "--listen", "tcp://127.0.0.1:0", "--workers", "2",
+            "--max-connections", "1"]
+    with Server(args, cwd=tmp_path) as server:
+        addr = _port_of(server.serving())
+        socks = [socket.create_connection(addr, timeout=5) for _ in range(6)]
+        for s in socks:
+            s.sendall(b"x")
+        served = []
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline and len(served) < len(socks):
+            readable, _, _ = select.select([s for s in socks if s not in served], [], [], 0.1)
+            for s in readable:
+                assert s.recv(1) == b"x"
+                served.append(s)
+        assert 1 <= len(served) <= 2, len(served)  # one per worker at most
+        waiting = [s for s in socks if s not in served]
+        for s in served:
+            s.close()
+        deadline = time.monotonic() + 10
+        while waiting:  # each close lets a waiting one in (on the same worker)
+            assert time.monotonic() < deadline, f"{len(waiting)} never served"
+            readable, _, _ = select.select(waiting, [], [], 0.5)
+            for s in readable:
+                assert s.recv(1) == b"x"
+                s.close()
+                waiting.remove(s)
