@@ -291,9 +291,12 @@ def serve_netreactor(host: str, port: int, unix: str | None, proto: str = "echo"
 
         handler = FramedEcho()
     elif proto in APP_PROTOS:
-        from netreactor.examples import load_example
+        from netreactor.examples import load_example, resolve_flags
 
         handler = load_example(APP_PROTOS[proto])()
+        # The engine options `netreactor example NAME` gives it (HTTP: its
+        # keep-alive timeout is the engine's idle_timeout, not one per connection).
+        options = {**resolve_flags(APP_PROTOS[proto], {}, {})[1], **(options or {})}
     addr = f"unix://{unix}" if unix else f"tcp://{host}:{port}"
     nr.run(handler, addr, **bench_options(options))
 
