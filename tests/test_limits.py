@@ -168,7 +168,7 @@ def test_no_limits_no_limiter():
 
 def test_the_1001st_connection_waits_in_the_backlog_and_is_served_when_one_closes():
     n = 1000
-    with serving(Echo(), "tcp://127.0.0.1:0", max_connections=n, backlog=64) as engine:
+    with serving(Echo(), "tcp://127.0.0.1:0", max_connections=n) as engine:
         addr = engine.addresses[0]
         first = [connect(addr) for _ in range(n)]
         wait_for(lambda: engine.count_connections() == n, what="a thousand accepted")
