@@ -9,6 +9,8 @@ __all__ = [
     "BufferOverflowError",
     "EngineStoppedError",
     "RefusedError",
+    "IdleTimeoutError",
+    "ReadTimeoutError",
     "one_line",
 ]
 
@@ -48,6 +50,17 @@ class RefusedError(NetreactorError, ConnectionError):
     def __init__(self, reason: str, msg: str) -> None:
         super().__init__(msg)
         self.reason = reason
+
+
+class IdleTimeoutError(NetreactorError, TimeoutError):
+    """No traffic in either direction for the connection's idle timeout
+    (``idle_timeout``, ``conn.set_idle_timeout``): it was closed."""
+
+
+class ReadTimeoutError(NetreactorError, TimeoutError):
+    """A read timeout (``conn.set_read_timeout``) passed before it was cleared:
+    the connection was closed. Preambles' timeouts (PROXY header, TLS
+    handshake) are this too."""
 
 
 def one_line(exc: BaseException) -> str:

@@ -238,6 +238,24 @@ def test_start_tls_handshakes_count_too(tls_pki):
     assert (snap["tls_handshakes"], snap["tls_failures"]) == (1, 1)
 
 
+@pytest.mark.parametrize("loops", [1, 3], ids=["1-loop", "main-reactor"])
+def test_refusals_over_max_connections_per_ip(loops):
+    """A connection refused by max_connections_per_ip is accepted and refused in the
+    stats (on a serving loop, whichever thread accepted it), never open."""
+    with serving(Commands(), "tcp://127.0.0.1:0", loops=loops, max_connections_per_ip=1) as engine:
+        addr = engine.addresses[0]
+        with connect(addr) as kept:
+            kept.sendall(b"x")
+            assert recv_exact(kept, 1) == b"x"
+            for _ in range(3):
+                with connect(addr) as c:
+                    _closed_by_server(c)
+            wait_for(lambda: engine.stats()["refused.per_ip"] == 3, what="the refusals")
+            snap = engine.stats()
+            assert (snap["accepted"], snap["open"]) == (4, 1)
+            assert engine.limits.snapshot()["refused"] == 3
+
+
 def test_stats_before_serving_is_all_zero():
     engine = nr.Engine(Commands(), "tcp://127.0.0.1:0")
     snap = engine.stats()

@@ -43,13 +43,14 @@ if TYPE_CHECKING:  # pragma: no cover
 from .. import metrics
 from ..address import Address, parse_address
 from ..callbacks import call
+from ..debug import DebugHandler, check_setup, conn_class
 from ..errors import EngineStoppedError
 from ..handler import Action, EventHandler
 from ..options import Options
 from ..pool import queue_depth
 from ..reactor import EventLoop, new_poller
 from ..runtime import gil_enabled
-from ..stream import Conn, EdgeConn, StreamContext, for_socket
+from ..stream import StreamContext, for_socket
 from ..stream.conn import Preamble
 from ..stream.proxy_preamble import proxy_preamble_factory
 from ..stream.sockopts import tune_tcp
@@ -58,6 +59,7 @@ from .acceptor import Acceptor
 from .activation import InheritedSocket
 from .balancer import make_balancer
 from .datagram import DatagramEndpoint
+from .limits import ConnectionLimits
 from .listener import Listener, bind_group
 
 __all__ = ["Server", "STATS_INTERVAL"]
@@ -72,6 +74,13 @@ PreambleFactory = Callable[[Any, StreamContext], Sequence[Preamble]]
 
 def _proxy_only(proxy: Callable[[Any], Preamble]) -> PreambleFactory:
     return lambda peer, ctx: (proxy(peer),)
+
+
+def _count_refused(slot: _LoopSlot) -> None:
+    """On the slot's loop: one connection accepted and refused over max_connections_per_ip."""
+    counts = slot.ctx.counts
+    counts["accepted"] += 1
+    counts["refused.per_ip"] += 1
 
 
 class _LoopSlot:
@@ -110,9 +119,17 @@ class Server:
                  logger: Any, *, facade: Any = None, prebound: Optional[Dict[int, Listener]] = None,
                  own_signals: bool = True, inherited: Optional[Dict[int, InheritedSocket]] = None,
                  stats_sink: Optional[Callable[[metrics.Snapshot], None]] = None) -> None:
-        self.handler = handler
+        # Debug mode sees the handler through a proxy that times its callbacks.
+        self.handler: Any = DebugHandler(handler, options.slow_callback_duration, logger) \
+            if options.debug else handler
         self.options = options
         self.logger = logger
+        #: max_connections / max_connections_per_ip, or None when neither is set.
+        self.limits: Optional[ConnectionLimits] = None
+        if options.max_connections is not None or options.max_connections_per_ip is not None:
+            self.limits = ConnectionLimits(options.max_connections, options.max_connections_per_ip,
+                                           logger)
+        self._conn_class = conn_class(options)
         self._addresses = list(addresses)
         self._facade: Any = facade if facade is not None else self  # the public Engine, duck-typed
         self._prebound = dict(prebound or {})
@@ -221,6 +238,8 @@ class Server:
             self._setup_tls()
             self._setup_loops()
             self._bind()
+            if self.options.debug:
+                check_setup(self.handler, self.options, self.logger)
             if self.handler.on_boot(self._facade) is Action.SHUTDOWN:
                 self.logger.info("on_boot returned SHUTDOWN; not serving")
                 return
@@ -270,6 +289,8 @@ class Server:
         for i in range(n):
             loop = self._new_loop(i)
             ctx = StreamContext(loop, self.handler, opts, self.stop, counts=metrics.loop_stats())
+            if self.limits is not None:
+                ctx.on_closed = self.limits.closed
             self._slots.append(_LoopSlot(loop, ctx))
         self._all_loops = [slot.loop for slot in self._slots]
         if n > 1 and not opts.reuse_port:
@@ -279,7 +300,10 @@ class Server:
             self._primary = self._slots[0].loop
 
     def _new_loop(self, index: int) -> EventLoop:
-        return EventLoop(index, new_poller(self.options.poller), self.logger)
+        loop = EventLoop(index, new_poller(self.options.poller), self.logger)
+        if self.options.debug:
+            loop.set_debug(self.options.slow_callback_duration)
+        return loop
 
     # ------------------------------------------------------------------ binding
 
@@ -301,7 +325,7 @@ class Server:
                                                           self.stop))
             elif opts.reuse_port and addr.transport != "unix" and prebound is None:
                 for slot, lst in zip(self._slots, self._bind_per_loop(addr, True), strict=True):
-                    self._sources.append(Acceptor(slot.loop, lst, self._local_dispatch(slot, lst)))
+                    self._sources.append(self._acceptor(slot.loop, lst, self._local_dispatch(slot, lst)))
             else:
                 lst = prebound if prebound is not None else Listener(addr, opts, reuse_port=opts.reuse_port)
                 self._listeners.append(lst)
@@ -315,12 +339,12 @@ class Server:
     def _accept_on(self, lst: Listener, main_reactor: bool) -> None:
         """Accept on the stream listener ``lst``: on the main reactor, or on every loop."""
         if main_reactor:
-            self._sources.append(Acceptor(self._primary, lst,  # type: ignore[arg-type]
-                                          self._handoff_dispatch(lst)))
+            self._sources.append(self._acceptor(self._primary, lst,  # type: ignore[arg-type]
+                                                self._handoff_dispatch(lst)))
         else:
             shared = len(self._slots) > 1
             for slot in self._slots:
-                self._sources.append(Acceptor(slot.loop, lst, self._local_dispatch(slot, lst), shared))
+                self._sources.append(self._acceptor(slot.loop, lst, self._local_dispatch(slot, lst), shared))
 
     def _serve_inherited(self, lst: Listener, main_reactor: bool) -> None:
         """Serve a socket bound by someone else (``fd://N``, systemd). It is one
@@ -372,6 +396,13 @@ class Server:
 
     # ------------------------------------------------------------------ accepting
 
+    def _acceptor(self, loop: EventLoop, lst: Listener, dispatch: Callable[[socket.socket, Any], None],
+                  shared: bool = False) -> Acceptor:
+        acceptor = Acceptor(loop, lst, dispatch, shared, gate=self.limits)
+        if self.limits is not None:
+            self.limits.on_resume(lambda: loop.post(acceptor.release))
+        return acceptor
+
     def _preambles_for(self, lst: Listener) -> Optional[PreambleFactory]:
         """What a connection accepted on ``lst`` runs before ``on_open``, as
         ``factory(peer_address, ctx) -> [Preamble, ...]`` (``ctx``: the
@@ -409,6 +440,19 @@ class Server:
         adopt = self._adopt
         tcp = lst.transport == "tcp"
         preambles = self._preambles_for(lst)
+        limits = self.limits
+        if limits is not None:
+            admit = limits.admit
+
+            def admitted(sock: socket.socket, addr: Any) -> None:
+                key = admit(addr)
+                if key is None:
+                    sock.close()  # over max_connections_per_ip
+                    _count_refused(slot)
+                else:
+                    adopt(slot, sock, addr, tcp, preambles, False, key)
+
+            return admitted
 
         def dispatch(sock: socket.socket, addr: Any) -> None:
             adopt(slot, sock, addr, tcp, preambles)
@@ -420,37 +464,50 @@ class Server:
         adopt = self._adopt
         tcp = lst.transport == "tcp"
         preambles = self._preambles_for(lst)
+        limits = self.limits
 
         def dispatch(sock: socket.socket, addr: Any) -> None:
+            key = None
+            if limits is not None:
+                key = limits.admit(addr)
+                if key is None:
+                    sock.close()  # over max_connections_per_ip
+                    refused = pick(addr)  # counted on a serving loop, by its own thread
+                    refused.loop.call_soon_threadsafe(_count_refused, refused)
+                    return
             slot = pick(addr)
             slot.handed += 1
-            slot.loop.call_soon_threadsafe(adopt, slot, sock, addr, tcp, preambles, True)
+            slot.loop.call_soon_threadsafe(adopt, slot, sock, addr, tcp, preambles, True, key)
 
         return dispatch
 
     def _adopt(self, slot: _LoopSlot, sock: socket.socket, addr: Any, tcp: bool,
-               preambles: Optional[PreambleFactory], handed: bool = False) -> None:
+               preambles: Optional[PreambleFactory], handed: bool = False,
+               key: Optional[str] = None) -> None:
         """On the slot's loop: set the socket up, register it, run its preambles
-        and ``on_open``."""
+        and ``on_open``. ``key`` is what the connection limits admitted it
+        under (None without limits)."""
         if handed:
             slot.adopted += 1
         loop = slot.loop
         counts = slot.ctx.counts
         counts["accepted"] += 1
-        if loop.stopping:
-            sock.close()
-            counts["closed.local"] += 1
-            return
         try:
+            if loop.stopping:
+                raise ConnectionAbortedError
             sock.setblocking(False)
             if tcp:
                 tune_tcp(sock, self.options)
-        except OSError:
-            sock.close()  # the peer is already gone
-            counts["closed.peer"] += 1
+        except OSError:  # stopping, or the peer is already gone
+            sock.close()
+            counts["closed.local" if loop.stopping else "closed.peer"] += 1
+            if key is not None:
+                self.limits.cancelled(key)  # type: ignore[union-attr]
             return
         transport = for_socket(sock)
-        conn = (EdgeConn if self.options.edge_triggered else Conn)(slot.ctx, sock.detach(), transport)
+        conn = self._conn_class(slot.ctx, sock.detach(), transport)
+        if key is not None:
+            self.limits.adopted(conn, key)  # type: ignore[union-attr]
         conn.start(preambles(addr, slot.ctx) if preambles is not None else ())
 
     # ------------------------------------------------------------------ running & stopping

@@ -14,11 +14,11 @@ What it does, in order:
    malformed, oversized or wrong-version header at its first impossible byte.
    A peer that closes or fails first costs its connection only.
 3. **The header timeout.** A header that is not complete ``timeout`` seconds
-   after the connection was accepted closes it (a ``TimeoutError``, counted as
-   ``closed.timeout``): a slow or silent peer cannot hold a connection. The
-   timer is armed and dropped in one place (:meth:`ProxyPreamble._arm`,
-   :meth:`ProxyPreamble._disarm`), so it can move onto a general preamble
-   deadline later.
+   after the connection was accepted closes it (a
+   :class:`~netreactor.errors.ReadTimeoutError`, counted as ``closed.timeout``):
+   a slow or silent peer cannot hold a connection. It is the connection's read
+   timeout (``conn.set_read_timeout``), on the loop's timing wheel, which
+   ``preamble_done``/``preamble_failed`` clear.
 4. **Done.** For a PROXY header, ``conn.remote_addr``/``conn.local_addr``
    become the original client's and the address it dialled
    (:meth:`Conn.set_addresses`); LOCAL (health checks), UNKNOWN and UNSPEC keep
@@ -33,11 +33,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from ..errors import PeerClosedError, RefusedError
+from ..errors import PeerClosedError, ReadTimeoutError, RefusedError
 from ..protocols.proxy import AllowList, ProxyParser, ProxyProtocolError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..reactor import TimerHandle
     from .conn import Conn
 
 __all__ = ["ProxyPreamble", "proxy_preamble_factory", "READ_SIZE"]
@@ -62,14 +61,13 @@ class ProxyPreamble:
     returned (the proxy's).
     """
 
-    __slots__ = ("_parser", "_allow", "_timeout", "_peer", "_timer")
+    __slots__ = ("_parser", "_allow", "_timeout", "_peer")
 
     def __init__(self, mode: str, allow: AllowList, timeout: float, peer: Any) -> None:
         self._parser: Optional[ProxyParser] = ProxyParser(mode)
         self._allow = allow
         self._timeout = timeout
         self._peer = peer
-        self._timer: Optional[TimerHandle] = None
 
     # ------------------------------------------------------------------ Preamble
 
@@ -98,8 +96,7 @@ class ProxyPreamble:
             self._feed(conn, data)
 
     def abandon(self, conn: Conn) -> None:
-        self._disarm()
-        self._parser = None
+        self._parser = None  # the connection's close drops its read timeout
 
     # ------------------------------------------------------------------ parsing
 
@@ -113,7 +110,6 @@ class ProxyPreamble:
             return
         if header is None:
             return  # incomplete: wait for more (or the timeout)
-        self._disarm()
         self._parser = None
         if header.proxied:
             conn.set_addresses(header.source, header.destination)
@@ -121,25 +117,20 @@ class ProxyPreamble:
         conn.preamble_done(parser.rest)
 
     def _fail(self, conn: Conn, err: BaseException) -> None:
-        self._disarm()
         self._parser = None
         conn.preamble_failed(err)
 
     # ------------------------------------------------------------------ the header timeout
 
     def _arm(self, conn: Conn) -> None:
-        self._timer = conn.call_later(self._timeout, self._expired, conn)
-
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        # On the loop's timing wheel, as every connection timeout (no heap timer
+        # per connection); preamble_done()/preamble_failed() clear it.
+        conn.set_read_timeout(self._timeout, on_timeout=self._expired)
 
     def _expired(self, conn: Conn) -> None:
-        self._timer = None
         if self._parser is not None:
             got = self._parser.buffered
-            self._fail(conn, TimeoutError(
+            self._fail(conn, ReadTimeoutError(
                 f"{_show(self._peer)}: no complete PROXY protocol header within {self._timeout:g} s "
                 f"({got} byte{'' if got == 1 else 's'} received)"))
 
