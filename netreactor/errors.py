@@ -45,7 +45,9 @@ class RefusedError(NetreactorError, ConnectionError):
     """The server refused a connection before ``on_open`` (its handler never
     hears of it). ``reason`` says why, as the ``refused`` counter of
     :func:`netreactor.Engine.stats` labels it: ``"proxy"`` (a missing, malformed
-    or unauthorised PROXY protocol header), ``"max_connections"``, ``"per_ip"``."""
+    or unauthorised PROXY protocol header). Connections over
+    ``max_connections_per_ip`` are counted as ``"per_ip"`` refusals (they are
+    closed before a Conn exists, so no RefusedError is raised for them)."""
 
     def __init__(self, reason: str, msg: str) -> None:
         super().__init__(msg)
