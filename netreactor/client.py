@@ -52,7 +52,8 @@ DialCallback = Callable[[Optional[AnyConn], Optional[BaseException]], Any]
 # Options that only make sense for a server.
 _SERVER_ONLY = ("lb", "reuse_port", "reuse_addr", "workers", "cpu_affinity", "multicore", "backlog",
                 "graceful_timeout",
-                "udp_session_timeout", "udp_max_sessions", "multicast_interface")
+                "udp_session_timeout", "udp_max_sessions", "multicast_interface",
+                "asyncio", "asyncio_max_tasks", "asyncio_low_water")
 _IN_PROGRESS = {errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK}
 
 

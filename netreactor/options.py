@@ -73,6 +73,13 @@ class Options:
                                        "it are dropped.")
     multicast_interface: Optional[str] = opt(None, "UDP multicast: the interface to join on (an IPv4 "
                                                    "address or an interface name).")
+    asyncio: bool = opt(False, "Run an asyncio event loop on every event loop's thread, on the same "
+                               "poller, for ``conn.spawn(coroutine)``.")
+    asyncio_max_tasks: int = opt(1024, "asyncio: coroutines in flight per engine before spawning "
+                                       "connections stop being read.")
+    asyncio_low_water: Optional[int] = opt(None, "asyncio: coroutines in flight at or below which "
+                                                 "paused connections are read again (None: half of "
+                                                 "asyncio_max_tasks).")
 
     @classmethod
     def from_kwargs(cls, kwargs: Mapping[str, Any]) -> "Options":
@@ -91,7 +98,7 @@ class Options:
         """Raise ``ValueError`` naming the first option whose value is wrong."""
         _int("loops", self.loops, 1, 4096)
         for name in ("multicore", "reuse_port", "reuse_addr", "ticker", "tcp_no_delay",
-                     "edge_triggered", "cpu_affinity"):
+                     "edge_triggered", "cpu_affinity", "asyncio"):
             _bool(name, getattr(self, name))
         _choice("lb", self.lb, LOAD_BALANCERS)
         _choice("poller", self.poller, POLLERS)
@@ -126,6 +133,9 @@ class Options:
         _int("udp_max_sessions", self.udp_max_sessions, 1, 1 << 24)
         if self.multicast_interface is not None:
             _interface("multicast_interface", self.multicast_interface)
+        _int("asyncio_max_tasks", self.asyncio_max_tasks, 1, 1 << 24)
+        if self.asyncio_low_water is not None:
+            _int("asyncio_low_water", self.asyncio_low_water, 0, self.asyncio_max_tasks - 1)
         if self.logger is not None and not all(
             hasattr(self.logger, m) for m in ("debug", "info", "warning", "error", "exception")
         ):

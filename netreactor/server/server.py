@@ -44,6 +44,7 @@ from ..handler import Action, EventHandler
 from ..options import Options
 from ..reactor import EventLoop, new_poller
 from ..runtime import gil_enabled
+from ..spawner import Spawner
 from ..stream import Conn, EdgeConn, StreamContext, for_socket
 from ..stream.conn import Preamble
 from ..stream.sockopts import tune_tcp
@@ -58,6 +59,12 @@ __all__ = ["Server"]
 Source = Union[Acceptor, DatagramEndpoint]
 #: ``factory(peer_address)``: the preambles of one accepted connection.
 PreambleFactory = Callable[[Any], Sequence[Preamble]]
+#: ``factory(index, poller, logger)``: an event loop.
+LoopFactory = Callable[[int, Any, Any], EventLoop]
+
+
+def _nothing() -> None:
+    pass
 
 
 class _LoopSlot:
@@ -90,7 +97,7 @@ class Server:
 
     def __init__(self, handler: EventHandler, addresses: Sequence[Address], options: Options,
                  logger: Any, *, facade: Any = None, prebound: Optional[dict] = None,
-                 own_signals: bool = True) -> None:
+                 own_signals: bool = True, primary_loop: Optional[LoopFactory] = None) -> None:
         self.handler = handler
         self.options = options
         self.logger = logger
@@ -110,6 +117,15 @@ class Server:
         self._all_loops: List[EventLoop] = []  # plus the main reactor, if any
         self._sources: List[Source] = []
         self._primary: Optional[EventLoop] = None
+        self._threads: List[threading.Thread] = []
+        self._restore_signals: Callable[[], None] = _nothing
+        #: ``primary_loop(index, poller, logger)`` makes the loop that serve()'s
+        #: caller drives (embedding: netreactor.embed); None: a plain EventLoop.
+        self._primary_factory = primary_loop
+        self._spawner: Optional[Spawner] = None
+        if options.asyncio or primary_loop is not None:
+            self._spawner = Spawner(options.asyncio_max_tasks, options.asyncio_low_water,
+                                    logger=logger, shutdown_timeout=options.shutdown_timeout)
 
     # ------------------------------------------------------------------ public
 
@@ -125,6 +141,16 @@ class Server:
 
     def count_connections(self) -> int:
         return sum(slot.loop.conn_count for slot in self._slots)
+
+    @property
+    def spawner(self) -> Optional[Spawner]:
+        """What runs ``conn.spawn`` coroutines (None without asyncio)."""
+        return self._spawner
+
+    @property
+    def primary(self) -> Optional[EventLoop]:
+        """The loop on the thread that called :meth:`serve` (or :meth:`begin`)."""
+        return self._primary
 
     def stop(self) -> None:
         """Stop gracefully, from any thread (or a callback). A second call does nothing."""
@@ -167,28 +193,74 @@ class Server:
         """Bind, boot, serve on the calling thread until stopped, then shut down.
         ``on_ready()`` runs once bound and booted, just before serving."""
         try:
-            self._setup_loops()
-            self._bind()
-            if self.handler.on_boot(self._facade) is Action.SHUTDOWN:
-                self.logger.info("on_boot returned SHUTDOWN; not serving")
+            if not self.begin():
                 return
-            with self._lock:
-                self._serving = True
-                if self._stop_requested:  # stop() during on_boot
-                    for loop in self._all_loops:
-                        loop.call_soon_threadsafe(self._shutdown_loop, loop, urgent=True)
             try:
-                self._run_loops(on_ready)
+                self.launch(on_ready)
+                self._loop_main(self._primary)  # type: ignore[arg-type]
             finally:
-                # Also when SystemExit or KeyboardInterrupt escaped a handler:
-                # every peer gets its close, and the handler its on_shutdown.
-                self._close_leftovers()
-                call(self.logger, self.handler, "on_shutdown", None, self.handler.on_shutdown,
-                     self._facade)
-            if self._escaped is not None:  # it escaped on a loop thread: raise it here
-                raise self._escaped
+                self.end()
+            self.raise_escaped()
         finally:
-            self._release()
+            self.release()
+
+    # serve() in steps, for a caller that drives the primary loop itself (an
+    # asyncio program: netreactor.embed): begin() -> launch() -> (the primary
+    # loop runs until stopped) -> end() -> release(), release() always.
+
+    def begin(self) -> bool:
+        """Set up the loops, bind, run ``on_boot``; False if it said SHUTDOWN."""
+        self._setup_loops()
+        self._bind()
+        if self.handler.on_boot(self._facade) is Action.SHUTDOWN:
+            self.logger.info("on_boot returned SHUTDOWN; not serving")
+            return False
+        with self._lock:
+            self._serving = True
+            if self._stop_requested:  # stop() during on_boot
+                for loop in self._all_loops:
+                    loop.call_soon_threadsafe(self._shutdown_loop, loop, urgent=True)
+        return True
+
+    def launch(self, on_ready: Optional[Callable[[], None]] = None) -> None:
+        """Start the other loops' threads, the ticker and the signal handlers; then ``on_ready()``."""
+        primary: EventLoop = self._primary  # type: ignore[assignment]
+        self._threads = [threading.Thread(target=self._loop_main, args=(loop,), daemon=True,
+                                          name=f"netreactor-loop-{loop.index}")
+                         for loop in self._all_loops if loop is not primary]
+        if self.options.ticker:
+            primary.call_soon(self._tick)
+        for t in self._threads:
+            t.start()
+        self._restore_signals = self._install_signals()
+        # Logged once SIGINT/SIGTERM are handled, so whoever reads it may stop us gracefully.
+        self.logger.info("serving %s on %d loop(s)", ", ".join(self.addresses), len(self._slots))
+        if on_ready is not None:
+            on_ready()
+
+    def join_loops(self, timeout: Optional[float] = None) -> None:
+        """Stop, and wait for the other loops' threads (any thread)."""
+        self.stop()
+        for t in self._threads:
+            t.join(timeout)
+
+    def end(self) -> None:
+        """After the primary loop returned: stop and join the others, close what is
+        left, run ``on_shutdown``."""
+        try:
+            self.join_loops()
+            self._restore_signals()
+        finally:
+            # Also when SystemExit or KeyboardInterrupt escaped a handler:
+            # every peer gets its close, and the handler its on_shutdown.
+            self._close_leftovers()
+            call(self.logger, self.handler, "on_shutdown", None, self.handler.on_shutdown,
+                 self._facade)
+
+    def raise_escaped(self) -> None:
+        """Raise the SystemExit/KeyboardInterrupt that escaped a loop thread, if one did."""
+        if self._escaped is not None:
+            raise self._escaped
 
     def _loop_count(self) -> int:
         if self.options.multicore and not gil_enabled():
@@ -198,18 +270,22 @@ class Server:
     def _setup_loops(self) -> None:
         opts = self.options
         n = self._loop_count()
+        main_reactor = n > 1 and not opts.reuse_port
         for i in range(n):
-            loop = self._new_loop(i)
-            self._slots.append(_LoopSlot(loop, StreamContext(loop, self.handler, opts, self.stop)))
+            loop = self._new_loop(i, primary=i == 0 and not main_reactor)
+            ctx = StreamContext(loop, self.handler, opts, self.stop)
+            ctx.spawner = self._spawner
+            self._slots.append(_LoopSlot(loop, ctx))
         self._all_loops = [slot.loop for slot in self._slots]
-        if n > 1 and not opts.reuse_port:
-            self._primary = self._new_loop(-1)
+        if main_reactor:
+            self._primary = self._new_loop(-1, primary=True)
             self._all_loops.insert(0, self._primary)
         else:
             self._primary = self._slots[0].loop
 
-    def _new_loop(self, index: int) -> EventLoop:
-        return EventLoop(index, new_poller(self.options.poller), self.logger)
+    def _new_loop(self, index: int, primary: bool = False) -> EventLoop:
+        factory = self._primary_factory if primary and self._primary_factory is not None else EventLoop
+        return factory(index, new_poller(self.options.poller), self.logger)
 
     # ------------------------------------------------------------------ binding
 
@@ -311,31 +387,9 @@ class Server:
 
     # ------------------------------------------------------------------ running & stopping
 
-    def _run_loops(self, on_ready: Optional[Callable[[], None]]) -> None:
-        primary: EventLoop = self._primary  # type: ignore[assignment]
-        threads = [threading.Thread(target=self._loop_main, args=(loop,), daemon=True,
-                                    name=f"netreactor-loop-{loop.index}")
-                   for loop in self._all_loops if loop is not primary]
-        if self.options.ticker:
-            primary.call_soon(self._tick)
-        for t in threads:
-            t.start()
-        restore = self._install_signals()
-        # Logged once SIGINT/SIGTERM are handled, so whoever reads it may stop us gracefully.
-        self.logger.info("serving %s on %d loop(s)", ", ".join(self.addresses), len(self._slots))
-        if on_ready is not None:
-            on_ready()
-        try:
-            self._loop_main(primary)
-        finally:
-            self.stop()
-            for t in threads:
-                t.join()
-            restore()
-
     def _loop_main(self, loop: EventLoop) -> None:
         try:
-            loop.run()
+            self._run_loop(loop)
         except (SystemExit, KeyboardInterrupt) as exc:
             # Not contained (as in asyncio): the server stops and serve() raises it.
             self.logger.info("%s raised on event loop %d; stopping", type(exc).__name__, loop.index)
@@ -349,6 +403,20 @@ class Server:
             self.stop()
             raise
 
+    def _run_loop(self, loop: EventLoop) -> None:
+        """Run ``loop`` until it stops: alone, or with asyncio on its thread and poller."""
+        spawner = self._spawner
+        if not self.options.asyncio or spawner is None:
+            loop.run()
+            return
+        from ..reactor.aio import run_with_asyncio  # asyncio is imported only when asked for
+
+        try:
+            run_with_asyncio(loop, on_start=lambda aio: spawner.attach(loop, aio),
+                             before_close=spawner.drain)
+        finally:
+            spawner.detach(loop)
+
     def _shutdown_loop(self, loop: EventLoop) -> None:
         """On ``loop``: stop accepting, close every connection after flushing, then stop."""
         loop.shutdown(self.options.shutdown_timeout, [s for s in self._sources if s.loop is loop])
@@ -361,7 +429,8 @@ class Server:
                 conn.abort(EngineStoppedError("engine stopped"))
             loop.finish()
 
-    def _release(self) -> None:
+    def release(self) -> None:
+        """Close the listeners and the loops (last, whatever happened before)."""
         for lst in self._listeners:
             lst.close()
         for loop in self._all_loops:

@@ -39,7 +39,8 @@ Reasons reading is paused (``_paused``, a bit set; a connection reads when
 it is OPEN and no bit is set): :data:`Pause.BACKLOG` (queued output passed
 ``write_high_water``; cleared at ``write_low_water``; accepted connections
 only), :data:`Pause.HANDLER` (``pause_reading()``), :data:`Pause.POOL` (a
-full :class:`netreactor.WorkerPool`). Each owner sets and clears its own bit.
+full :class:`netreactor.WorkerPool`), :data:`Pause.SPAWN` (too many coroutines
+in flight: :meth:`Conn.spawn`). Each owner sets and clears its own bit.
 
 A connection that is not reading still gets errors and hang-ups from the
 poller: an error closes it; a hang-up with no error (a Unix peer that closed,
@@ -122,6 +123,7 @@ class Pause(enum.IntFlag):
     BACKLOG = 1
     HANDLER = 2
     POOL = 4
+    SPAWN = 8
 
 
 _BACKLOG = int(Pause.BACKLOG)
@@ -133,7 +135,7 @@ class StreamContext:
 
     __slots__ = ("loop", "handler", "logger", "read_buffer_cap", "inbound_buffer_cap",
                  "write_high_water", "write_low_water", "write_buffer_cap", "close_timeout",
-                 "pause_on_high_water", "read_budget", "request_shutdown")
+                 "pause_on_high_water", "read_budget", "request_shutdown", "spawner")
 
     def __init__(self, loop: "EventLoop", handler: Any, options: Any,
                  request_shutdown: Callable[[], None], *, pause_on_high_water: bool = True) -> None:
@@ -155,6 +157,9 @@ class StreamContext:
         self.read_budget = 16
         #: What ``Action.SHUTDOWN`` calls.
         self.request_shutdown = request_shutdown
+        #: What runs ``conn.spawn`` coroutines (a :class:`netreactor.spawner.Spawner`),
+        #: or None when the owner runs no asyncio.
+        self.spawner: Any = None
 
 
 class Preamble(Protocol):
@@ -876,6 +881,8 @@ class Conn(Inbound):
 
     def _closed_for_handler(self, err: Optional[BaseException]) -> None:
         ctx = self._ctx
+        if ctx.spawner is not None:
+            ctx.spawner.connection_closed(self)  # cancel what it spawned
         action = call(ctx.logger, ctx.handler, "on_close", self, ctx.handler.on_close, self, err,
                       closing=False)
         if action is Action.SHUTDOWN:
@@ -888,6 +895,31 @@ class Conn(Inbound):
         (loop thread); returns a handle whose ``cancel()`` drops it. For idle and
         read timeouts: check ``conn.closed`` in the callback."""
         return self._loop.call_later(delay, callback, *args)
+
+    # ------------------------------------------------------------------ coroutines
+
+    def spawn(self, coro: Any, on_result: Optional[Callable[["Conn", Any, Optional[BaseException]], Any]] = None,
+              *, cancel_on_close: bool = True) -> Any:
+        """Run the coroutine ``coro`` on this connection's loop thread (loop thread;
+        the engine needs ``asyncio=True``, or ``netreactor.serve()``). Returns its
+        ``asyncio.Task``.
+
+        A bytes-like result is written to the connection, in the order the
+        coroutines were spawned for it; ``on_result(conn, result, exc)`` runs
+        instead when given. A coroutine that raises is logged and its
+        connection closed, unless ``on_result`` takes the exception. Closing the
+        connection cancels it, unless ``cancel_on_close=False``. Too many in
+        flight per engine pause this connection's reading until there is room.
+        See :mod:`netreactor.spawner`.
+        """
+        spawner = self._ctx.spawner
+        if spawner is None:
+            if hasattr(coro, "close"):
+                coro.close()  # never awaited: no "coroutine was never awaited" warning on top
+            raise RuntimeError("conn.spawn() needs asyncio: start the engine with asyncio=True "
+                               "(CLI --asyncio), or serve it with netreactor.serve() inside an "
+                               "asyncio program")
+        return spawner.spawn(self, coro, on_result, cancel_on_close=cancel_on_close)
 
     # ------------------------------------------------------------------ flow control
 
