@@ -27,7 +27,7 @@ import logging
 import os
 import subprocess
 import sys
-from typing import Any, List, NoReturn, Optional, Sequence
+from typing import Any, Dict, List, NoReturn, Optional, Sequence
 
 from .. import __version__
 from ..engine import Engine
@@ -196,8 +196,9 @@ def _setup_logging(level: str) -> None:
     root.setLevel(level.upper())
 
 
-def _serve(handler: EventHandler, listen: Sequence[str], args: argparse.Namespace) -> int:
-    options = options_from_args(args)
+def _serve(handler: EventHandler, listen: Sequence[str], args: argparse.Namespace,
+           defaults: Optional[Dict[str, Any]] = None) -> int:
+    options = {**(defaults or {}), **options_from_args(args)}
     try:
         engine = Engine(handler, *listen, **options)
     except ValueError as exc:
@@ -235,7 +236,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_example(args: argparse.Namespace) -> int:
-    from ..examples import DESCRIPTIONS, EXAMPLES, default_listen, load_example
+    from ..examples import DESCRIPTIONS, EXAMPLES, default_listen, default_options, load_example
 
     if args.list:
         width = max(len(name) for name in EXAMPLES)
@@ -251,7 +252,7 @@ def _cmd_example(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     _setup_logging(args.log_level)
     return _serve(_make_handler(factory, f"example {args.name}"),
-                  args.listen or [default_listen(args.name)], args)
+                  args.listen or [default_listen(args.name)], args, default_options(args.name))
 
 
 def _bench_dir() -> Optional[str]:

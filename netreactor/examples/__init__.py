@@ -12,7 +12,7 @@ from typing import Callable, Dict
 
 from ..handler import EventHandler
 
-__all__ = ["EXAMPLES", "DESCRIPTIONS", "load_example", "default_listen"]
+__all__ = ["EXAMPLES", "DESCRIPTIONS", "load_example", "default_listen", "default_options"]
 
 EXAMPLES: Dict[str, str] = {
     "echo": "netreactor.examples.echo:Echo",
@@ -20,6 +20,7 @@ EXAMPLES: Dict[str, str] = {
     "http": "netreactor.examples.http:HTTPExample",
     "udp-echo": "netreactor.examples.udp_echo:UDPEcho",
     "push": "netreactor.examples.push:PushOnTick",
+    "redis-front": "netreactor.examples.redis_front:RedisFront",
 }
 
 DESCRIPTIONS: Dict[str, str] = {
@@ -28,11 +29,22 @@ DESCRIPTIONS: Dict[str, str] = {
     "http": "HTTP/1.1 server: GET /plaintext, GET /json, POST /echo (keep-alive, pipelining, chunked bodies)",
     "udp-echo": "UDP echo server: sends every datagram back to its sender",
     "push": "pushes a 'tick N TIME' line to every client each second (give --ticker)",
+    "redis-front": "RESP front end awaiting a real Redis (NETREACTOR_REDIS_URL) with redis.asyncio "
+                   "per command, replies in order (asyncio on; needs redis-py)",
 }
 
 
 #: Where an example listens when no --listen is given: its own transport.
 _DEFAULT_LISTEN: Dict[str, str] = {"udp-echo": "udp://127.0.0.1:9000"}
+
+
+#: Engine options an example needs, under whatever the command line gives.
+_DEFAULT_OPTIONS: Dict[str, Dict[str, object]] = {"redis-front": {"asyncio": True}}
+
+
+def default_options(name: str) -> Dict[str, object]:
+    """The engine options example ``name`` runs with unless told otherwise."""
+    return dict(_DEFAULT_OPTIONS.get(name, {}))
 
 
 def default_listen(name: str) -> str:
