@@ -62,7 +62,7 @@ class RedisFront(EventHandler):
         self.url = url or os.environ.get("NETREACTOR_REDIS_URL", DEFAULT_URL)
         self.client_options = client_options
         self._clients: Dict[Any, Any] = {}  # asyncio loop -> redis.asyncio.Redis
-        self._closers: Set["asyncio.Task[None]"] = set()  # asyncio keeps only weak references
+        self._closers: Set[asyncio.Task[None]] = set()  # asyncio keeps only weak references
         self._commands: Dict[bytes, Callable[[Any, Command], Awaitable[bytes]]] = {
             b"get": self._get, b"set": self._set, b"del": self._integer, b"exists": self._integer,
             b"incr": self._integer, b"decr": self._integer, b"incrby": self._integer,
