@@ -87,7 +87,7 @@ class RedisFront(EventHandler):
         except ProtocolError as exc:
             self._serve(conn, exc.commands or [])
             # After what came before the bad bytes: the error, then close.
-            conn.spawn(_constant(exc.reply()), on_result=_write_and_close)
+            conn.spawn(_constant(exc.reply), on_result=_write_and_close)
             return None
         self._serve(conn, commands)
         return None
