@@ -9,11 +9,12 @@ commands came, pipelining included. A slow command (``DEBUG SLEEP`` on the
 backend, a big ``KEYS``) delays only the connection that sent it.
 
 The backend is ``NETREACTOR_REDIS_URL`` (default ``redis://127.0.0.1:6379/0``).
-Forwarded: PING, ECHO, GET, SET (with EX/PX/NX/XX), DEL, EXISTS, INCR, DECR,
-INCRBY, MGET, DEBUG SLEEP; QUIT closes after the replies owed; anything else gets
-Redis's ``-ERR unknown command``. A backend error (``-WRONGTYPE``...) is
-relayed as an error reply; a backend that is down gets ``-ERR backend: ...``
-for that command, and the connection stays open.
+Forwarded: GET, SET (all its options), DEL, EXISTS, INCR, DECR, INCRBY, DECRBY,
+MGET, DEBUG SLEEP; answered here: PING, ECHO; QUIT closes after the replies
+owed; anything else gets Redis's ``-ERR unknown command``. The backend's error
+replies (``-ERR``, ``-WRONGTYPE``, wrong arity...) are relayed as sent; a
+backend that is down gets ``-ERR backend: ...`` for those commands, and the
+connection stays open.
 
 It needs redis-py (``pip install redis``) and an engine with ``asyncio=True``,
 or ``netreactor.serve()`` inside an asyncio program::
@@ -36,7 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set
 
 from ..handler import Action, EventHandler
 from ..protocols.resp import (NULL_BULK, OK, CommandParser, ProtocolError, encode_bulk,
@@ -54,20 +55,88 @@ async def _constant(reply: bytes) -> bytes:
     return reply
 
 
+def _simple(value: Any) -> bytes:
+    return b"+" + (value if isinstance(value, bytes) else str(value).encode()) + b"\r\n"
+
+
+def _set_reply(value: Any) -> bytes:
+    if value is None:
+        return NULL_BULK          # NX/XX not met
+    if value in (b"OK", "OK", True):
+        return OK
+    return encode_bulk(value)     # SET ... GET: the old value
+
+
+def _integer(value: Any) -> bytes:
+    return encode_integer(int(value))
+
+
+def _array(values: Any) -> bytes:
+    return b"*%d\r\n" % len(values) + b"".join(encode_bulk(v) for v in values)
+
+
+#: Forwarded commands, and how the backend's reply (as redis-py parses it with no
+#: response callback: the command names are bytes) is encoded again.
+ENCODERS: Dict[bytes, Callable[[Any], bytes]] = {
+    b"get": encode_bulk, b"set": _set_reply, b"del": _integer, b"exists": _integer,
+    b"incr": _integer, b"decr": _integer, b"incrby": _integer, b"decrby": _integer,
+    b"mget": _array, b"debug": _simple,
+}
+
+
+def _local(args: Command) -> Optional[bytes]:
+    """The reply of a command answered here, without the backend; None if it is not one."""
+    name = args[0].lower()
+    if name == b"ping" and len(args) <= 2:
+        return _PONG if len(args) == 1 else encode_bulk(args[1])
+    if name == b"echo" and len(args) == 2:
+        return encode_bulk(args[1])
+    if name in (b"ping", b"echo"):
+        return encode_error(f"ERR wrong number of arguments for '{name.decode()}' command")
+    if name == b"debug" and (len(args) != 3 or args[1].lower() != b"sleep"):
+        return encode_error("ERR only DEBUG SLEEP is forwarded")
+    if name not in ENCODERS:
+        shown = args[0].decode("utf-8", "replace")[:128]
+        return encode_error(f"ERR unknown command '{shown}'")
+    return None
+
+
+def _error_reply(exc: BaseException) -> bytes:
+    import redis
+
+    if isinstance(exc, redis.ResponseError):  # the backend's own error reply, relayed as sent
+        code = getattr(exc, "status_code", None)  # redis-py strips the codes it knows
+        return encode_error(f"{code} {exc}" if code else str(exc))
+    return encode_error(f"ERR backend: {exc}")
+
+
+class _State:
+    """Per connection: the parser, and the coroutine of its latest batch."""
+
+    __slots__ = ("parser", "tail")
+
+    def __init__(self) -> None:
+        self.parser = CommandParser()
+        self.tail: Optional[asyncio.Task[Any]] = None
+
+
 class RedisFront(EventHandler):
     """The handler: ``RedisFront(url=None, **client_options)``; ``client_options``
-    go to ``redis.asyncio.Redis.from_url`` (``max_connections``, timeouts...)."""
+    go to ``redis.asyncio.Redis.from_url`` (``max_connections``, timeouts...).
+
+    The commands one read completes are one batch: one coroutine forwards them
+    (as a redis pipeline when there are several) and returns their replies
+    joined. A connection's batches run one after the other (each awaits the
+    one before): the backend sees a connection's commands in the order sent,
+    as it would if the client spoke to it directly, while other connections'
+    batches run meanwhile.
+    """
 
     def __init__(self, url: Optional[str] = None, **client_options: Any) -> None:
         self.url = url or os.environ.get("NETREACTOR_REDIS_URL", DEFAULT_URL)
         self.client_options = client_options
         self._clients: Dict[Any, Any] = {}  # asyncio loop -> redis.asyncio.Redis
         self._closers: Set[asyncio.Task[None]] = set()  # asyncio keeps only weak references
-        self._commands: Dict[bytes, Callable[[Any, Command], Awaitable[bytes]]] = {
-            b"get": self._get, b"set": self._set, b"del": self._integer, b"exists": self._integer,
-            b"incr": self._integer, b"decr": self._integer, b"incrby": self._integer,
-            b"mget": self._mget, b"echo": self._echo, b"ping": self._ping, b"debug": self._debug,
-        }
 
     def on_boot(self, engine: Any) -> None:
         try:
@@ -79,33 +148,33 @@ class RedisFront(EventHandler):
                                "asyncio=True (CLI --asyncio)")
 
     def on_open(self, conn: Any) -> None:
-        conn.context = CommandParser()
+        conn.context = _State()
 
     def on_traffic(self, conn: Any) -> Optional[Action]:
+        state: _State = conn.context
         try:
-            commands = conn.context.feed(conn.read())
+            commands = state.parser.feed(conn.read())
         except ProtocolError as exc:
-            self._serve(conn, exc.commands or [])
+            self._serve(conn, state, exc.commands or [])
             # After what came before the bad bytes: the error, then close.
             conn.spawn(_constant(exc.reply), on_result=_write_and_close)
             return None
-        self._serve(conn, commands)
+        self._serve(conn, state, commands)
         return None
 
-    def _serve(self, conn: Any, commands: List[Command]) -> None:
-        table = self._commands
+    def _serve(self, conn: Any, state: _State, commands: List[Command]) -> None:
+        batch = []
+        quit_ = False
         for args in commands:
-            if not args:
-                continue
-            name = args[0].lower()
-            run = table.get(name)
-            if run is not None:
-                conn.spawn(self._call(run, args))
-            elif name == b"quit":
-                conn.spawn(_constant(OK), on_result=_write_and_close)
-            else:
-                shown = args[0].decode("utf-8", "replace")[:128]
-                conn.spawn(_constant(encode_error(f"ERR unknown command '{shown}'")))
+            if args:
+                if args[0].lower() == b"quit":
+                    quit_ = True
+                    break
+                batch.append(args)
+        if batch:
+            state.tail = conn.spawn(self._run(batch, state.tail))
+        if quit_:
+            conn.spawn(_constant(OK), on_result=_write_and_close)
 
     # ------------------------------------------------------------------ the backend
 
@@ -130,57 +199,35 @@ class RedisFront(EventHandler):
             self._clients.pop(aio, None)
             await client.aclose()
 
-    async def _call(self, run: Callable[[Any, Command], Awaitable[bytes]], args: Command) -> bytes:
-        import redis
-
-        try:
-            return await run(self.client(), args)
-        except redis.ResponseError as exc:  # the backend's own error reply, relayed as sent
-            code = getattr(exc, "status_code", None)  # redis-py strips the codes it knows
-            return encode_error(f"{code} {exc}" if code else str(exc))
-        except (redis.RedisError, OSError) as exc:
-            return encode_error(f"ERR backend: {exc}")
-        except (TypeError, ValueError, IndexError):
-            return encode_error(f"ERR wrong number of arguments for '{args[0].decode('utf-8', 'replace')}' command")
-
-    @staticmethod
-    async def _get(client: Any, args: Command) -> bytes:
-        if len(args) != 2:
-            raise IndexError
-        return encode_bulk(await client.get(args[1]))
-
-    @staticmethod
-    async def _set(client: Any, args: Command) -> bytes:
-        if len(args) < 3:
-            raise IndexError
-        done = await client.execute_command(*args)
-        return OK if done else NULL_BULK
-
-    @staticmethod
-    async def _integer(client: Any, args: Command) -> bytes:
-        return encode_integer(int(await client.execute_command(*args)))
-
-    @staticmethod
-    async def _mget(client: Any, args: Command) -> bytes:
-        values = await client.execute_command(*args)
-        return b"*%d\r\n" % len(values) + b"".join(encode_bulk(v) for v in values)
-
-    @staticmethod
-    async def _echo(client: Any, args: Command) -> bytes:
-        if len(args) != 2:
-            raise IndexError
-        return encode_bulk(args[1])
-
-    @staticmethod
-    async def _ping(client: Any, args: Command) -> bytes:
-        return _PONG if len(args) == 1 else encode_bulk(args[1])
-
-    @staticmethod
-    async def _debug(client: Any, args: Command) -> bytes:
-        if len(args) != 3 or args[1].lower() != b"sleep":
-            return encode_error("ERR only DEBUG SLEEP is forwarded")
-        await client.execute_command(*args)
-        return OK
+    async def _run(self, batch: List[Command], previous: Optional[asyncio.Task[Any]]) -> bytes:
+        if previous is not None and not previous.done():
+            await asyncio.wait([previous])  # this connection's commands, in order
+        if len(batch) == 1:  # the common case: no pipeline object
+            args = batch[0]
+            reply = _local(args)
+            if reply is not None:
+                return reply
+            try:
+                return ENCODERS[args[0].lower()](await self.client().execute_command(*args))
+            except Exception as exc:
+                return _error_reply(exc)
+        replies: List[Optional[bytes]] = [_local(args) for args in batch]
+        remote = [args for args, reply in zip(batch, replies, strict=True) if reply is None]
+        if remote:
+            pipe = self.client().pipeline(transaction=False)
+            for args in remote:
+                pipe.execute_command(*args)
+            try:
+                results = await pipe.execute(raise_on_error=False)
+            except Exception as exc:
+                results = [exc] * len(remote)
+            it = iter(zip(remote, results, strict=True))
+            for i, reply in enumerate(replies):
+                if reply is None:
+                    args, result = next(it)
+                    replies[i] = (_error_reply(result) if isinstance(result, Exception)
+                                  else ENCODERS[args[0].lower()](result))
+        return b"".join(replies)  # type: ignore[arg-type]
 
 
 def _write_and_close(conn: Any, reply: Any, exc: Optional[BaseException]) -> None:
