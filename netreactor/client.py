@@ -53,7 +53,7 @@ DialCallback = Callable[[Optional[AnyConn], Optional[BaseException]], Any]
 _SERVER_ONLY = ("lb", "reuse_port", "reuse_addr", "workers", "cpu_affinity", "multicore", "backlog",
                 "graceful_timeout",
                 "udp_session_timeout", "udp_max_sessions", "multicast_interface",
-                "asyncio", "asyncio_max_tasks", "asyncio_low_water")
+                "asyncio", "asyncio_loop", "asyncio_max_tasks", "asyncio_low_water")
 _IN_PROGRESS = {errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK}
 
 

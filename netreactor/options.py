@@ -11,10 +11,11 @@ import logging
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Mapping, Optional
 
-__all__ = ["Options", "LOAD_BALANCERS", "POLLERS", "option_docs"]
+__all__ = ["Options", "LOAD_BALANCERS", "POLLERS", "ASYNCIO_LOOPS", "option_docs"]
 
 LOAD_BALANCERS = ("round-robin", "least-connections", "source-addr-hash")
 POLLERS = ("auto", "epoll", "selectors")
+ASYNCIO_LOOPS = ("reactor", "uvloop")
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -75,6 +76,10 @@ class Options:
                                                    "address or an interface name).")
     asyncio: bool = opt(False, "Run an asyncio event loop on every event loop's thread, on the same "
                                "poller, for ``conn.spawn(coroutine)``.")
+    asyncio_loop: str = opt("reactor", "asyncio: \"reactor\" (asyncio's loop polling through netreactor's "
+                                       "poller: one epoll_wait for both) or \"uvloop\" (a uvloop loop "
+                                       "running netreactor's, nested: faster coroutines, one more "
+                                       "epoll_wait per wake-up).")
     asyncio_max_tasks: int = opt(1024, "asyncio: coroutines in flight per engine before spawning "
                                        "connections stop being read.")
     asyncio_low_water: Optional[int] = opt(None, "asyncio: coroutines in flight at or below which "
@@ -133,6 +138,13 @@ class Options:
         _int("udp_max_sessions", self.udp_max_sessions, 1, 1 << 24)
         if self.multicast_interface is not None:
             _interface("multicast_interface", self.multicast_interface)
+        _choice("asyncio_loop", self.asyncio_loop, ASYNCIO_LOOPS)
+        if self.asyncio and self.asyncio_loop == "uvloop":
+            import importlib.util
+
+            if importlib.util.find_spec("uvloop") is None:
+                raise ValueError("option 'asyncio_loop': 'uvloop' needs uvloop installed "
+                                 "(pip install uvloop); or use 'reactor'")
         _int("asyncio_max_tasks", self.asyncio_max_tasks, 1, 1 << 24)
         if self.asyncio_low_water is not None:
             _int("asyncio_low_water", self.asyncio_low_water, 0, self.asyncio_max_tasks - 1)

@@ -58,8 +58,9 @@ import asyncio
 import functools
 import logging
 import threading
-from collections import deque
-from typing import Any, Callable, Coroutine, Deque, Dict, List, Optional, Set
+from threading import get_ident
+from types import CoroutineType
+from typing import Any, Callable, Coroutine, Dict, List, NoReturn, Optional, Set, Tuple
 
 from .stream.conn import Pause
 
@@ -71,15 +72,8 @@ ResultCallback = Callable[[Any, Any, Optional[BaseException]], Any]
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 
 
-class _Job:
-    """One spawned coroutine, queued per connection until its outcome is delivered."""
-
-    __slots__ = ("task", "on_result", "cancel_on_close")
-
-    def __init__(self, on_result: Optional[ResultCallback], cancel_on_close: bool) -> None:
-        self.task: Optional[asyncio.Task[Any]] = None
-        self.on_result = on_result
-        self.cancel_on_close = cancel_on_close
+#: A job: ``[task, on_result, cancel_on_close]`` (a list: made and read on every spawn).
+_TASK, _ON_RESULT, _CANCEL_ON_CLOSE = 0, 1, 2
 
 
 class Spawner:
@@ -105,10 +99,11 @@ class Spawner:
         self.shutdown_timeout = shutdown_timeout
         self._lock = threading.Lock()
         self._in_flight = 0
-        self._queues: Dict[Any, Deque[_Job]] = {}  # conn -> its jobs, in spawn order
+        self._queues: Dict[Any, List[List[Any]]] = {}  # conn -> its jobs, in spawn order
         self._waiting: Dict[Any, None] = {}        # conns the spawner wants paused (ordered set)
         self._holding: Set[Any] = set()            # conns it has actually paused
-        self._loops: Dict[Any, asyncio.AbstractEventLoop] = {}  # netreactor loop -> asyncio loop
+        #: netreactor loop -> (its asyncio loop, the thread both run on)
+        self._loops: Dict[Any, Tuple[asyncio.AbstractEventLoop, int]] = {}
         #: Times a connection was paused because the engine was full.
         self.pauses = 0
         #: Coroutines spawned in all.
@@ -117,8 +112,9 @@ class Spawner:
     # ------------------------------------------------------------------ loops
 
     def attach(self, loop: Any, aio: asyncio.AbstractEventLoop) -> None:
-        """Coroutines of connections on netreactor ``loop`` run on ``aio`` (same thread)."""
-        self._loops[loop] = aio
+        """Coroutines of connections on netreactor ``loop`` run on ``aio``: both run
+        on the calling thread."""
+        self._loops[loop] = (aio, get_ident())
 
     def detach(self, loop: Any) -> None:
         """``loop``'s asyncio loop is gone: its connections can spawn no more."""
@@ -126,7 +122,8 @@ class Spawner:
 
     def asyncio_loop(self, loop: Any) -> Optional[asyncio.AbstractEventLoop]:
         """The asyncio loop serving netreactor ``loop``'s coroutines, or None."""
-        return self._loops.get(loop)
+        slot = self._loops.get(loop)
+        return slot[0] if slot is not None else None
 
     # ------------------------------------------------------------------ counters
 
@@ -154,49 +151,51 @@ class Spawner:
         Returns the ``asyncio.Task``. Raises ``TypeError`` for something that is
         not a coroutine, ``RuntimeError`` off the connection's loop thread or
         where its loop runs no asyncio loop (the coroutine is closed then).
+        ``conn.spawn()`` is the same.
         """
-        if not asyncio.iscoroutine(coro):
-            raise TypeError(f"conn.spawn() takes a coroutine (call the async function: "
-                            f"spawn(fetch(key)), not spawn(fetch)); got {type(coro).__name__}")
-        loop = conn.loop
-        aio = self._loops.get(loop)
-        if aio is None or not loop.on_loop_thread():
-            coro.close()
-            if aio is None:
-                raise RuntimeError("this connection's event loop runs no asyncio loop: start the "
-                                   "engine with asyncio=True (CLI --asyncio), or serve it with "
-                                   "netreactor.serve() from the asyncio program's thread")
-            raise RuntimeError("conn.spawn() called off the connection's loop thread; from other "
-                               "threads use asyncio.run_coroutine_threadsafe and conn.async_write")
-        job = _Job(on_result, cancel_on_close)
+        return self.spawn_for(conn, conn.loop, conn.closed, coro, on_result, cancel_on_close)
+
+    def spawn_for(self, conn: Any, loop: Any, closed: bool, coro: Any,
+                  on_result: Optional[ResultCallback], cancel_on_close: bool) -> asyncio.Task[Any]:
+        """:meth:`spawn`, told ``conn``'s loop and whether it is closed (``Conn.spawn``
+        knows both for free; this runs once per request)."""
+        slot = self._loops.get(loop)
+        if slot is None or slot[1] != get_ident() or (
+                coro.__class__ is not CoroutineType and not asyncio.iscoroutine(coro)):
+            self._refuse(slot, coro)
+        task = slot[0].create_task(coro)
+        job = [task, on_result, cancel_on_close]
         with self._lock:
             full = self._in_flight >= self.capacity
             self._in_flight += 1
             self.spawned += 1
-            if full:
-                self._waiting[conn] = None
             queue = self._queues.get(conn)
             if queue is None:
-                self._queues[conn] = queue = deque()
-            queue.append(job)
-        try:
-            task = aio.create_task(coro)
-        except BaseException:
-            coro.close()
-            with self._lock:
-                queue.remove(job)
-                if not queue:
-                    self._queues.pop(conn, None)
-                self._in_flight -= 1
-            raise
-        job.task = task
-        if conn.closed:
+                self._queues[conn] = [job]
+            else:
+                queue.append(job)
+            if full:
+                self._waiting[conn] = None
+        if closed:
             if cancel_on_close:
                 task.cancel()
         elif full:
             self._sync(conn)
-        task.add_done_callback(functools.partial(self._deliver, conn))
+        task.add_done_callback(functools.partial(self._done, conn))
         return task
+
+    @staticmethod
+    def _refuse(slot: Optional[Tuple[Any, int]], coro: Any) -> NoReturn:
+        if not asyncio.iscoroutine(coro):
+            raise TypeError(f"conn.spawn() takes a coroutine (call the async function: "
+                            f"spawn(fetch(key)), not spawn(fetch)); got {type(coro).__name__}")
+        coro.close()  # never run: no "coroutine was never awaited" warning on top of the error
+        if slot is None:
+            raise RuntimeError("this connection's event loop runs no asyncio loop: start the "
+                               "engine with asyncio=True (CLI --asyncio), or serve it with "
+                               "netreactor.serve() from the asyncio program's thread")
+        raise RuntimeError("conn.spawn() called off the connection's loop thread; from other "
+                           "threads use asyncio.run_coroutine_threadsafe and conn.async_write")
 
     def connection_closed(self, conn: Any) -> None:
         """``conn`` closed (its loop thread): cancel what it spawned (unless told not to)."""
@@ -207,58 +206,67 @@ class Spawner:
             self._holding.discard(conn)
             queue = self._queues.get(conn)
             jobs = list(queue) if queue else []
-        for job in jobs:
-            task = job.task
-            if job.cancel_on_close and task is not None and not task.done() \
-                    and not task.get_loop().is_closed():
+        for task, _on_result, cancel_on_close in jobs:
+            if cancel_on_close and not task.done() and not task.get_loop().is_closed():
                 task.cancel()
 
     def running(self, aio: asyncio.AbstractEventLoop) -> List[asyncio.Task[Any]]:
         """The spawned coroutines of ``aio`` not finished yet."""
         with self._lock:
-            return [job.task for queue in self._queues.values() for job in queue
-                    if job.task is not None and not job.task.done() and job.task.get_loop() is aio]
+            return [job[_TASK] for queue in self._queues.values() for job in queue
+                    if not job[_TASK].done() and job[_TASK].get_loop() is aio]
 
     async def drain(self, aio: asyncio.AbstractEventLoop) -> None:
         """Wait (at most ``shutdown_timeout`` s) for the coroutines of ``aio`` that
         were told to outlive their connection (``cancel_on_close=False``)."""
         with self._lock:
-            tasks = [job.task for queue in self._queues.values() for job in queue
-                     if job.task is not None and not job.cancel_on_close
-                     and not job.task.done() and job.task.get_loop() is aio]
+            tasks = [job[_TASK] for queue in self._queues.values() for job in queue
+                     if not job[_CANCEL_ON_CLOSE] and not job[_TASK].done()
+                     and job[_TASK].get_loop() is aio]
         if tasks:
             await asyncio.wait(tasks, timeout=self.shutdown_timeout)
 
     # ------------------------------------------------------------------ delivery (on the loop)
 
-    def _deliver(self, conn: Any, _task: asyncio.Task[Any]) -> None:
-        """Deliver the outcomes at the head of ``conn``'s queue that are done, in order."""
-        while True:
-            with self._lock:
-                queue = self._queues.get(conn)
-                if not queue:
-                    return
-                job = queue[0]
-                task = job.task
-                if task is None or not task.done():
-                    return  # a later coroutine finished first: it waits for this one
-                queue.popleft()
+    def _done(self, conn: Any, task: asyncio.Task[Any]) -> None:
+        """A coroutine of ``conn`` finished: deliver the outcomes at the head of its
+        queue that are done, in spawn order (a later one that finished first waits)."""
+        with self._lock:
+            queue = self._queues.get(conn)
+            if not queue or not queue[0][_TASK].done():
+                return
+            if len(queue) == 1:  # the common case: one in flight
+                done = queue
+                del self._queues[conn]
+            else:
+                n = 1
+                while n < len(queue) and queue[n][_TASK].done():
+                    n += 1
+                done = queue[:n]
+                del queue[:n]
                 if not queue:
                     del self._queues[conn]
-                self._in_flight -= 1
-                resume: List[Any] = []
-                if self._in_flight <= self.low_water and self._waiting:
-                    # Every waiter at once: resuming only as many as there is room
-                    # for could strand the rest if those never spawn again.
-                    resume = list(self._waiting)
-                    self._waiting.clear()
+            self._in_flight -= len(done)
+            resume: Optional[List[Any]] = None
+            if self._waiting and self._in_flight <= self.low_water:
+                # Every waiter at once: resuming only as many as there is room
+                # for could strand the rest if those never spawn again.
+                resume = list(self._waiting)
+                self._waiting.clear()
+        if resume is not None:
             for waiter in resume:
                 waiter_loop = waiter.loop
                 if waiter_loop.on_loop_thread():
                     self._sync(waiter)
                 else:
                     waiter_loop.post(self._sync, waiter)
-            self._report(conn, job, task)
+        for task, on_result, _cancel in done:
+            if on_result is None and not task.cancelled() and task.exception() is None:
+                result = task.result()
+                if result.__class__ is bytes:  # the common case, written out now
+                    conn.write_now(result)
+                    continue
+            self._report(conn, task, on_result)
 
     def _sync(self, conn: Any) -> None:
         """On ``conn``'s loop: make its reading match what the spawner wants now
@@ -280,7 +288,7 @@ class Spawner:
                 return
         action(Pause.SPAWN)
 
-    def _report(self, conn: Any, job: _Job, task: asyncio.Task[Any]) -> None:
+    def _report(self, conn: Any, task: asyncio.Task[Any], callback: Optional[ResultCallback]) -> None:
         """Hand one coroutine's outcome to its callback, or write / log it."""
         result: Any = None
         exc: Optional[BaseException]
@@ -290,7 +298,6 @@ class Spawner:
             exc = task.exception()
             if exc is None:
                 result = task.result()
-        callback = job.on_result
         if callback is not None:
             try:
                 callback(conn, result, exc)
@@ -302,7 +309,7 @@ class Spawner:
             if result is None:
                 return
             if isinstance(result, _BYTES_LIKE):
-                conn.write(result)
+                conn.write_now(result)
                 return
             exc = TypeError(f"coroutine {_name(task)} returned {type(result).__name__}; without "
                             "on_result a coroutine must return bytes, bytearray, memoryview or None")

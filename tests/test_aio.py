@@ -173,6 +173,14 @@ def test_tasks_left_when_the_reactor_stops_are_cancelled_and_awaited():
 
 
 # ---------------------------------------------------------------- engines with asyncio=True
+@pytest.fixture(params=["reactor", "uvloop"])
+def aio(request):
+    """The engine options of each way to run asyncio on the loops' threads: the
+    shared poller, and uvloop running netreactor's loop nested."""
+    if request.param == "uvloop":
+        pytest.importorskip("uvloop")
+    return dict(asyncio=True, asyncio_loop=request.param)
+
 
 
 class Echo(nr.EventHandler):
@@ -183,8 +191,8 @@ class Echo(nr.EventHandler):
 @pytest.mark.parametrize("options", [dict(poller=p) for p in POLLERS]
                          + ([dict(poller="epoll", edge_triggered=True)] if epoll_available() else [])
                          + [dict(loops=3)])
-def test_echo_serves_as_before_with_asyncio_on(options):
-    with serving(Echo(), "tcp://127.0.0.1:0", asyncio=True, **options) as engine:
+def test_echo_serves_as_before_with_asyncio_on(options, aio):
+    with serving(Echo(), "tcp://127.0.0.1:0", **aio, **options) as engine:
         for _ in range(3):
             with connect(engine.addresses[0]) as s:
                 s.sendall(b"x" * 200_000)
@@ -214,17 +222,20 @@ class Lines(nr.EventHandler):
 
 
 @pytest.mark.parametrize("loops", [1, 3])
-def test_results_are_written_in_spawn_order(loops):
+def test_results_are_written_in_spawn_order(loops, aio):
     seen_threads = []
+
+    loop_kinds = set()
 
     async def reply(conn, line):
         seen_threads.append((conn, threading.get_ident()))
+        loop_kinds.add(type(asyncio.get_running_loop()).__module__.split(".")[0])
         n = int(line)
         await asyncio.sleep((n % 5) * 0.002)  # later ones often finish first
         return b"%d\n" % n
 
     handler = Lines(reply)
-    with serving(handler, "tcp://127.0.0.1:0", asyncio=True, loops=loops) as engine:
+    with serving(handler, "tcp://127.0.0.1:0", **aio, loops=loops) as engine:
         socks = [connect(engine.addresses[0]) for _ in range(4)]
         try:
             want = b"".join(b"%d\n" % i for i in range(200))
@@ -238,9 +249,36 @@ def test_results_are_written_in_spawn_order(loops):
         wait_for(lambda: engine.spawner.in_flight == 0, what="nothing in flight")
     # No thread hop: every coroutine ran on its connection's loop thread.
     assert all(handler.threads[conn] == ident for conn, ident in seen_threads)
+    assert loop_kinds == ({"uvloop"} if aio["asyncio_loop"] == "uvloop" else {"netreactor"})
 
 
-def test_on_result_gets_results_and_exceptions_in_order():
+def test_write_now_sends_at_once_outside_callbacks(aio):
+    """From a coroutine (outside any callback of the connection) ``write`` waits for
+    the loop's flush; ``write_now`` hands the data to the kernel before it returns."""
+    seen = []
+
+    async def work(conn, line):
+        await asyncio.sleep(0)  # out of on_traffic's callback for sure
+        assert conn.write_now(b"n:" + line + b"\n") == len(line) + 3
+        seen.append(("write_now", conn.outbound_buffered))
+        conn.write(b"w:" + line + b"\n")
+        seen.append(("write", conn.outbound_buffered))
+        return None
+
+    handler = Lines(work)
+    with serving(handler, "tcp://127.0.0.1:0", **aio) as engine:
+        with connect(engine.addresses[0]) as s:
+            s.sendall(b"a\n")
+            assert recv_exact(s, 8) == b"n:a\nw:a\n"
+            conn = handler.conns[0]
+            with pytest.raises(RuntimeError, match="loop thread"):
+                conn.write_now(b"from the wrong thread")
+        wait_for(lambda: conn.closed, what="the connection closed")
+        assert conn.write_now(b"late") == 0
+    assert seen == [("write_now", 0), ("write", 4)]
+
+
+def test_on_result_gets_results_and_exceptions_in_order(aio):
     outcomes = []
     done = threading.Event()
 
@@ -257,7 +295,7 @@ def test_on_result_gets_results_and_exceptions_in_order():
         if len(outcomes) == 3:
             done.set()
 
-    with serving(Lines(work, on_result), "tcp://127.0.0.1:0", asyncio=True) as engine:
+    with serving(Lines(work, on_result), "tcp://127.0.0.1:0", **aio) as engine:
         with connect(engine.addresses[0]) as s:
             s.sendall(b"0\n1\n2\n")
             assert recv_exact(s, 9) == b"ok\nok\nok\n"
@@ -265,13 +303,13 @@ def test_on_result_gets_results_and_exceptions_in_order():
     assert outcomes == [(0, None), (None, "KeyError"), (2, None)]
 
 
-def test_a_coroutine_that_raises_is_logged_and_closes_its_connection(expected_errors):
+def test_a_coroutine_that_raises_is_logged_and_closes_its_connection(expected_errors, aio):
     async def work(conn, line):
         if line == b"boom":
             raise RuntimeError("boom in a coroutine")
         return line + b"\n"
 
-    with serving(Lines(work), "tcp://127.0.0.1:0", asyncio=True) as engine:
+    with serving(Lines(work), "tcp://127.0.0.1:0", **aio) as engine:
         with connect(engine.addresses[0]) as s:
             s.sendall(b"a\nboom\nc\n")
             assert recv_until_eof(s) == b"a\n"  # a's reply, then the close; c is cancelled
@@ -281,18 +319,18 @@ def test_a_coroutine_that_raises_is_logged_and_closes_its_connection(expected_er
     assert any("boom in a coroutine" in str(r.exc_info[1]) for r in expected_errors)
 
 
-def test_a_result_that_is_not_bytes_is_an_error(expected_errors):
+def test_a_result_that_is_not_bytes_is_an_error(expected_errors, aio):
     async def work(conn, line):
         return 42
 
-    with serving(Lines(work), "tcp://127.0.0.1:0", asyncio=True) as engine:
+    with serving(Lines(work), "tcp://127.0.0.1:0", **aio) as engine:
         with connect(engine.addresses[0]) as s:
             s.sendall(b"x\n")
             assert recv_until_eof(s) == b""
     assert any(isinstance(r.exc_info[1], TypeError) for r in expected_errors)
 
 
-def test_wait_for_timeouts_and_sleep_inside_coroutines():
+def test_wait_for_timeouts_and_sleep_inside_coroutines(aio):
     async def work(conn, line):
         try:
             await asyncio.wait_for(asyncio.sleep(10), timeout=float(line))
@@ -300,16 +338,18 @@ def test_wait_for_timeouts_and_sleep_inside_coroutines():
             return b"timeout\n"
         return b"slept\n"
 
-    with serving(Lines(work), "tcp://127.0.0.1:0", asyncio=True) as engine:
+    with serving(Lines(work), "tcp://127.0.0.1:0", **aio) as engine:
         with connect(engine.addresses[0]) as s:
             t0 = time.monotonic()
             s.sendall(b"0.05\n0.01\n")
             assert recv_exact(s, 16) == b"timeout\ntimeout\n"
-            assert time.monotonic() - t0 >= 0.05
+            # libuv keeps its clock in whole milliseconds: uvloop's timers may fire up
+            # to 1 ms before the time.monotonic() deadline.
+            assert time.monotonic() - t0 >= 0.05 - (0.002 if aio["asyncio_loop"] == "uvloop" else 0)
 
 
 @pytest.mark.parametrize("cancel_on_close", [True, False])
-def test_disconnect_cancels_pending_coroutines_unless_told_not_to(cancel_on_close):
+def test_disconnect_cancels_pending_coroutines_unless_told_not_to(cancel_on_close, aio):
     started = threading.Event()
     events = []
     outcomes = []
@@ -328,7 +368,7 @@ def test_disconnect_cancels_pending_coroutines_unless_told_not_to(cancel_on_clos
         outcomes.append((result, type(exc).__name__ if exc else None, conn.closed))
 
     handler = Lines(work, on_result, cancel_on_close=cancel_on_close)
-    with serving(handler, "tcp://127.0.0.1:0", asyncio=True) as engine:
+    with serving(handler, "tcp://127.0.0.1:0", **aio) as engine:
         s = connect(engine.addresses[0])
         s.sendall(b"x\n")
         assert started.wait(5)
@@ -341,7 +381,7 @@ def test_disconnect_cancels_pending_coroutines_unless_told_not_to(cancel_on_clos
         assert events == ["finished"] and outcomes == [(b"late\n", None, True)]
 
 
-def test_engine_stop_cancels_what_is_left_and_stops_promptly():
+def test_engine_stop_cancels_what_is_left_and_stops_promptly(aio):
     started = threading.Event()
     events = []
 
@@ -352,7 +392,7 @@ def test_engine_stop_cancels_what_is_left_and_stops_promptly():
         finally:
             events.append("unwound")
 
-    engine = nr.Engine(Lines(work), "tcp://127.0.0.1:0", asyncio=True).start()
+    engine = nr.Engine(Lines(work), "tcp://127.0.0.1:0", **aio).start()
     s = connect(engine.addresses[0])
     try:
         s.sendall(b"a\nb\n")
@@ -368,7 +408,7 @@ def test_engine_stop_cancels_what_is_left_and_stops_promptly():
     assert events == ["unwound", "unwound"]
 
 
-def test_the_in_flight_bound_pauses_spawning_connections_and_resumes_them():
+def test_the_in_flight_bound_pauses_spawning_connections_and_resumes_them(aio):
     release = {}
 
     async def work(conn, line):
@@ -379,7 +419,7 @@ def test_the_in_flight_bound_pauses_spawning_connections_and_resumes_them():
     handler = Lines(work)
     lines = [b"%03d" % i for i in range(60)]
     want = b"".join(line + b"\n" for line in lines)
-    with serving(handler, "tcp://127.0.0.1:0", asyncio=True, asyncio_max_tasks=8,
+    with serving(handler, "tcp://127.0.0.1:0", **aio, asyncio_max_tasks=8,
                  asyncio_low_water=2) as engine:
         spawner = engine.spawner
         assert (spawner.capacity, spawner.low_water) == (8, 2)
@@ -410,7 +450,7 @@ def test_the_in_flight_bound_pauses_spawning_connections_and_resumes_them():
             b.close()
 
 
-def test_spawn_needs_asyncio_and_a_coroutine(expected_errors):
+def test_spawn_needs_asyncio_and_a_coroutine(expected_errors, aio):
     async def work(conn, line):
         return line
 
@@ -429,7 +469,7 @@ def test_spawn_needs_asyncio_and_a_coroutine(expected_errors):
             conn.read()
             conn.spawn(work)  # the function, not a call of it
 
-    with serving(NotACoroutine(work), "tcp://127.0.0.1:0", asyncio=True) as engine:
+    with serving(NotACoroutine(work), "tcp://127.0.0.1:0", **aio) as engine:
         with connect(engine.addresses[0]) as s:
             s.sendall(b"x\n")
             assert recv_until_eof(s) == b""
@@ -441,6 +481,7 @@ def test_spawn_needs_asyncio_and_a_coroutine(expected_errors):
     (dict(asyncio="yes"), "asyncio"),
     (dict(asyncio_max_tasks=0), "asyncio_max_tasks"),
     (dict(asyncio_max_tasks=10, asyncio_low_water=10), "asyncio_low_water"),
+    (dict(asyncio=True, asyncio_loop="tokio"), "asyncio_loop"),
 ])
 def test_bad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -456,8 +497,10 @@ def test_the_command_line_has_the_flags():
     from netreactor.cli import build_parser
 
     args = build_parser().parse_args(["run", "m:H", "-l", "tcp://127.0.0.1:1", "--asyncio",
-                                      "--asyncio-max-tasks", "7"])
-    assert args.asyncio is True and args.asyncio_max_tasks == 7
+                                      "--asyncio-max-tasks", "7", "--asyncio-loop", "uvloop"])
+    assert args.asyncio is True and args.asyncio_max_tasks == 7 and args.asyncio_loop == "uvloop"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "m:H", "--asyncio-loop", "tokio"])
 
 
 # ---------------------------------------------------------------- netreactor.serve()
@@ -556,7 +599,7 @@ def test_serve_refuses_workers():
 # ---------------------------------------------------------------- real libraries: httpx
 
 
-def test_httpx_from_a_handler_against_the_http_example():
+def test_httpx_from_a_handler_against_the_http_example(aio):
     httpx = pytest.importorskip("httpx")
     from netreactor.examples import load_example
 
@@ -574,7 +617,7 @@ def test_httpx_from_a_handler_against_the_http_example():
     with serving(load_example("http")(), "tcp://127.0.0.1:0") as http_engine:
         front = Fetch()
         front.base = f"http://127.0.0.1:{_port(http_engine)}"
-        with serving(front, "tcp://127.0.0.1:0", asyncio=True) as engine:
+        with serving(front, "tcp://127.0.0.1:0", **aio) as engine:
             with connect(engine.addresses[0]) as s:
                 s.sendall(b"/plaintext /json /plaintext\n")
                 want = b'200 13 Hello, World!\n200 27 {"message":"H\n200 13 Hello, World!\n'
@@ -617,17 +660,16 @@ def redis_port(tmp_path_factory):
 
 
 @pytest.fixture
-def front(redis_port):
+def front(redis_port, aio):
     from netreactor.examples.redis_front import RedisFront
 
     with serving(RedisFront(f"redis://127.0.0.1:{redis_port}/0"), "tcp://127.0.0.1:0",
-                 asyncio=True) as engine:
+                 **aio) as engine:
         yield engine
 
 
 def _replies(port: int, payload: bytes, count: int) -> list:
     """Send ``payload`` at once (pipelined); return the first ``count`` replies, raw."""
-    from netreactor.protocols.resp import ReplyParser
 
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(payload)
@@ -664,7 +706,7 @@ def _split_replies(raw: bytes) -> list:
 def _transcript(prefix: bytes) -> list:
     from netreactor.protocols.resp import encode_command
 
-    k = lambda name: prefix + name  # noqa: E731
+    k = lambda name: prefix + name
     cmds = [("PING",), ("SET", k(b"a"), b"1"), ("GET", k(b"a")), ("INCR", k(b"a")),
             ("INCRBY", k(b"a"), b"10"), ("GET", k(b"missing")), ("SET", k(b"s"), b"text"),
             ("INCR", k(b"s")), ("SET", k(b"a"), b"x", b"NX"), ("SET", k(b"b"), b"y", b"XX"),
@@ -692,7 +734,7 @@ def test_redis_front_is_byte_exact_and_in_order_under_pipelining(front, redis_po
                 s.sendall(payload[i:i + chunk])
             ours = _read_replies(s, len(ours_cmds))
     theirs = _replies(redis_port, b"".join(theirs_cmds), len(theirs_cmds))
-    diffs = [(i, a[:80], b[:80]) for i, (a, b) in enumerate(zip(ours, theirs)) if a != b]
+    diffs = [(i, a[:80], b[:80]) for i, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b]
     assert not diffs
     assert front.spawner.spawned > 0 and front.spawner.in_flight == 0
 
@@ -724,7 +766,7 @@ def test_redis_front_with_redis_cli(front):
     cli = shutil.which("redis-cli")
     if cli is None:
         pytest.skip("redis-cli not installed (Debian package redis-tools)")
-    run = lambda *a: subprocess.run([cli, "-p", str(_port(front)), *a], capture_output=True,  # noqa: E731
+    run = lambda *a: subprocess.run([cli, "-p", str(_port(front)), *a], capture_output=True,
                                     text=True, timeout=10).stdout
     assert run("SET", "cli:x", "42") == "OK\n"
     assert run("INCR", "cli:x") == "43\n"

@@ -43,7 +43,7 @@ from ..handler import Action, EventHandler
 from ..protocols.resp import (NULL_BULK, OK, CommandParser, ProtocolError, encode_bulk,
                               encode_error, encode_integer)
 
-__all__ = ["RedisFront", "DEFAULT_URL"]
+__all__ = ["RedisFront", "DEFAULT_URL", "ENCODERS", "local_reply", "error_reply"]
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 _PONG = b"+PONG\r\n"
@@ -84,7 +84,7 @@ ENCODERS: Dict[bytes, Callable[[Any], bytes]] = {
 }
 
 
-def _local(args: Command) -> Optional[bytes]:
+def local_reply(args: Command) -> Optional[bytes]:
     """The reply of a command answered here, without the backend; None if it is not one."""
     name = args[0].lower()
     if name == b"ping" and len(args) <= 2:
@@ -101,7 +101,7 @@ def _local(args: Command) -> Optional[bytes]:
     return None
 
 
-def _error_reply(exc: BaseException) -> bytes:
+def error_reply(exc: BaseException) -> bytes:
     import redis
 
     if isinstance(exc, redis.ResponseError):  # the backend's own error reply, relayed as sent
@@ -159,7 +159,10 @@ class RedisFront(EventHandler):
             # After what came before the bad bytes: the error, then close.
             conn.spawn(_constant(exc.reply), on_result=_write_and_close)
             return None
-        self._serve(conn, state, commands)
+        if len(commands) == 1 and commands[0] and commands[0][0].lower() != b"quit":
+            state.tail = conn.spawn(self.forward(commands, state.tail))  # the common case
+        elif commands:
+            self._serve(conn, state, commands)
         return None
 
     def _serve(self, conn: Any, state: _State, commands: List[Command]) -> None:
@@ -172,7 +175,7 @@ class RedisFront(EventHandler):
                     break
                 batch.append(args)
         if batch:
-            state.tail = conn.spawn(self._run(batch, state.tail))
+            state.tail = conn.spawn(self.forward(batch, state.tail))
         if quit_:
             conn.spawn(_constant(OK), on_result=_write_and_close)
 
@@ -199,19 +202,23 @@ class RedisFront(EventHandler):
             self._clients.pop(aio, None)
             await client.aclose()
 
-    async def _run(self, batch: List[Command], previous: Optional[asyncio.Task[Any]]) -> bytes:
+    async def forward(self, batch: List[Command], previous: Optional[asyncio.Task[Any]] = None) -> bytes:
+        """The replies of ``batch`` (commands), joined, once ``previous`` (the
+        connection's batch before, if any) is done."""
         if previous is not None and not previous.done():
             await asyncio.wait([previous])  # this connection's commands, in order
         if len(batch) == 1:  # the common case: no pipeline object
             args = batch[0]
-            reply = _local(args)
-            if reply is not None:
-                return reply
+            encode = ENCODERS.get(args[0].lower())
+            if encode is None or encode is _simple:  # answered here, or DEBUG: checked here
+                reply = local_reply(args)
+                if reply is not None:
+                    return reply
             try:
-                return ENCODERS[args[0].lower()](await self.client().execute_command(*args))
+                return encode(await self.client().execute_command(*args))  # type: ignore[misc]
             except Exception as exc:
-                return _error_reply(exc)
-        replies: List[Optional[bytes]] = [_local(args) for args in batch]
+                return error_reply(exc)
+        replies: List[Optional[bytes]] = [local_reply(args) for args in batch]
         remote = [args for args, reply in zip(batch, replies, strict=True) if reply is None]
         if remote:
             pipe = self.client().pipeline(transaction=False)
@@ -225,7 +232,7 @@ class RedisFront(EventHandler):
             for i, reply in enumerate(replies):
                 if reply is None:
                     args, result = next(it)
-                    replies[i] = (_error_reply(result) if isinstance(result, Exception)
+                    replies[i] = (error_reply(result) if isinstance(result, Exception)
                                   else ENCODERS[args[0].lower()](result))
         return b"".join(replies)  # type: ignore[arg-type]
 

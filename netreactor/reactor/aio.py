@@ -66,8 +66,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
     _Ts = TypeVarTuple("_Ts")
 
-__all__ = ["ReactorSelector", "ReactorEventLoop", "run_with_asyncio", "NestedEventLoop",
-           "NestedDriver", "reactor_of"]
+__all__ = ["ReactorSelector", "ReactorEventLoop", "run_with_asyncio", "run_nested",
+           "NestedEventLoop", "NestedDriver", "reactor_of"]
 
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
@@ -328,6 +328,28 @@ def run_with_asyncio(loop: EventLoop, *,
             aio.close()
 
 
+def run_nested(loop: NestedEventLoop, new_loop: Callable[[], asyncio.AbstractEventLoop], *,
+               on_start: Optional[Callable[[asyncio.AbstractEventLoop], None]] = None,
+               before_close: Optional[Callable[[Any], Awaitable[Any]]] = None) -> None:
+    """Run ``loop`` (on its thread) nested in a new asyncio loop ``new_loop()`` (uvloop's,
+    say) until it is stopped; then wind the asyncio loop down as :func:`run_with_asyncio` does."""
+    aio = new_loop()
+    asyncio.set_event_loop(aio)
+    driver = NestedDriver(loop, aio)
+    try:
+        if on_start is not None:
+            on_start(aio)
+        driver.start()
+        aio.run_until_complete(driver.stopped)
+    finally:
+        driver.detach()
+        try:
+            _wind_down(aio, before_close)
+        finally:
+            asyncio.set_event_loop(None)
+            aio.close()
+
+
 def _wind_down(aio: asyncio.AbstractEventLoop,
                before_close: Optional[Callable[[Any], Awaitable[Any]]]) -> None:
     """After the netreactor loop stopped: let asyncio finish what it was doing.
@@ -366,12 +388,13 @@ class NestedEventLoop(EventLoop):
     def __init__(self, index: int, poller: Poller, logger: Any) -> None:
         super().__init__(index, poller, logger)
         self._kick: Callable[[], None] = _nothing
+        self._kick_flush: Callable[[], None] = _nothing
         flush_append = self.schedule_flush
         read_append = self.schedule_read
 
         def schedule_flush(conn: ConnectionEntry) -> None:
             flush_append(conn)
-            self._kick()
+            self._kick_flush()  # a flush, not a whole iteration: no poll needed for it
 
         def schedule_read(conn: ConnectionEntry) -> None:
             read_append(conn)
@@ -393,9 +416,11 @@ class NestedEventLoop(EventLoop):
         super().stop()
         self._kick()  # from asyncio code: no iteration would come to see it
 
-    def set_kick(self, kick: Callable[[], None]) -> None:
-        """``kick()`` is called whenever work is queued (the driver's :meth:`NestedDriver.kick`)."""
+    def set_kick(self, kick: Callable[[], None], kick_flush: Callable[[], None]) -> None:
+        """``kick()`` is called whenever work is queued, ``kick_flush()`` when only
+        writes are (the driver's :meth:`NestedDriver.kick` and :meth:`NestedDriver.kick_flush`)."""
         self._kick = kick
+        self._kick_flush = kick_flush
 
 
 def _nothing() -> None:
@@ -414,6 +439,7 @@ class NestedDriver:
         self.stopped: asyncio.Future[None] = aio.create_future()
         self._fd = loop.poller.fileno()
         self._scheduled = False       # an iteration is queued on aio (call_soon)
+        self._flush_scheduled = False  # a flush is
         self._timer: Optional[asyncio.TimerHandle] = None
         self._timer_at = 0.0
         self._in_step = False
@@ -424,7 +450,7 @@ class NestedDriver:
         """Begin: watch the poller and run a first iteration."""
         self.aio.add_reader(self._fd, self._step)
         self._attached = True
-        self.loop.set_kick(self.kick)
+        self.loop.set_kick(self.kick, self.kick_flush)
         self.kick()
 
     def kick(self) -> None:
@@ -432,6 +458,21 @@ class NestedDriver:
         if not (self._scheduled or self._in_step) and self._attached:
             self._scheduled = True
             self.aio.call_soon(self._step)
+
+    def kick_flush(self) -> None:
+        """Ask for the deferred writes to be sent soon: every write made by the
+        callbacks of one asyncio iteration goes out with one flush after them."""
+        if not (self._flush_scheduled or self._scheduled or self._in_step) and self._attached:
+            self._flush_scheduled = True
+            self.aio.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._attached:
+            loop = self.loop
+            loop.flush_deferred_writes()
+            if loop.pending_work():
+                self.kick()
 
     def _step(self) -> None:
         if not self._attached:
@@ -477,7 +518,7 @@ class NestedDriver:
         if not self._attached:
             return
         self._attached = False
-        self.loop.set_kick(_nothing)
+        self.loop.set_kick(_nothing, _nothing)
         self._cancel_timer()
         if not self.aio.is_closed():
             self.aio.remove_reader(self._fd)

@@ -185,6 +185,12 @@ class EventLoop:
         """Run ``callback(*args)`` after ``delay`` seconds (loop thread only)."""
         return self._timers.schedule(delay, callback, args)
 
+    def flush_deferred_writes(self) -> None:
+        """Send now what connections wrote outside their callbacks (what the end of
+        an iteration does; for a driver that runs the loop from outside)."""
+        if self._dirty:
+            self._flush_dirty()
+
     def pending_work(self) -> bool:
         """Tasks, reads or flushes are queued: the next iteration polls without waiting."""
         return bool(self._urgent or self._tasks or self._ready or self._dirty)

@@ -284,7 +284,13 @@ class Server:
             self._primary = self._slots[0].loop
 
     def _new_loop(self, index: int, primary: bool = False) -> EventLoop:
-        factory = self._primary_factory if primary and self._primary_factory is not None else EventLoop
+        factory: LoopFactory = EventLoop
+        if primary and self._primary_factory is not None:
+            factory = self._primary_factory
+        elif self.options.asyncio and self.options.asyncio_loop != "reactor":
+            from ..reactor.aio import NestedEventLoop  # a loop that uvloop runs
+
+            factory = NestedEventLoop
         return factory(index, new_poller(self.options.poller), self.logger)
 
     # ------------------------------------------------------------------ binding
@@ -409,11 +415,18 @@ class Server:
         if not self.options.asyncio or spawner is None:
             loop.run()
             return
-        from ..reactor.aio import run_with_asyncio  # asyncio is imported only when asked for
+        # asyncio (and uvloop) are imported only when asked for.
+        from ..reactor.aio import NestedEventLoop, run_nested, run_with_asyncio
 
         try:
-            run_with_asyncio(loop, on_start=lambda aio: spawner.attach(loop, aio),
-                             before_close=spawner.drain)
+            if isinstance(loop, NestedEventLoop):
+                import uvloop
+
+                run_nested(loop, uvloop.new_event_loop, on_start=lambda aio: spawner.attach(loop, aio),
+                           before_close=spawner.drain)
+            else:
+                run_with_asyncio(loop, on_start=lambda aio: spawner.attach(loop, aio),
+                                 before_close=spawner.drain)
         finally:
             spawner.detach(loop)
 

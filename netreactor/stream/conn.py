@@ -919,7 +919,28 @@ class Conn(Inbound):
             raise RuntimeError("conn.spawn() needs asyncio: start the engine with asyncio=True "
                                "(CLI --asyncio), or serve it with netreactor.serve() inside an "
                                "asyncio program")
-        return spawner.spawn(self, coro, on_result, cancel_on_close=cancel_on_close)
+        return spawner.spawn_for(self, self._loop, not self._writing, coro, on_result, cancel_on_close)
+
+    def write_now(self, data: Buffer) -> int:
+        """:meth:`write`, then send at once what is queued (loop thread): for writes
+        made outside any callback (a coroutine's result) that should not wait for
+        the end of the loop iteration. Returns the bytes accepted."""
+        if not self._writing:
+            return 0
+        if not self._loop.on_loop_thread():
+            raise self._wrong_thread("write_now")
+        if data.__class__ is not bytes:
+            data = _owned(data)
+        out = self._out
+        if out is None:
+            self._out = [data]
+        else:
+            out.append(data)
+        n = len(data)
+        self._out_bytes += n
+        if not self._flush_pending:  # else: inside a callback, or a flush is queued anyway
+            self._flush()
+        return n
 
     # ------------------------------------------------------------------ flow control
 
