@@ -32,9 +32,11 @@ the I/O layer, not the service), driven by ``redis-benchmark -c 50 -t get``
 * ``asyncio-protocol``, ``uvloop-protocol`` -- an ``asyncio.Protocol`` whose
   ``data_received`` starts a task per read, replies written in order.
 
-Scenarios: ``get`` (one request in flight per connection) and ``get-P16``
+Scenarios: ``get`` (one request in flight per connection), ``get-P16``
 (``-P 16``: 16 pipelined per connection, one batch per read, forwarded as one
-redis pipeline).
+redis pipeline), and ``ping`` (PING, which the front end's coroutine answers
+itself without awaiting anything: the per-call cost of each way to run a
+coroutine per request, the threaded fallback's hop included).
 
 The front end is pinned to the first CPU; ``redis-server`` and
 ``redis-benchmark`` share the second. The figure is the **front end's CPU time
@@ -76,12 +78,15 @@ SCENARIOS = {
                     unit="req"),
     "get-P16": Scenario("get-P16", "get", 50, 16, 64, "the same with -P 16: 16 pipelined per connection",
                         unit="req"),
+    "ping": Scenario("ping", "ping_mbulk", 50, 1, 0, "redis-benchmark -c 50 -t ping_mbulk: the front "
+                     "end's coroutine answers PING itself, no await: what running a coroutine per "
+                     "request costs each way", unit="req"),
 }
 KEY, VALUE = b"key:__rand_int__", b"v" * 64
 POOL_WORKERS = 16
 #: Requests per measured run (and per warm-up run).
-REQUESTS = {"get": 60_000, "get-P16": 300_000}
-QUICK_REQUESTS = {"get": 20_000, "get-P16": 100_000}
+REQUESTS = {"get": 60_000, "get-P16": 300_000, "ping": 100_000}
+QUICK_REQUESTS = {"get": 20_000, "get-P16": 100_000, "ping": 30_000}
 WARMUP_REQUESTS = 2_000
 
 
@@ -291,15 +296,16 @@ def check(kind: str) -> Optional[str]:
 # ---------------------------------------------------------------------------- one run
 
 
-def _redis_benchmark(port: int, requests: int, pipeline: int, cpu: Optional[int]) -> tuple[dict, float]:
+def _redis_benchmark(port: int, requests: int, pipeline: int, cpu: Optional[int],
+                     test: str = "get") -> tuple[dict, float]:
     argv = ["redis-benchmark", "-h", HOST, "-p", str(port), "-c", "50", "-n", str(requests),
-            "-t", "get", "--csv"]
+            "-t", test, "--csv"]
     if pipeline > 1:
         argv += ["-P", str(pipeline)]
     out, cpu_s = run_to_end(argv, [cpu] if cpu is not None else None, timeout=600)
     for line in out.splitlines():
         cells = [c.strip('"') for c in line.strip().split(",")]
-        if len(cells) >= 7 and cells[0] == "GET":
+        if len(cells) >= 7 and cells[0] in ("GET", "PING_MBULK"):
             return {"rps": float(cells[1]), "p50_ms": float(cells[4]), "p99_ms": float(cells[6])}, cpu_s
     raise BenchError(f"cannot read redis-benchmark's output: {out[-500:]}")
 
@@ -319,13 +325,13 @@ def run_one(ctx: Ctx, kind: str, sc: Scenario) -> dict:
     with ServerProc(kind, argv, port, ctx.server_cpu) as srv:
         srv.wait_ready()
         # Warm-up: the backend connections are made, the code paths are hot.
-        _redis_benchmark(port, WARMUP_REQUESTS, sc.depth, ctx.gen_cpu)
+        _redis_benchmark(port, WARMUP_REQUESTS, sc.depth, ctx.gen_cpu, sc.mode)
         pids = _procstat.process_tree(srv.pid)
         win = CpuWindow(pids, ctx.server_cpu, [ctx.gen_cpu] if ctx.gen_cpu is not None else ())
         redis0 = _procstat.cpu_seconds(ctx.redis_pid)
         n = ctx.requests[sc.name]
         win.open()
-        res, gen_cpu_s = _redis_benchmark(port, n, sc.depth, ctx.gen_cpu)
+        res, gen_cpu_s = _redis_benchmark(port, n, sc.depth, ctx.gen_cpu, sc.mode)
         win.close()
         srv.check_alive()
     redis_s = _procstat.cpu_seconds(ctx.redis_pid) - redis0

@@ -772,3 +772,33 @@ def test_redis_front_with_redis_cli(front):
     assert run("INCR", "cli:x") == "43\n"
     assert run("GET", "cli:x") == "43\n"
     assert run("NOSUCH") .startswith("ERR unknown command")
+
+
+def test_netreactor_example_redis_front_turns_asyncio_on(redis_port):
+    """The command line: ``netreactor example redis-front`` serves with asyncio on
+    (the example's default option), forwarding to NETREACTOR_REDIS_URL."""
+    import os
+    import re
+    import signal
+    import sys
+
+    from netreactor.protocols.resp import encode_command
+
+    env = dict(os.environ, NETREACTOR_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0")
+    proc = subprocess.Popen([sys.executable, "-m", "netreactor", "example", "redis-front",
+                             "--listen", "tcp://127.0.0.1:0"], env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        log = b""
+        deadline = time.monotonic() + 20
+        while not re.search(rb"serving tcp://127\.0\.0\.1:(\d+)", log):
+            assert time.monotonic() < deadline and proc.poll() is None, log.decode(errors="replace")
+            log += proc.stderr.read1(4096)
+        port = int(re.search(rb"serving tcp://127\.0\.0\.1:(\d+)", log).group(1))
+        payload = encode_command("SET", "cli:front", "7") + encode_command("INCR", "cli:front") \
+            + encode_command("PING")
+        assert _replies(port, payload, 3) == [b"+OK\r\n", b":8\r\n", b"+PONG\r\n"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        proc.stderr.close()
