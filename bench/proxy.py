@@ -1,4 +1,4 @@
-"""TCP proxy benchmark: throughput of examples/tcp_proxy.py vs a minimal asyncio
+"""TCP proxy benchmark: throughput of netreactor/examples/tcp_proxy.py vs a minimal asyncio
 (Protocol API) proxy, and the same proxy on uvloop, in one run.
 
     python3 bench/proxy.py [--quick] [--scenario NAME ...] [--servers netreactor,asyncio,uvloop]
@@ -6,7 +6,7 @@
 
 Three processes per run, all on loopback:
 
-* the **proxy** under test, pinned to the first CPU: ``examples/tcp_proxy.py``
+* the **proxy** under test, pinned to the first CPU: ``netreactor/examples/tcp_proxy.py``
   (netreactor, one loop) or ``bench/proxy.py --serve asyncio|uvloop`` -- the
   textbook Protocol-API proxy: the inbound side is paused until the upstream
   connection is made, ``data_received`` writes to the other side, and
@@ -47,7 +47,6 @@ from _harness import (CpuWindow, LineReporter, Profile, Scenario, add_run_option
 from _procs import LoadgenProc, ServerProc  # noqa: E402
 import _procstat  # noqa: E402
 
-PROXY_EXAMPLE = os.path.join(REPO_ROOT, "examples", "tcp_proxy.py")
 KINDS = ("netreactor", "asyncio", "uvloop")
 CHUNK = 64 * 1024
 
@@ -134,7 +133,7 @@ def serve(kind: str, port: int, upstream_port: int) -> None:
             asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
             asyncio.run(_serve_asyncio(port, upstream_port))
     else:
-        raise SystemExit(f"--serve {kind!r}: netreactor runs examples/tcp_proxy.py itself")
+        raise SystemExit(f"--serve {kind!r}: netreactor runs netreactor/examples/tcp_proxy.py itself")
 
 
 # --------------------------------------------------------------------------
@@ -229,12 +228,12 @@ def load_main(mode: str, conns: int, warmup: float, duration: float, hold_timeou
 # --------------------------------------------------------------------------
 def start_proxy(kind: str, port: int, upstream_port: int, cpu: int | None) -> ServerProc:
     if kind == "netreactor":
-        cmd = [sys.executable, PROXY_EXAMPLE, "--listen", f"tcp://{HOST}:{port}",
+        cmd = [sys.executable, "-m", "netreactor.examples.tcp_proxy", "--listen", f"tcp://{HOST}:{port}",
                "--upstream", f"tcp://{HOST}:{upstream_port}", "--log-level", "WARNING"]
     else:
         cmd = [sys.executable, os.path.abspath(__file__), "--serve", kind, "--port", str(port),
                "--upstream-port", str(upstream_port)]
-    return ServerProc(kind, cmd, port, cpu, what="proxy")
+    return ServerProc(kind, cmd, port, cpu, cwd=REPO_ROOT, what="proxy")  # -m finds netreactor there
 
 
 def run_one(kind: str, sc: Scenario, profile: Profile, proxy_cpu: int | None) -> dict:

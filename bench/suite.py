@@ -77,7 +77,7 @@ MARK_BEGIN, MARK_END = "<!-- bench-table -->", "<!-- /bench-table -->"
 SERVER_ORDER = ("netreactor", "uvloop", "asyncio", "gevent", "twisted", "redis-server", "uvicorn")
 ECHO_KINDS = ("netreactor", "uvloop", "asyncio", "gevent", "twisted")
 #: The TLS peers; each is servers.py's kind "<name>-tls" and shows in the <name> column.
-TLS_PEERS = ("uvloop", "asyncio")  # + "netreactor" once servers.py --check netreactor-tls passes
+TLS_PEERS = ("netreactor", "uvloop", "asyncio")
 APP_KINDS = ("netreactor", "uvloop", "asyncio")  # servers.py --proto resp|http
 BASELINE = "uvloop"  # the ratios of the main figure are "CPU per op / uvloop's"
 

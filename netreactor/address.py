@@ -27,6 +27,9 @@ SCHEMES: dict[str, tuple[str, int | None]] = {
     "udp4": ("udp", socket.AF_INET),
     "udp6": ("udp", socket.AF_INET6),
     "unix": ("unix", socket.AF_UNIX),
+    "tls": ("tcp", None),   # TCP with TLS (the engine's ``tls=`` context)
+    "tls4": ("tcp", socket.AF_INET),
+    "tls6": ("tcp", socket.AF_INET6),
     "fd": ("fd", None),  # an inherited descriptor: family and type come from the fd
 }
 
@@ -45,6 +48,16 @@ class Address:
     port: int = 0
     path: str = ""
     fd: int = -1  # for "fd://N"
+
+    @property
+    def tls(self) -> bool:
+        """TCP with TLS (``tls://``, ``tls4://``, ``tls6://``)."""
+        return self.scheme in ("tls", "tls4", "tls6")
+
+    @property
+    def ipv6_only(self) -> bool:
+        """Bound to IPv6 only (``tcp6://``, ``udp6://``, ``tls6://``)."""
+        return self.scheme in ("tcp6", "udp6", "tls6")
 
     @property
     def is_stream(self) -> bool:
@@ -82,7 +95,7 @@ def parse_address(text: str) -> Address:
     ``fd://N`` is the socket already bound on inherited descriptor N.
     """
     if not isinstance(text, str):
-        raise ValueError(f"address must be a string like 'tcp://127.0.0.1:9000', got {text!r}")  # noqa: TRY004
+        raise ValueError(f"address must be a string like 'tcp://127.0.0.1:9000', got {text!r}")
     scheme, sep, rest = text.partition("://")
     if not sep:
         raise ValueError(

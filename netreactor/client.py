@@ -168,11 +168,19 @@ class Client:
 
     # ------------------------------------------------------------------ dialing
 
-    def dial(self, address: str, timeout: Optional[float] = None) -> AnyConn:
-        """Connect to ``address`` (``tcp://``, ``udp://``, ``unix://``...) and return the
-        connection once ``on_open`` has run. Raises ``ConnectionRefusedError``,
-        ``TimeoutError``, ``socket.gaierror``... with the address in the message.
-        Not for use on the client's loop threads (see :meth:`dial_async`)."""
+    def dial(self, address: str, timeout: Optional[float] = None, *, tls: Any = None,
+             server_hostname: Optional[str] = None) -> AnyConn:
+        """Connect to ``address`` (``tcp://``, ``udp://``, ``unix://``, ``tls://``...) and
+        return the connection once ``on_open`` has run. Raises ``ConnectionRefusedError``,
+        ``TimeoutError``, ``socket.gaierror``, ``ssl.SSLCertVerificationError``... with
+        the address in the message. Not for use on the client's loop threads (see
+        :meth:`dial_async`).
+
+        ``tls://``: ``tls`` is the ``ssl.SSLContext`` (default:
+        ``ssl.create_default_context()``, which verifies the certificate and the
+        host name); ``server_hostname`` the name to verify and send as SNI
+        (default: the address's host). ``timeout`` bounds the connect and the
+        handshake together."""
         if self._on_a_loop_thread():
             raise RuntimeError("dial() would block the event loop; use dial_async() in callbacks")
         future: "concurrent.futures.Future[AnyConn]" = concurrent.futures.Future()
@@ -183,17 +191,24 @@ class Client:
             else:
                 future.set_result(conn)
 
-        self.dial_async(address, done, timeout=timeout)
+        self.dial_async(address, done, timeout=timeout, tls=tls, server_hostname=server_hostname)
         return future.result()
 
     def dial_async(self, address: str, callback: DialCallback, timeout: Optional[float] = None,
-                   near: Optional[AnyConn] = None) -> None:
+                   near: Optional[AnyConn] = None, *, tls: Any = None,
+                   server_hostname: Optional[str] = None) -> None:
         """Connect without blocking; ``callback(conn, err)`` runs on the connection's loop
         after ``on_open`` (or with the error). ``near=conn`` puts the new connection on
-        ``conn``'s loop. A bad address raises ``ValueError`` here, at once."""
+        ``conn``'s loop. ``tls``/``server_hostname``: as for :meth:`dial`. A bad address
+        raises ``ValueError`` here, at once."""
         addr = parse_address(address)
         if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
             raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+        if addr.tls:
+            callback = _TLSDial(callback, tls, server_hostname or addr.host, address,
+                                timeout if timeout is not None else self.options.handshake_timeout)
+        elif tls is not None or server_hostname is not None:
+            raise ValueError(f"tls= and server_hostname= go with a tls:// address, not {address!r}")
         self._require_running()
         loop = near.loop if near is not None else self._pick_loop()
         if addr.transport == "unix":
@@ -309,6 +324,10 @@ class Client:
                 conn = (EdgeConn if self.options.edge_triggered else Conn)(
                     self._contexts[loop], sock.detach(), transport)
                 self._track(conn)
+                if isinstance(callback, _TLSDial):
+                    # The dial completes when the handshake does (on_open has run then).
+                    conn.start([callback.handshake()])
+                    return
                 conn.start()
         except OSError as exc:
             sock.close()
@@ -346,6 +365,55 @@ class Client:
             self._request_stop()
             return
         loop.call_later(delay, self._tick, loop)
+
+
+class _TLSDial:
+    """A ``tls://`` dial's callback, and what its handshake needs. Errors
+    before the handshake pass through as they are; a failed handshake names
+    the address."""
+
+    def __init__(self, callback: DialCallback, context: Any, server_hostname: str, address: str,
+                 timeout: float) -> None:
+        self.callback = callback
+        self.context = context
+        self.server_hostname = server_hostname
+        self.address = address
+        self.timeout = timeout
+
+    def __call__(self, conn: Optional[AnyConn], err: Optional[BaseException]) -> None:
+        self.callback(conn, err)
+
+    def handshake(self) -> Any:
+        import ssl
+
+        from .stream.tls import TLSHandshake
+
+        context = self.context
+        if context is None:
+            context = ssl.create_default_context()
+        return TLSHandshake(lambda: context, server_side=False, server_hostname=self.server_hostname,
+                            timeout=self.timeout, on_outcome=self._outcome)
+
+    def _outcome(self, conn: Any, err: Optional[BaseException]) -> None:
+        if err is None:
+            self.callback(conn, None)
+        else:
+            self.callback(None, _tls_error(err, self.address))
+
+
+def _tls_error(err: BaseException, address: str) -> BaseException:
+    """The handshake's error, of the same kind, naming the address."""
+    import ssl
+
+    if isinstance(err, ssl.SSLCertVerificationError):
+        named = ssl.SSLCertVerificationError(err.errno, f"{err.strerror or err} ({address})")
+        named.verify_code = err.verify_code
+        named.verify_message = err.verify_message
+        named.reason = getattr(err, "reason", None)  # type: ignore[misc]
+        return named
+    if isinstance(err, OSError) and err.errno is not None:
+        return type(err)(err.errno, f"{err.strerror or err} ({address})")
+    return type(err)(f"{err} ({address})") if isinstance(err, (TimeoutError, ConnectionError)) else err
 
 
 class _Connector:

@@ -34,8 +34,18 @@ Decoders are not thread-safe; like a connection, each belongs to one loop.
 from __future__ import annotations
 
 import abc
+import functools
 import struct
-from typing import Iterable, List, NoReturn, Optional, Tuple, Union
+from typing import Any, Iterable, List, NoReturn, Optional, Tuple, Union
+
+from . import speedups
+
+# The C twins (netreactor._speedups), or None: the pure-Python classes below
+# define the behaviour either way (see netreactor/speedups.py).
+_c = speedups.module()
+# Parameters beyond this take the pure-Python decoders: the C ones do their
+# arithmetic in 64 bits (no real stream comes near).
+_C_LIMIT = 1 << 60
 
 __all__ = [
     "DEFAULT_MAX_FRAME_LENGTH",
@@ -153,10 +163,15 @@ class _BufferedDecoder(Decoder):
         raise exc
 
     def _raise_failed(self) -> NoReturn:
-        raise FrameError(
-            f"decoder failed earlier ({self._error}); the stream cannot be resynchronised, "
-            "use a new decoder (or close the connection)"
-        ) from self._error
+        _raise_failed_again(self._error)  # type: ignore[arg-type]
+
+
+def _raise_failed_again(error: FrameError) -> NoReturn:
+    """What every ``feed`` of a failed decoder raises (both implementations)."""
+    raise FrameError(
+        f"decoder failed earlier ({error}); the stream cannot be resynchronised, "
+        "use a new decoder (or close the connection)"
+    ) from error
 
 
 # --------------------------------------------------------------------------
@@ -253,6 +268,14 @@ class LineCodec(Codec):
 
     def decoder(self) -> Decoder:
         """A fresh line decoder."""
+        if _c is not None and self._max <= _C_LIMIT:
+            return _c.SplitDecoder(  # type: ignore[no-any-return]
+                b"\n", True, self._strip, self._max,
+                functools.partial(_line_too_long, self._max), _raise_failed_again)
+        return self._py_decoder()
+
+    def _py_decoder(self) -> Decoder:
+        """The pure-Python decoder (the reference the C one is tested against)."""
         return _LineDecoder(self._max, self._strip)
 
     def __repr__(self) -> str:
@@ -324,8 +347,17 @@ class _LineDecoder(_BufferedDecoder):
             self._too_long(rem, frames, unterminated=True)
 
     def _too_long(self, length: int, frames: Optional[List[bytes]], unterminated: bool = False) -> NoReturn:
-        what = f"{length}+ bytes without a line ending" if unterminated else f"{length} bytes"
-        self._fail(FrameTooLongError(f"line longer than max_frame_length={self._max}: {what}"), frames)
+        self._fail(_line_too_long(self._max, length, unterminated), frames)
+
+
+def _line_too_long(maxlen: int, length: int, unterminated: bool,
+                   frames: Optional[List[bytes]] = None) -> FrameTooLongError:
+    """The error for a line over ``maxlen`` (both implementations)."""
+    what = f"{length}+ bytes without a line ending" if unterminated else f"{length} bytes"
+    exc = FrameTooLongError(f"line longer than max_frame_length={maxlen}: {what}")
+    if frames:
+        exc.frames = frames
+    return exc
 
 
 # --------------------------------------------------------------------------
@@ -426,6 +458,14 @@ class DelimiterCodec(Codec):
 
     def decoder(self) -> Decoder:
         """A fresh delimiter decoder."""
+        if _c is not None and len(self._delims) == 1 and self._max <= _C_LIMIT:
+            return _c.SplitDecoder(  # type: ignore[no-any-return]
+                self._delims[0], False, self._strip, self._max,
+                functools.partial(_delimiter_too_long, self._max), _raise_failed_again)
+        return self._py_decoder()
+
+    def _py_decoder(self) -> Decoder:
+        """The pure-Python decoder (the reference the C one is tested against)."""
         return _DelimiterDecoder(self._delims, self._max, self._strip)
 
     def __repr__(self) -> str:
@@ -602,8 +642,17 @@ class _DelimiterDecoder(_BufferedDecoder):
         return False
 
     def _too_long(self, length: int, frames: Optional[List[bytes]], unterminated: bool = False) -> NoReturn:
-        what = f"{length}+ bytes without a delimiter" if unterminated else f"{length} bytes"
-        self._fail(FrameTooLongError(f"frame longer than max_frame_length={self._max}: {what}"), frames)
+        self._fail(_delimiter_too_long(self._max, length, unterminated), frames)
+
+
+def _delimiter_too_long(maxlen: int, length: int, unterminated: bool,
+                        frames: Optional[List[bytes]] = None) -> FrameTooLongError:
+    """The error for a delimited frame over ``maxlen`` (both implementations)."""
+    what = f"{length}+ bytes without a delimiter" if unterminated else f"{length} bytes"
+    exc = FrameTooLongError(f"frame longer than max_frame_length={maxlen}: {what}")
+    if frames:
+        exc.frames = frames
+    return exc
 
 
 # --------------------------------------------------------------------------
@@ -756,6 +805,8 @@ class LengthFieldCodec(Codec):
         "_adj",
         "_field_max",
         "_pack",
+        "_c_args",
+        "_c_encode",
     )
 
     def __init__(
@@ -798,6 +849,8 @@ class LengthFieldCodec(Codec):
             self._pack = None
         else:
             self._pack = struct.Struct(order + _FORMATS[length_field_length]).pack
+        self._c_args = _c_length_field_args(self)
+        self._c_encode = _c is not None and not length_field_offset and abs(self._adj) <= _C_LIMIT
 
     @property
     def length_field_length(self) -> int:
@@ -858,6 +911,12 @@ class LengthFieldCodec(Codec):
 
     def encode_many(self, payloads: List[BytesLike]) -> bytes:
         """Like :meth:`Codec.encode_many`; one pass of header packing and one join."""
+        if self._c_encode:
+            out = _c.lf_encode_many(payloads, self._lfl, self._byteorder == "big", self._adj)  # type: ignore[union-attr]
+            if out is not None:
+                return out  # type: ignore[no-any-return]
+            # None: an item the C code does not take, or a length that does not
+            # fit; the Python code below encodes it or raises the right error.
         pack = self._pack
         if self._offset or pack is None:
             return super().encode_many(payloads)
@@ -882,6 +941,12 @@ class LengthFieldCodec(Codec):
 
     def decoder(self) -> Decoder:
         """A fresh length-field decoder."""
+        if self._c_args is not None:
+            return _c.LengthFieldDecoder(*self._c_args)  # type: ignore[union-attr,no-any-return]
+        return self._py_decoder()
+
+    def _py_decoder(self) -> Decoder:
+        """The pure-Python decoder (the reference the C one is tested against)."""
         if self._lfl == 3:
             return _LengthField24Decoder(self)
         return _LengthFieldDecoder(self)
@@ -966,32 +1031,56 @@ class _LengthFieldDecoder(_BufferedDecoder):
         return frames
 
     def _bad_length(self, flen: int, frames: List[bytes]) -> NoReturn:
-        value = flen - self._adj
-        if self._eight and value >= 1 << 63:
-            # Netty reads 8-byte fields as a signed long.
-            self._fail(FrameError(f"negative length field: {value - (1 << 64)}"), frames)
-        if flen > self._max:
-            self._fail(
-                FrameTooLongError(
-                    f"frame length {flen} (length field {value}) exceeds max_frame_length={self._max}"
-                ),
-                frames,
-            )
-        if flen < self._hend:
-            self._fail(
-                FrameError(
-                    f"adjusted frame length {flen} (length field {value}) is less than the end "
-                    f"of the length field ({self._hend})"
-                ),
-                frames,
-            )
-        self._fail(
-            FrameError(
-                f"adjusted frame length {flen} (length field {value}) is less than "
-                f"initial_bytes_to_strip ({self._strip})"
-            ),
-            frames,
+        self._fail(_length_error(self._adj, self._max, self._hend, self._strip, self._eight,
+                                 flen - self._adj), frames)
+
+
+def _length_error(adj: int, maxlen: int, hend: int, strip: int, eight: bool, value: int,
+                  frames: Optional[List[bytes]] = None) -> FrameError:
+    """The error for a length field of ``value`` that the decoder refuses (both
+    implementations). ``adj`` turns the value into the frame length."""
+    flen = value + adj
+    if eight and value >= 1 << 63:
+        # Netty reads 8-byte fields as a signed long.
+        exc = FrameError(f"negative length field: {value - (1 << 64)}")
+    elif flen > maxlen:
+        exc = FrameTooLongError(f"frame length {flen} (length field {value}) exceeds max_frame_length={maxlen}")
+    elif flen < hend:
+        exc = FrameError(
+            f"adjusted frame length {flen} (length field {value}) is less than the end "
+            f"of the length field ({hend})"
         )
+    else:
+        exc = FrameError(
+            f"adjusted frame length {flen} (length field {value}) is less than "
+            f"initial_bytes_to_strip ({strip})"
+        )
+    if frames:
+        exc.frames = frames
+    return exc
+
+
+def _c_length_field_args(codec: LengthFieldCodec) -> Optional[Tuple[Any, ...]]:
+    """The C decoder's constructor arguments for ``codec``, or None for the Python one."""
+    if _c is None:
+        return None
+    lfl = codec.length_field_length
+    hend = codec.length_field_offset + lfl
+    adj = codec._adj + hend  # frame length = field value + adj
+    maxlen = codec.max_frame_length
+    strip = codec.initial_bytes_to_strip
+    if maxlen > _C_LIMIT or abs(adj) > _C_LIMIT or strip > _C_LIMIT or hend > _C_LIMIT:
+        return None
+    # A field value is accepted when the frame ends at or after the end of the
+    # field and the strip, and within max_frame_length; 8-byte fields are signed.
+    field_max = (1 << 63) - 1 if lfl == 8 else (1 << (8 * lfl)) - 1
+    lo = max(0, max(hend, strip) - adj)
+    hi = min(field_max, maxlen - adj)
+    if hi < lo:
+        lo, hi = 1, 0  # no value is accepted
+    error_for = functools.partial(_length_error, adj, maxlen, hend, strip, lfl == 8)
+    return (codec.length_field_offset, lfl, codec.byteorder == "big", adj, lo, hi, strip,
+            error_for, _raise_failed_again)
 
 
 class _LengthField24Decoder(_LengthFieldDecoder):
@@ -1035,3 +1124,8 @@ class _LengthField24Decoder(_LengthFieldDecoder):
         if pos < end:
             buf += memoryview(data)[pos:] if pos else data
         return frames
+
+
+if _c is not None:
+    Decoder.register(_c.LengthFieldDecoder)
+    Decoder.register(_c.SplitDecoder)

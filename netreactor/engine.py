@@ -47,6 +47,16 @@ def parse_addresses(addrs: Sequence[Any]) -> List[Address]:
     return parsed
 
 
+def _check_tls(addresses: Sequence[Address], texts: Sequence[Any], options: Options) -> None:
+    tls_addrs = [str(t) for a, t in zip(addresses, texts) if a.tls]
+    if tls_addrs and options.tls is None:
+        raise ValueError(f"address {tls_addrs[0]!r} needs option 'tls' (an ssl.SSLContext, e.g. "
+                         f"netreactor.tls.server_context(certfile, keyfile))")
+    if options.tls is not None and not tls_addrs:
+        raise ValueError("option 'tls' is set but no address uses it: give a tls://, tls4:// or "
+                         f"tls6:// address (got {', '.join(map(str, texts))})")
+
+
 class Engine:
     """A server: ``Engine(handler, *addresses, **options)``.
 
@@ -59,6 +69,7 @@ class Engine:
         self.handler = handler
         self.options = Options.from_kwargs(options)
         self._addresses = parse_addresses(addrs)
+        _check_tls(self._addresses, addrs, self.options)
         self.logger: Any = self.options.get_logger()
         self._lock = threading.RLock()
         self._state = "new"
@@ -115,6 +126,24 @@ class Engine:
             impl = self._impl
         if impl is not None:
             impl.stop()
+
+    def set_tls(self, context: Any) -> None:
+        """Serve new TLS connections with ``context`` (an ``ssl.SSLContext``): certificate
+        rotation without a restart. Build a new context; never change a live one.
+        Connections already open keep theirs. From any thread. With worker
+        processes, send the supervisor SIGHUP instead: the workers it starts
+        build their contexts anew."""
+        import ssl
+
+        if not isinstance(context, ssl.SSLContext):
+            raise ValueError(f"set_tls() needs an ssl.SSLContext, got {type(context).__name__}")
+        impl = self._impl
+        if isinstance(impl, Supervisor):
+            raise RuntimeError("set_tls() in a worker supervisor: send it SIGHUP, and the new "
+                               "workers build their contexts from the certificate files")
+        self.options.tls = context
+        if isinstance(impl, Server):
+            impl.set_tls(context)
 
     def wait(self, timeout: Optional[float] = None) -> bool:
         """Block until the engine has stopped; False on timeout."""

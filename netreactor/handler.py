@@ -36,19 +36,19 @@ class EventHandler:
     engine's first loop (the one in the thread that called :func:`netreactor.run`).
     """
 
-    def on_boot(self, engine: "Engine") -> Optional[Action]:
+    def on_boot(self, engine: Engine) -> Optional[Action]:
         """The engine is bound and about to serve. ``Action.SHUTDOWN`` aborts start."""
         return None
 
-    def on_open(self, conn: "Conn") -> Optional[Action]:
+    def on_open(self, conn: Conn) -> Optional[Action]:
         """A connection was opened. Writes made here are sent before any reply."""
         return None
 
-    def on_traffic(self, conn: "Conn") -> Optional[Action]:
+    def on_traffic(self, conn: Conn) -> Optional[Action]:
         """Data arrived on ``conn`` (or :meth:`Conn.wake` was called)."""
         return None
 
-    def on_close(self, conn: "Conn", err: Optional[BaseException]) -> Optional[Action]:
+    def on_close(self, conn: Conn, err: Optional[BaseException]) -> Optional[Action]:
         """``conn`` was closed: ``err`` is ``None`` for a local close, else the cause."""
         return None
 
@@ -56,6 +56,6 @@ class EventHandler:
         """Called when ``ticker=True``; return seconds until the next tick, or ``(seconds, Action)``."""
         return None
 
-    def on_shutdown(self, engine: "Engine") -> None:
+    def on_shutdown(self, engine: Engine) -> None:
         """The engine has stopped serving and every connection is closed."""
         return None

@@ -466,7 +466,9 @@ class MetricsHandler(EventHandler):
     def _parser(self) -> RequestParser:
         # Scrapers send no body; a small one (to be answered 405) is read and dropped.
         return RequestParser(max_head=self.max_head, max_body=4096,
-                             max_request_line=min(self.max_head, 8192))
+                             # Below max_head, so that a long request line is proven (414) before
+                             # the head is (431): the parser answers whichever it proves first.
+                             max_request_line=min(self.max_head // 2, 4096))
 
     def on_open(self, conn: Any) -> Action | None:
         state = _Client(self._parser())

@@ -68,6 +68,11 @@ class Options:
     graceful_timeout: float = opt(30.0, "Seconds a worker being replaced (SIGHUP roll) keeps serving "
                                         "its open connections before it stops.")
     backlog: int = opt(4096, "listen() backlog.")
+    tls: Optional[Any] = opt(None, "TLS for tls:// addresses: an ssl.SSLContext (see netreactor.tls."
+                                   "server_context), or a function returning one (called where "
+                                   "serving starts, so each worker process builds its own).")
+    handshake_timeout: float = opt(10.0, "Seconds a TLS handshake may take before its connection "
+                                         "is closed.")
     udp_session_timeout: Optional[float] = opt(None, "UDP: give each peer a persistent session closed "
                                                      "after this many idle seconds (None: per-datagram).")
     udp_max_sessions: int = opt(65536, "UDP: most sessions at once; datagrams from new peers beyond "
@@ -133,6 +138,14 @@ class Options:
         _positive_seconds("shutdown_timeout", self.shutdown_timeout, zero_ok=True)
         _positive_seconds("graceful_timeout", self.graceful_timeout, zero_ok=True)
         _int("backlog", self.backlog, 1, 1 << 20)
+        if self.tls is not None:
+            import ssl
+
+            if not (isinstance(self.tls, ssl.SSLContext) or callable(self.tls)):
+                raise ValueError("option 'tls' must be an ssl.SSLContext (netreactor.tls."
+                                 f"server_context(...)) or a function returning one, got "
+                                 f"{type(self.tls).__name__}")
+        _positive_seconds("handshake_timeout", self.handshake_timeout)
         if self.udp_session_timeout is not None:
             _positive_seconds("udp_session_timeout", self.udp_session_timeout, allow_none=True)
         _int("udp_max_sessions", self.udp_max_sessions, 1, 1 << 24)

@@ -153,7 +153,7 @@ def _check_alpn(alpn: Sequence[str]) -> list[str]:
     """The ALPN list, checked: names of 1 to 255 ASCII bytes, no duplicates."""
     if isinstance(alpn, (str, bytes)):
         # A str is iterable: "h2" would become ["h", "2"]. (ValueError: the contract says so.)
-        raise ValueError(f"alpn={alpn!r}: a list of protocol names is expected, e.g. "  # noqa: TRY004
+        raise ValueError(f"alpn={alpn!r}: a list of protocol names is expected, e.g. "
                          f"[{alpn!r}]")
     try:
         names = list(alpn)

@@ -219,3 +219,38 @@ def fake_resolver(monkeypatch):
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     return release
+
+
+# ---------------------------------------------------------------- TLS
+
+
+@pytest.fixture(scope="session")
+def tls_pki(tmp_path_factory):
+    """Certificates made for the test session with trustme (no key is committed):
+    a CA; a server certificate for localhost, 127.0.0.1 and ::1; a client one;
+    and, from the same CA, an expired server certificate and one for another host."""
+    trustme = pytest.importorskip("trustme")
+    import datetime
+
+    d = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    files = {}
+
+    def save(name, blob):
+        path = d / name
+        blob.write_to_path(str(path))
+        files[name] = str(path)
+
+    save("ca.pem", ca.cert_pem)
+    for name, cert in {
+        "server": ca.issue_cert("localhost", "127.0.0.1", "::1"),
+        "server2": ca.issue_cert("localhost", "127.0.0.1", "::1"),  # for rotation
+        "client": ca.issue_cert("client.test", common_name="client.test"),
+        "expired": ca.issue_cert("localhost", "127.0.0.1",
+                                 not_after=datetime.datetime(2001, 1, 1, tzinfo=datetime.timezone.utc)),
+        "otherhost": ca.issue_cert("other.example", "10.9.9.9"),
+    }.items():
+        save(f"{name}.pem", cert.cert_chain_pems[0])
+        save(f"{name}.key", cert.private_key_pem)
+    files["dir"] = str(d)
+    return files

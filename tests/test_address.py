@@ -51,7 +51,7 @@ def test_ip_schemes(text, scheme, transport, family, host, port):
 
 
 def test_every_contract_scheme_is_known():
-    assert set(SCHEMES) == {"tcp", "tcp4", "tcp6", "udp", "udp4", "udp6", "unix", "fd"}
+    assert set(SCHEMES) == {"tcp", "tcp4", "tcp6", "udp", "udp4", "udp6", "unix", "tls", "tls4", "tls6", "fd"}
 
 
 def test_port_leading_zeros_are_a_number():

@@ -173,7 +173,9 @@ def test_unix_address_in_use_is_a_runtime_error(app_dir, tmp_path):
 def test_main_returns_status_instead_of_raising(capsys):
     assert cli.main(["run"]) == 2
     assert cli.main(["--version"]) == 0
-    assert capsys.readouterr().out.strip() == f"netreactor {nr.__version__}"
+    from netreactor import speedups
+
+    assert capsys.readouterr().out.strip() == f"netreactor {nr.__version__} ({speedups.describe()})"
 
 
 # ---------------------------------------------------------------------------- serving
@@ -299,7 +301,9 @@ def test_example_list_shows_every_registered_example(app_dir):
 
 def test_version(app_dir):
     proc = run_cli(["--version"], app_dir)
-    assert proc.returncode == 0 and proc.stdout.strip() == f"netreactor {nr.__version__}"
+    # It says which path runs: "C speedups active (...)" or "pure Python (...)" (issue 15).
+    assert proc.returncode == 0 and proc.stdout.startswith(f"netreactor {nr.__version__} (")
+    assert "C speedups active" in proc.stdout or "pure Python" in proc.stdout
 
 
 def test_every_option_has_a_documented_flag():

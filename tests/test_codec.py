@@ -790,3 +790,45 @@ def test_encode_many_equals_encoding_one_by_one(codec):
 def test_encode_many_refuses_what_encode_refuses():
     with pytest.raises(ValueError, match="does not fit"):
         LengthFieldCodec(1).encode_many([b"ok", b"x" * 300])
+
+
+# --------------------------------------------------------------------------
+# The inlined 24-bit feed is tied to the general one
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("byteorder", ["big", "little"])
+@FAST
+@given(
+    offset=st.integers(0, 3),
+    adjustment=st.integers(-6, 6),
+    strip=st.integers(0, 12),
+    max_frame_length=st.integers(12, 400),
+    stream=st.binary(max_size=400),
+    cuts=cuts_st,
+)
+def test_24_bit_feed_is_the_general_feed(byteorder, offset, adjustment, strip, max_frame_length, stream, cuts):
+    """_LengthField24Decoder.feed is a hand-inlined copy of _LengthFieldDecoder.feed
+    (struct has no 24-bit code): run the general loop with a 24-bit field reader
+    on the same input and require the same frames, held bytes, errors and messages."""
+    from netreactor.codec import _LengthField24Decoder, _LengthFieldDecoder
+
+    codec = LengthFieldCodec(3, length_field_offset=offset, length_adjustment=adjustment,
+                             initial_bytes_to_strip=strip, max_frame_length=max_frame_length,
+                             byteorder=byteorder)
+    stream = bytes(b if (i % 4) else b & 0x01 for i, b in enumerate(stream))  # small fields: real frames
+    inlined = _LengthField24Decoder(codec)
+    general = _LengthFieldDecoder(codec)
+    unpack, *rest = general._cfg
+    general._cfg = (lambda data, at: (int.from_bytes(data[at:at + 3], byteorder),), *rest)
+
+    def run(decoder):
+        out = []
+        for chunk in split_at(stream, cuts) + [b"\x00\x00\x01x"]:
+            try:
+                out.append((decoder.feed(chunk), decoder.buffered))
+            except FrameError as exc:
+                out.append((type(exc).__name__, str(exc), exc.frames))
+        return out
+
+    assert run(inlined) == run(general)

@@ -1,4 +1,5 @@
-"""The examples in examples/ (each runnable, each exercised here), their
+"""The example scripts in netreactor/examples/ (each runnable with
+``python3 -m netreactor.examples.NAME``, each exercised here), their
 ``netreactor example`` registry entries, and the Python blocks of the UDP,
 client and worker-pool docs.
 
@@ -9,7 +10,7 @@ that the proxy's buffers stayed within its high-water mark plus one read.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
 import re
 import select
@@ -28,23 +29,13 @@ import netreactor as nr
 from conftest import connect, recv_exact, serving, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
-EXAMPLES = REPO / "examples"
 DOCS = REPO / "docs"
-SCRIPTS = ["tcp_proxy.py", "udp_echo.py", "push_on_tick.py", "blocking_offload.py"]
+SCRIPTS = ["tcp_proxy", "udp_echo", "push", "blocking_offload"]
 
-
-def load_example(name: str):
-    """Import examples/NAME.py as a module (it is a script, not a package)."""
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tcp_proxy = load_example("tcp_proxy")
-udp_echo = load_example("udp_echo")
-push_on_tick = load_example("push_on_tick")
-blocking_offload = load_example("blocking_offload")
+tcp_proxy = importlib.import_module("netreactor.examples.tcp_proxy")
+udp_echo = importlib.import_module("netreactor.examples.udp_echo")
+push_on_tick = importlib.import_module("netreactor.examples.push")
+blocking_offload = importlib.import_module("netreactor.examples.blocking_offload")
 
 
 def _env() -> dict:
@@ -107,7 +98,7 @@ class Echo(nr.EventHandler):
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_script_help(script):
-    r = subprocess.run([sys.executable, str(EXAMPLES / script), "--help"], cwd=REPO, env=_env(),
+    r = subprocess.run([sys.executable, "-m", f"netreactor.examples.{script}", "--help"], cwd=REPO, env=_env(),
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     assert "usage:" in r.stdout and "--listen" in r.stdout
@@ -191,7 +182,7 @@ def test_proxy_bad_upstream_address():
 
 def test_proxy_script(unix_path):
     with serving(Echo(), f"unix://{unix_path}") as upstream:
-        script = Script([str(EXAMPLES / "tcp_proxy.py"), "--listen", "tcp://127.0.0.1:0",
+        script = Script(["-m", "netreactor.examples.tcp_proxy", "--listen", "tcp://127.0.0.1:0",
                          "--upstream", upstream.addresses[0], "--loops", "2"])
         try:
             address = script.serving()[0]
@@ -225,10 +216,10 @@ def test_udp_echo_handler_with_and_without_sessions():
 
 
 def test_udp_echo_script_and_client_mode():
-    script = Script([str(EXAMPLES / "udp_echo.py"), "--listen", "udp://127.0.0.1:0", "--loops", "2"])
+    script = Script(["-m", "netreactor.examples.udp_echo", "--listen", "udp://127.0.0.1:0", "--loops", "2"])
     try:
         address = script.serving()[0]
-        r = subprocess.run([sys.executable, str(EXAMPLES / "udp_echo.py"), "--to", address,
+        r = subprocess.run([sys.executable, "-m", "netreactor.examples.udp_echo", "--to", address,
                             "--send", "hello", "--send", "netreactor"], cwd=REPO, env=_env(),
                            capture_output=True, text=True, timeout=30)
         assert r.returncode == 0, r.stderr
@@ -287,7 +278,7 @@ def test_push_reaches_every_client(loops):
 
 
 def test_push_script():
-    script = Script([str(EXAMPLES / "push_on_tick.py"), "--listen", "tcp://127.0.0.1:0",
+    script = Script(["-m", "netreactor.examples.push", "--listen", "tcp://127.0.0.1:0",
                      "--interval", "0.05", "--loops", "2"])
     try:
         address = script.serving()[0]
@@ -338,7 +329,7 @@ def test_blocking_offload_replies_in_order():
 
 
 def test_blocking_offload_script():
-    script = Script([str(EXAMPLES / "blocking_offload.py"), "--listen", "tcp://127.0.0.1:0",
+    script = Script(["-m", "netreactor.examples.blocking_offload", "--listen", "tcp://127.0.0.1:0",
                      "--workers", "2"])
     try:
         with connect(script.serving()[0]) as s:

@@ -160,6 +160,17 @@ def test_errors_answer_then_close(port, request_bytes, status):
     assert responses[1][1][b"connection"] == b"close"
 
 
+@pytest.mark.parametrize("request_bytes", [
+    b"GET / HTTP/1.1\nHost: t\n\n",
+    b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\n0\n\n",
+])
+def test_bare_lf_gets_400_at_once(port, request_bytes):
+    # It used to get no answer: the parser waited for a CRLFCRLF (or CRLF) that never came.
+    data, closed = exchange(port, GET + request_bytes)
+    assert closed
+    assert [s for s, _, _ in split_responses(data)] == [200, 400]
+
+
 def test_chunked_body_over_limit_is_refused():
     with serving(HTTPServer(max_body=1000)) as p:
         chunk = b"64\r\n" + b"x" * 100 + b"\r\n"

@@ -362,3 +362,109 @@ def test_http_date_format():
 
 def test_request_repr():
     assert "GET /plaintext HTTP/1.1" in repr(Request(b"GET", b"/plaintext", b"1.1", ()))
+
+
+# --------------------------------------------------------------------------- one rule whatever the split
+
+def outcome(chunks, **kw):
+    """Every request the parser returned (those carried by the error included), and the error."""
+    parser = RequestParser(**kw)
+    out: list = []
+    try:
+        for chunk in chunks:
+            out.extend(parser.feed(chunk))
+    except HTTPError as exc:
+        return summary(out + exc.requests), (exc.status, exc.detail)
+    return summary(out), None
+
+
+def head_of(size: int) -> bytes:
+    """A valid head of exactly ``size`` bytes, its final empty line included."""
+    base = b"GET / HTTP/1.1\r\nHost: h\r\nX: \r\n\r\n"
+    return base[:-4] + b"a" * (size - len(base)) + b"\r\n\r\n"
+
+
+@pytest.mark.parametrize("size", [99, 100, 101, 103, 104, 105])
+def test_head_limit_does_not_depend_on_the_split(size):
+    # A head of max_head + 4 bytes used to be accepted in one read and refused
+    # with 431 when its last bytes came separately.
+    head = head_of(size) + GET
+    whole = outcome([head], max_head=100)
+    if size <= 100:
+        assert whole[1] is None and len(whole[0]) == 2
+    else:
+        assert whole == ([], (431, "request head over 100 bytes"))
+    for cut in range(len(head) + 1):
+        assert outcome([head[:cut], head[cut:]], max_head=100) == whole, cut
+    assert outcome([head[i:i + 1] for i in range(len(head))], max_head=100) == whole
+
+
+@pytest.mark.parametrize("data", [
+    b"GET / HTTP/1.1\nHost: x\n\n",
+    b"GET / HTTP/1.1\r\nHost: x\n\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\n\n",
+    b"\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET / HTTP/1.1\n",
+])
+def test_bare_lf_is_refused_at_once(data):
+    # It used to wait for a CRLFCRLF that a bare-LF client never sends.
+    expected = ([], (400, "bare LF in the request head"))
+    assert outcome([data]) == expected
+    assert outcome([data[i:i + 1] for i in range(len(data))]) == expected
+    assert outcome([GET + data]) == (summary(parse(GET)), expected[1])
+
+
+@pytest.mark.parametrize("body,detail", [
+    (b"5\nhello\r\n0\r\n\r\n", "bare LF in a chunk-size line"),
+    (b"5\r\nhello\n", "chunk not followed by CRLF"),
+    (b"5\r\nhello\r\n0\r\nX: y\n", "bare LF in the trailers"),
+    (b"5\r\nhello\r\n0\r\n\n", "bare LF in the trailers"),
+])
+def test_bare_lf_in_chunked_framing_is_refused_at_once(body, detail):
+    data = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n" + body
+    assert outcome([data]) == ([], (400, detail))
+    assert outcome([data[i:i + 1] for i in range(len(data))]) == ([], (400, detail))
+
+
+def test_limits_and_bare_lf_earliest_proof_wins():
+    # The answer is the one the earliest bytes prove, in one read as in many.
+    long_line = b"GET /" + b"a" * 300 + b" HTTP/1.1\r\nHost: h\r\n\r\n"
+    assert outcome([long_line], max_request_line=100, max_head=200)[1][0] == 414
+    assert outcome([long_line], max_request_line=250, max_head=200)[1][0] == 431
+    early_lf = b"GET / HTTP/1.1\r\nX: y\nHost: h\r\n" + b"Z: " + b"z" * 300 + b"\r\n\r\n"
+    assert outcome([early_lf], max_head=200)[1] == (400, "bare LF in the request head")
+    late_lf = b"GET / HTTP/1.1\r\nHost: h\r\nZ: " + b"z" * 300 + b"\n\r\n"
+    assert outcome([late_lf], max_head=200)[1][0] == 431
+    for data, kw in ((long_line, dict(max_request_line=100, max_head=200)),
+                     (long_line, dict(max_request_line=250, max_head=200)),
+                     (early_lf, dict(max_head=200)), (late_lf, dict(max_head=200))):
+        whole = outcome([data], **kw)
+        for cut in range(len(data) + 1):
+            assert outcome([data[:cut], data[cut:]], **kw) == whole, cut
+
+
+def _corrupt(data: bytes, where: int, what: bytes) -> bytes:
+    where %= len(data) + 1
+    return data[:where] + what + data[where:]
+
+
+http_limits = st.fixed_dictionaries({}, optional={
+    "max_head": st.integers(20, 200), "max_request_line": st.integers(5, 120),
+    "max_headers": st.integers(1, 6), "max_body": st.integers(0, 80)})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(request_strategy, min_size=1, max_size=4),
+       st.lists(st.tuples(st.integers(0, 2000), st.sampled_from(
+           [b"\n", b"\r", b"\r\n", b"\r\n\r\n", b"\x00", b" ", b"0\r\n\r\n", b"Host: y\r\n", b"x" * 150])),
+           max_size=3),
+       st.lists(st.integers(0, 2000), max_size=6), http_limits, st.booleans())
+def test_any_split_gives_the_same_outcome(requests, corruptions, cuts, limits, cached):
+    data = b"".join(_encode(*r) for r in requests)
+    for where, what in corruptions:
+        data = _corrupt(data, where, what)
+    points = sorted({min(c, len(data)) for c in cuts})
+    chunks = [data[a:b] for a, b in zip([0] + points, points + [len(data)])]
+    whole = outcome([data], **limits)
+    assert outcome(chunks, head_cache={} if cached else None, **limits) == whole
+    assert outcome([data[i:i + 1] for i in range(len(data))], **limits) == whole

@@ -278,6 +278,22 @@ def test_bulk_limit_follows_write_buffer_cap():
         assert c.replies == [RespError("ERR Protocol error: invalid bulk length")]
 
 
+def test_server_limits_hold_in_one_read():
+    # Whole commands in one read used to bypass non-default limits (the fast path
+    # knew only the defaults): +OK to a 1000-byte SET, a 6-argument DEL run.
+    with serving(RedisServer(max_bulk=100, max_args=3)) as p:
+        c = Client(p)
+        assert c.call("SET", "k", b"v" * 100) == "OK"
+        c.send(encode_command("SET", "k", b"v" * 1000))
+        assert c.closed_by_peer()
+        assert c.replies == [RespError("ERR Protocol error: invalid bulk length")]
+        c = Client(p)
+        assert c.call("DEL", "k", "x") == 1
+        c.send(encode_command("DEL", "a", "b", "c", "d", "e"))
+        assert c.closed_by_peer()
+        assert c.replies == [RespError("ERR Protocol error: invalid multibulk length")]
+
+
 def test_client_that_does_not_read_is_bounded():
     # Replies pile up only to the engine's write_buffer_cap; then the client is dropped.
     with serving(write_buffer_cap=256 * 1024, write_high_water=64 * 1024, write_low_water=16 * 1024) as p:

@@ -310,3 +310,107 @@ def test_reply_parser_round_trip():
     for i in range(len(data)):
         out.extend(parser.feed(data[i:i + 1]))
     assert out == expected
+
+
+# --------------------------------------------------------------------------- limits, whatever the split
+
+def outcome(chunks, **limits):
+    """Every command the parser returned (those carried by the error included), and the error."""
+    parser = CommandParser(**limits)
+    out: list = []
+    try:
+        for chunk in chunks:
+            out.extend(parser.feed(chunk))
+    except ProtocolError as exc:
+        return out + exc.commands, str(exc)
+    return out, None
+
+
+def careful_outcome(data, **limits):
+    """The careful (reference) parser alone, the whole stream at once."""
+    parser = CommandParser(**limits)
+    out: list = []
+    try:
+        parser._careful_parse(data, 0, out)
+    except ProtocolError as exc:
+        return exc.commands, str(exc)
+    return out, None
+
+
+@pytest.mark.parametrize("limits,data,message", [
+    (dict(max_bulk=10), encode_command("SET", "k", b"v" * 100), "invalid bulk length"),
+    (dict(max_bulk=10), encode_command("SET", "k", b"v" * 11), "invalid bulk length"),
+    (dict(max_args=3), encode_command("DEL", "a", "b", "c", "d", "e"), "invalid multibulk length"),
+    (dict(max_command=40), encode_command("SET", "k", b"v" * 30), "too big command"),
+    (dict(max_inline=2), encode_command("SET", "k", b"v" * 10), "too big bulk count string"),
+    (dict(max_inline=1), encode_command("GET", "k"), "too big mbulk count string"),
+])
+def test_every_limit_holds_in_one_read_and_split(limits, data, message):
+    # The fast path used to accept these in one read (it knew only the defaults)
+    # while the careful path refused them when the same bytes came split.
+    assert outcome([data], **limits) == ([], "Protocol error: " + message)
+    for cut in range(len(data) + 1):
+        assert outcome([data[:cut], data[cut:]], **limits) == ([], "Protocol error: " + message), cut
+    assert outcome([data[i:i + 1] for i in range(len(data))], **limits) == ([], "Protocol error: " + message)
+
+
+def test_a_command_exactly_at_each_limit_is_accepted():
+    data = encode_command("SET", "k", b"v" * 10)
+    size = len(data) - len(b"*3\r\n")  # max_command counts the arguments, not the count line
+    limits = dict(max_bulk=10, max_args=3, max_command=size, max_inline=3)
+    for cut in range(len(data) + 1):
+        assert outcome([data[:cut], data[cut:]], **limits) == ([[b"SET", b"k", b"v" * 10]], None), cut
+    assert outcome([data], **dict(limits, max_command=size - 1))[1] == "Protocol error: too big command"
+
+
+limit_values = st.one_of(st.none(), st.integers(1, 40))
+stream_parts = st.one_of(
+    st.lists(st.binary(max_size=30) | st.sampled_from([b"\r\n", b"*3", b"$3"]), min_size=1, max_size=6).map(
+        lambda args: encode_command(*args)),
+    st.sampled_from([b"PING\r\n", b"GET k\n", b"*0\r\n", b"*-1\r\n", b'ECHO "a b"\r\n', b"\r\n"]),
+    st.binary(max_size=12),  # garbage
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(stream_parts, min_size=1, max_size=6), st.lists(st.integers(0, 300), max_size=6),
+       st.fixed_dictionaries({}, optional={"max_bulk": st.integers(1, 40), "max_args": st.integers(1, 8),
+                                            "max_command": st.integers(1, 200),
+                                            "max_inline": st.integers(1, 40)}))
+def test_any_split_gives_the_same_outcome_limits_included(parts, cuts, limits):
+    data = b"".join(parts)
+    points = sorted({min(c, len(data)) for c in cuts})
+    chunks = [data[a:b] for a, b in zip([0] + points, points + [len(data)])]
+    whole = outcome([data], **limits)
+    assert outcome(chunks, **limits) == whole
+    assert outcome([data[i:i + 1] for i in range(len(data))], **limits) == whole
+    assert careful_outcome(data, **limits) == whole
+
+
+# --------------------------------------------------------------------------- reply parser limits
+
+def test_reply_parser_refuses_deep_nesting_with_a_value_error():
+    deep = b"*1\r\n" * 3000 + b":1\r\n"
+    with pytest.raises(ValueError, match="nested deeper than"):
+        ReplyParser().feed(deep)
+    with pytest.raises(ValueError, match="nested deeper than"):
+        ReplyParser().feed(b"*1\r\n" * 3000)  # unfinished, already too deep
+    nested = b"*1\r\n" * 100 + b":1\r\n"
+    value = ReplyParser().feed(nested)[0]
+    for _ in range(100):
+        value = value[0]
+    assert value == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_reply_parser_garbage_is_a_value_error(data):
+    try:
+        ReplyParser().feed(data)
+    except ValueError:
+        pass
+
+
+def test_limits_beyond_64_bits_are_accepted():
+    parser = CommandParser(max_bulk=1 << 70, max_args=1 << 70, max_command=1 << 70, max_inline=1 << 70)
+    assert parser.feed(SET + b"PING\r\n") == [[b"SET", b"key", b"value"], [b"PING"]]

@@ -29,12 +29,14 @@ import subprocess
 import sys
 from typing import Any, Dict, List, NoReturn, Optional, Sequence
 
-from .. import __version__
+from .. import __version__, speedups
 from ..engine import Engine
 from ..errors import one_line
 from ..handler import EventHandler
 from ..supervisor import SupervisorError
+from ..supervisor import worker_count
 from .flags import NO_FLAG, add_option_flags, options_from_args
+from .tlsflags import add_tls_flags, reload_on_sighup, tls_option
 from .selfcheck import self_check
 
 __all__ = ["main", "build_parser", "load_app", "self_check", "UsageError", "RunError", "NO_FLAG"]
@@ -79,12 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, allow_abbrev=False,
                      description="Event-driven reactor networking on epoll, in the style of gnet. "
                                  "With no command: run the self-check (same as 'netreactor check').")
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument("--version", action="version",
+                        version=f"{PROG} {__version__} ({speedups.describe()})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     serving = _Parser(add_help=False, allow_abbrev=False)
     group = serving.add_argument_group("engine options (see netreactor.Options)")
     add_option_flags(group)
+    add_tls_flags(serving)
     misc = serving.add_argument_group("logging")
     misc.add_argument("--log-level", default="info", type=str.lower,
                       choices=("critical", "error", "warning", "info", "debug"),
@@ -200,9 +204,15 @@ def _serve(handler: EventHandler, listen: Sequence[str], args: argparse.Namespac
            defaults: Optional[Dict[str, Any]] = None) -> int:
     options = {**(defaults or {}), **options_from_args(args)}
     try:
+        tls = tls_option(args)
+        if tls is not None:
+            options["tls"] = tls
         engine = Engine(handler, *listen, **options)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    restore = lambda: None  # noqa: E731
+    if tls is not None and worker_count(engine.options) <= 1:
+        restore = reload_on_sighup(engine, tls)  # with workers, SIGHUP rolls them instead
     try:
         engine.run()
     except SupervisorError as exc:
@@ -221,6 +231,8 @@ def _serve(handler: EventHandler, listen: Sequence[str], args: argparse.Namespac
         _log.debug("the server failed", exc_info=True)
         raise RunError(f"the server failed: {one_line(exc)} (--log-level debug shows the "
                        f"traceback)") from None
+    finally:
+        restore()
     return 0
 
 

@@ -16,7 +16,7 @@ from ..options import Options, option_docs
 __all__ = ["NO_FLAG", "option_fields", "add_option_flags", "options_from_args"]
 
 #: Options that have no command-line form.
-NO_FLAG = frozenset({"logger"})
+NO_FLAG = frozenset({"logger", "tls"})  # tls: built from the --ssl-* flags
 
 
 def option_fields() -> List["dataclasses.Field[Any]"]:

@@ -17,7 +17,7 @@ import threading
 from time import monotonic
 from typing import Any, List, Optional, Tuple
 
-from .. import __version__
+from .. import __version__, speedups
 from ..engine import Engine
 from ..errors import one_line
 from ..runtime import gil_enabled
@@ -95,7 +95,7 @@ def _check_clients(addresses: List[str], deadline: float) -> Tuple[int, int]:
                     payload = rng.randbytes(size) if hasattr(rng, "randbytes") else os.urandom(size)
                     echoed = _roundtrip(sock, payload, deadline)
                     if echoed != payload:
-                        first = next(i for i, (a, b) in enumerate(zip(echoed, payload)) if a != b)
+                        first = next(i for i, (a, b) in enumerate(zip(echoed, payload, strict=False)) if a != b)
                         raise AssertionError(f"echo of {size} bytes differs at byte {first}")
                     done += 1
                     moved += size
@@ -147,7 +147,7 @@ def self_check(out: Any = None) -> int:
     deadline = started + _CHECK_TIMEOUT
     build = "GIL" if gil_enabled() else "free-threaded"
     print(f"{PROG} {__version__} self-check: Python {sys.version.split()[0]} ({build}), "
-          f"{os.cpu_count()} CPUs", file=out)
+          f"{os.cpu_count()} CPUs; {speedups.describe()}", file=out)
     tmp = tempfile.mkdtemp(prefix="netreactor-check-")
     path = os.path.join(tmp, "echo.sock")
     failed = 0

@@ -28,8 +28,9 @@ Hot path: a static route's complete response (status line, headers, body) is
 built once per second per connection mode, so answering ``GET /plaintext`` is
 one dict lookup after parsing.
 
-``httptools`` is not needed; the parser is pure Python (see the module's
-docstring for why it is fast enough to be the only one).
+``httptools`` is not needed: the parser is pure Python, with a C head splitter
+when the optional speedups are built (see :mod:`netreactor.protocols.http1`
+and docs/protocols.md for the measurements against httptools).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A server that pushes a line to every connected client on each tick.
 
-``netreactor example push --ticker`` serves it; ``examples/push_on_tick.py``
-is the same handler as a script. Clients only listen: whatever they send is
+``netreactor example push --ticker`` serves it, and so does
+``python3 -m netreactor.examples.push [--interval SECONDS]``. Clients only listen: whatever they send is
 discarded.
 
 ``on_tick`` runs on the engine's primary loop (the main reactor with several
@@ -19,9 +19,14 @@ closed by the engine when it passes ``write_buffer_cap``.
 
 from __future__ import annotations
 
+import argparse
+import logging
+import sys
 import threading
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
+
+import netreactor as nr
 
 from ..handler import EventHandler
 
@@ -78,3 +83,23 @@ class PushOnTick(EventHandler):
             else:
                 conn.async_write(message)
         return self.interval
+
+
+DEFAULT_LISTEN = "tcp://127.0.0.1:9000"
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description="Push a 'tick N TIME' line to every client on each tick.")
+    ap.add_argument("--listen", "-l", action="append", metavar="ADDR",
+                    help=f"address to serve, repeatable (default {DEFAULT_LISTEN})")
+    ap.add_argument("--loops", type=int, default=1, help="event loops (default %(default)s)")
+    ap.add_argument("--interval", type=float, default=1.0, help="seconds between pushes "
+                                                                "(default %(default)s)")
+    ap.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    nr.run(PushOnTick(args.interval), *(args.listen or [DEFAULT_LISTEN]), loops=args.loops, ticker=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -39,11 +39,11 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .. import __version__
+from .. import __version__, speedups
 from ..handler import Action, EventHandler
 from ..protocols.resp import (DEFAULT_MAX_ARGS, DEFAULT_MAX_BULK, DEFAULT_MAX_COMMAND,
                               DEFAULT_MAX_INLINE, NULL_BULK, OK, CommandParser, ProtocolError,
-                              encode_error, parse_int)
+                              encode_bulk, encode_error, parse_int)
 
 __all__ = ["RedisServer", "KeyValueStore", "COMMANDS"]
 
@@ -114,8 +114,10 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _bulk(value: bytes) -> bytes:
-    return b"$%d\r\n%s\r\n" % (len(value), value)
+_bulk = encode_bulk  # values are stored as their bulk reply
+#: encode_bulk is C (netreactor.speedups): cheaper than the expression it
+#: replaces; the pure-Python path keeps the expression inline on SET's hot path.
+_C_BULK = speedups.active()
 
 
 def _value_of(stored: bytes) -> bytes:
@@ -290,7 +292,7 @@ class KeyValueStore:
         if len(args) == 3:
             key = args[1]
             value = args[2]
-            self.data[key] = b"$%d\r\n%s\r\n" % (len(value), value)
+            self.data[key] = _bulk(value) if _C_BULK else b"$%d\r\n%s\r\n" % (len(value), value)
             if self.expires:
                 self.expires.pop(key, None)
             return OK

@@ -16,20 +16,29 @@ What it refuses, with the status a server should answer before closing:
 
 * 400 — a malformed request line, header line (including obsolete line
   folding, bare CR or LF, control characters), ``Content-Length`` or chunk
-  size; ``Transfer-Encoding`` together with ``Content-Length``; conflicting
+  size (a bare LF is refused as soon as it arrives, in the head as in chunked
+  framing: a client that ends lines with LF alone gets its answer);
+  ``Transfer-Encoding`` together with ``Content-Length``; conflicting
   ``Content-Length`` values; a ``Transfer-Encoding`` that does not end in
   ``chunked`` or that comes with HTTP/1.0; an HTTP/1.1 request without exactly
   one ``Host``;
 * 413 — a body over ``max_body`` bytes (known from ``Content-Length`` before
   the body is read, or counted while chunks arrive);
 * 414 — a request line over ``max_request_line`` bytes;
-* 431 — a head (request line and headers) over ``max_head`` bytes, more than
-  ``max_headers`` headers, or trailers over ``max_head`` bytes;
+* 431 — a head (request line and headers, through the empty line that ends
+  it) over ``max_head`` bytes, more than ``max_headers`` headers, or trailers
+  over ``max_head`` bytes;
 * 501 — a method not in ``methods``, or a transfer coding other than chunked;
 * 505 — an HTTP major version other than 1.
 
 Memory is bounded: the parser holds at most ``max_head`` bytes of an unfinished
 head and ``max_body`` bytes of an unfinished body, however slowly they come.
+
+One rule whatever the segmentation: the requests and the error (status and
+detail) depend only on the bytes, never on how they were split into reads. A
+limit is refused as soon as the bytes prove it is exceeded, and when several
+problems are proven the one proven by the fewest bytes wins (see
+:meth:`RequestParser._check_head`); a property test checks it.
 
 Why it looks the way it does: the head of a request is found with one
 ``bytes.find(b"\\r\\n\\r\\n")``, its request line is checked and split by one
@@ -37,7 +46,10 @@ regular-expression match, and all its header lines are checked and split by one
 ``findall`` (a line that does not match makes the count of matches differ from
 the count of lines). That is a handful of C calls per request whatever its
 headers, which is what a pure-Python server can afford. A server may also share
-a cache of checked heads between its parsers (``head_cache``).
+a cache of checked heads between its parsers (``head_cache``). With the C
+speedups (:mod:`netreactor.speedups`) one C call splits an ordinary head into
+the same request line and header pairs; anything it does not take goes
+through the patterns, which define the behaviour.
 """
 
 from __future__ import annotations
@@ -45,6 +57,11 @@ from __future__ import annotations
 import re
 from email.utils import formatdate
 from typing import Any, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple, Union
+
+from .. import speedups
+
+# The C head splitter (netreactor._speedups), or None; see _parse_head.
+_c_split_head = getattr(speedups.module(), "http_split_head", None)
 
 __all__ = [
     "Request", "RequestParser", "HTTPError", "encode_response", "http_date", "REASONS",
@@ -86,8 +103,8 @@ _REQUEST_LINE_ANY_VERSION = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP
 # field-line = field-name ":" OWS field-value OWS; field-value chars: VCHAR, obs-text, SP, HTAB.
 # Anchored at each line start (re.M); a line that does not match is simply not
 # found, so "matches == lines" validates every line at once.
-_HEADER_LINE = re.compile(rb"^(" + _TOKEN + rb"):[ \t]*((?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?)[ \t]*\r\n",
-                          re.M)
+_FIELD_VALUE = rb"(?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?"
+_HEADER_LINE = re.compile(rb"^(" + _TOKEN + rb"):[ \t]*(" + _FIELD_VALUE + rb")[ \t]*\r\n", re.M)
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")
 _SPECIAL = frozenset((b"content-length", b"transfer-encoding", b"connection", b"host", b"expect"))
 # Head cache bounds: heads longer than this are not cached; a full cache is emptied.
@@ -110,7 +127,7 @@ class HTTPError(Exception):
     the data given to :meth:`RequestParser.feed` (answer those first).
     """
 
-    def __init__(self, status: int, detail: str, requests: Optional[List["Request"]] = None) -> None:
+    def __init__(self, status: int, detail: str, requests: Optional[List[Request]] = None) -> None:
         super().__init__(f"{status} {REASONS.get(status, '')}: {detail}")
         self.status = status
         self.detail = detail
@@ -192,9 +209,9 @@ class RequestParser:
     After an :class:`HTTPError` the parser is spent: further feeds raise again.
     """
 
-    __slots__ = ("max_head", "max_body", "max_headers", "max_request_line", "methods",
-                 "expect_continue", "_buf", "_state", "_req", "_body", "_left", "_extra",
-                 "_error", "_cache")
+    __slots__ = ("_max_head", "_head_room", "max_body", "max_headers", "max_request_line", "methods",
+                 "expect_continue", "_buf", "_skip_below", "_state", "_req", "_body", "_left",
+                 "_extra", "_error", "_cache")
 
     def __init__(self, *, max_head: int = DEFAULT_MAX_HEAD, max_body: int = DEFAULT_MAX_BODY,
                  max_headers: int = DEFAULT_MAX_HEADERS,
@@ -206,6 +223,7 @@ class RequestParser:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0 or \
                     (value == 0 and name != "max_body"):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self._max_head = self._head_room = 0
         self.max_head = max_head
         self.max_body = max_body
         self.max_headers = max_headers
@@ -218,6 +236,9 @@ class RequestParser:
         self.expect_continue = False
         # Unparsed bytes (an unfinished head or framing line): b"" or a bytearray.
         self._buf: Union[bytes, bytearray] = b""
+        # While _buf holds fewer bytes than this, data without a LF can neither
+        # complete its line nor prove an error: feed() need not rescan.
+        self._skip_below = 0
         self._state = _HEAD
         self._req: Optional[Request] = None   # the request whose body is being read
         self._body: Optional[bytearray] = None
@@ -227,6 +248,20 @@ class RequestParser:
         #: Parsed heads by their exact bytes, shared by the parsers given the
         #: same dict (they must have the same limits and methods).
         self._cache = head_cache
+
+    @property
+    def max_head(self) -> int:
+        """Most bytes of a head, from the request line through the empty line that ends it."""
+        return self._max_head
+
+    @max_head.setter
+    def max_head(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"max_head must be a positive integer, got {value!r}")
+        self._max_head = value
+        # What feed() compares with the distance to the CRLFCRLF (the head
+        # without its last 4 bytes): one subtraction less per request.
+        self._head_room = value - 4
 
     @property
     def buffered(self) -> int:
@@ -247,9 +282,7 @@ class RequestParser:
         if self._buf:
             held = self._buf
             held += data
-            state = self._state
-            if b"\n" not in data and state != _CHUNK_END and len(held) <= (
-                    _MAX_CHUNK_LINE if state == _CHUNK_SIZE_LINE else self.max_head):
+            if b"\n" not in data and len(held) < self._skip_below:
                 # An unfinished line is still unfinished: not rescanning it keeps
                 # a head that trickles in byte by byte linear, not quadratic.
                 return []
@@ -264,15 +297,15 @@ class RequestParser:
         try:
             while pos < n:
                 if self._state == _HEAD:
-                    end = buf.find(b"\r\n\r\n", pos)
-                    if end < 0 or end - pos > self.max_head:
-                        pos = self._head_incomplete(buf, pos, end)
-                        if pos < n:
-                            self._buf = bytearray(buf[pos:])
-                        break
                     if buf[pos] == 13 and buf.startswith(b"\r\n", pos):
                         pos += 2  # an empty line before a request (RFC 9112 2.2)
                         continue
+                    end = buf.find(b"\r\n\r\n", pos)
+                    if end < 0 or end - pos > self._head_room:
+                        # Unfinished, or too big: raise what the bytes already prove.
+                        self._skip_below = self._check_head(buf, pos, n if end < 0 else end + 4)
+                        self._buf = bytearray(buf[pos:])
+                        break
                     if cache is not None:
                         head = buf[pos:end + 4]
                         info = cache.get(head)
@@ -293,7 +326,9 @@ class RequestParser:
                                                                  keep_alive), length, chunked, expect, out)
                 elif self._state == _LENGTH:
                     take = min(self._left, n - pos)
-                    self._body += memoryview(buf)[pos:pos + take]
+                    body = self._body
+                    assert body is not None  # a body state always has its buffer
+                    body += memoryview(buf)[pos:pos + take]
                     pos += take
                     self._left -= take
                     if not self._left:
@@ -303,6 +338,9 @@ class RequestParser:
                     if pos < 0:  # a framing line is unfinished: keep its bytes
                         pos = -pos - 1
                         self._buf = bytearray(buf[pos:])
+                        state = self._state
+                        self._skip_below = (_MAX_CHUNK_LINE if state == _CHUNK_SIZE_LINE else
+                                            self.max_head + 1 - self._extra if state == _TRAILERS else 0)
                         break
         except HTTPError as exc:
             exc.requests = out
@@ -314,43 +352,63 @@ class RequestParser:
 
     # ------------------------------------------------------------------ heads
 
-    def _head_incomplete(self, buf: bytes, pos: int, end: int) -> int:
-        """No complete head in ``buf[pos:]`` (or one too big): check the limits."""
-        while buf.startswith(b"\r\n", pos):
-            pos += 2  # empty lines before a request
-        if end >= 0 or len(buf) - pos > self.max_head:
-            line_end = buf.find(b"\r\n", pos, pos + self.max_request_line + 2)
-            if line_end < 0 and len(buf) - pos > self.max_request_line:
-                raise HTTPError(414, "request line too long")
-            raise HTTPError(431, f"request head over {self.max_head} bytes")
-        if buf.find(b"\r\n", pos) < 0 and len(buf) - pos > self.max_request_line:
-            raise HTTPError(414, "request line too long")
-        return pos
+    def _check_head(self, buf: bytes, pos: int, stop: int) -> int:
+        """Raise the error that ``buf[pos:stop]``, the start of a head, already proves.
 
-    def _parse_head(self, buf: bytes, pos: int, end: int) -> "_HeadInfo":
+        Three things are refused before a head is complete, each as soon as the
+        bytes prove it: a bare LF (400, at the LF), a request line over
+        ``max_request_line`` (414, once ``max_request_line + 2`` bytes hold no
+        CRLF) and a head over ``max_head`` (431, once ``max_head`` bytes hold no
+        CRLFCRLF). When several are proven, the one proven by the fewest bytes
+        wins (then 400, 414, 431 in that order), so the answer is the same
+        however the head is split into reads. Returns, when nothing is proven,
+        how many bytes must be held before bytes without a LF can prove more.
+        """
+        held = stop - pos
+        proofs = []
+        if buf.count(b"\n", pos, stop) != buf.count(b"\r\n", pos, stop):
+            lf = buf.find(b"\n", pos, stop)
+            while lf > pos and buf[lf - 1] == 13:
+                lf = buf.find(b"\n", lf + 1, stop)
+            proofs.append((lf + 1 - pos, 400, "bare LF in the request head"))
+        line_proof = self.max_request_line + 2
+        line_done = buf.find(b"\r\n", pos, pos + line_proof) >= 0
+        if not line_done and held >= line_proof:
+            proofs.append((line_proof, 414, "request line too long"))
+        if held >= self.max_head and buf.find(b"\r\n\r\n", pos, pos + self.max_head) < 0:
+            proofs.append((self.max_head, 431, f"request head over {self.max_head} bytes"))
+        if proofs:
+            _, status, detail = min(proofs)
+            raise HTTPError(status, detail)
+        return self.max_head if line_done else min(line_proof, self.max_head)
+
+    def _parse_head(self, buf: bytes, pos: int, end: int) -> _HeadInfo:
         """Parse and check the head ``buf[pos:end+4]`` (no side effects, so results can be cached)."""
-        m = _REQUEST_LINE.match(buf, pos, end + 2)
-        if m is None:
-            method, target, version, line_end = self._odd_request_line(buf, pos, end)
+        if buf.count(b"\n", pos, end + 4) != buf.count(b"\r\n", pos, end + 4):
+            self._check_head(buf, pos, end + 4)  # a bare LF: refused as in an unfinished head
+        split = _c_split_head(buf, pos, end) if _c_split_head is not None else None
+        if split is not None:
+            # The C splitter: the same request line and header lines the two
+            # patterns below give, names lowercased; None when anything is odd.
+            method, target, version, line_end, headers = split
         else:
-            method, target, version = m.groups()
-            line_end = m.end()
+            m = _REQUEST_LINE.match(buf, pos, end + 2)
+            if m is None:
+                method, target, version, line_end = self._odd_request_line(buf, pos, end)
+            else:
+                method, target, version = m.groups()
+                line_end = m.end()
+            headers = None
         if line_end - pos > self.max_request_line + 2:
-            raise HTTPError(414, "request line too long")
+            self._check_head(buf, pos, end + 4)  # raises 414, as an unfinished head would
         if method not in self.methods:
             raise HTTPError(501, f"method {method.decode('latin-1')!r} not implemented")
         if target[0] != 47 and not self._other_target_form(method, target):  # 47 is '/'
             raise HTTPError(400, "invalid request target")
-        if line_end < end:
-            block = buf[line_end:end + 2]
-            pairs = _HEADER_LINE.findall(block)
-            if len(pairs) != block.count(b"\n"):
-                raise HTTPError(400, "malformed header line")
-            if len(pairs) > self.max_headers:
-                raise HTTPError(431, f"more than {self.max_headers} headers")
-            headers = tuple([(name.lower(), value) for name, value in pairs])
-        else:
-            headers = ()
+        if headers is None:
+            headers = self._header_lines(buf, line_end, end)
+        if len(headers) > self.max_headers:
+            raise HTTPError(431, f"more than {self.max_headers} headers")
         keep_alive = version == b"1.1"
         length = -1
         chunked = expect = False
@@ -379,6 +437,17 @@ class RequestParser:
             raise HTTPError(413, f"body of {length} bytes is over the {self.max_body}-byte limit")
         return method, target, version, headers, keep_alive, length, chunked, expect
 
+    @staticmethod
+    def _header_lines(buf: bytes, line_end: int, end: int) -> Headers:
+        """The header lines between the request line and the empty line, checked."""
+        if line_end >= end:
+            return ()
+        block = buf[line_end:end + 2]
+        pairs = _HEADER_LINE.findall(block)
+        if len(pairs) != block.count(b"\n"):
+            raise HTTPError(400, "malformed header line")
+        return tuple([(name.lower(), value) for name, value in pairs])
+
     def _start_body(self, buf: bytes, pos: int, request: Request, length: int, chunked: bool,
                     expect: bool, out: List[Request]) -> int:
         """The head of ``request`` announced a body starting at ``buf[pos]``; return where parsing goes on."""
@@ -403,9 +472,7 @@ class RequestParser:
         """A request line the fast pattern refused: another HTTP version, or malformed."""
         m = _REQUEST_LINE_ANY_VERSION.match(buf, pos, end + 2)
         if m is None:
-            line_end = buf.find(b"\r\n", pos)
-            if line_end - pos > self.max_request_line:
-                raise HTTPError(414, "request line too long")
+            self._check_head(buf, pos, end + 4)  # a request line too long is 414, not 400
             raise HTTPError(400, "malformed request line")
         method, target, major, minor = m.groups()
         if major != b"1":
@@ -447,8 +514,9 @@ class RequestParser:
         return True
 
     def _finish(self, out: List[Request]) -> None:
-        request = self._req
-        request.body = bytes(self._body)
+        request, body = self._req, self._body
+        assert request is not None and body is not None  # only a body state finishes
+        request.body = bytes(body)
         out.append(request)
         self._req = None
         self._body = None
@@ -464,53 +532,60 @@ class RequestParser:
             state = self._state
             if state == _CHUNK_DATA:
                 take = min(self._left, n - pos)
-                self._body += memoryview(buf)[pos:pos + take]
+                body = self._body
+                assert body is not None  # a body state always has its buffer
+                body += memoryview(buf)[pos:pos + take]
                 pos += take
                 self._left -= take
                 if not self._left:
                     self._state = _CHUNK_END
             elif state == _CHUNK_END:
+                if buf[pos] != 13 or (n - pos > 1 and buf[pos + 1] != 10):
+                    raise HTTPError(400, "chunk not followed by CRLF")
                 if n - pos < 2:
                     return -pos - 1
-                if buf[pos] != 13 or buf[pos + 1] != 10:
-                    raise HTTPError(400, "chunk not followed by CRLF")
                 pos += 2
                 self._state = _CHUNK_SIZE_LINE
             elif state == _CHUNK_SIZE_LINE:
-                nl = buf.find(b"\r\n", pos, pos + _MAX_CHUNK_LINE)
+                # Lines end at their LF, so that a bare LF is refused at once.
+                nl = buf.find(b"\n", pos, pos + _MAX_CHUNK_LINE)
                 if nl < 0:
                     if n - pos >= _MAX_CHUNK_LINE:
                         raise HTTPError(400, "chunk-size line too long")
                     return -pos - 1
-                m = _CHUNK_SIZE.fullmatch(buf, pos, nl)
+                if nl == pos or buf[nl - 1] != 13:
+                    raise HTTPError(400, "bare LF in a chunk-size line")
+                m = _CHUNK_SIZE.fullmatch(buf, pos, nl - 1)
                 if m is None:
                     raise HTTPError(400, "invalid chunk size")
                 size = int(m.group(1), 16)
-                pos = nl + 2
+                pos = nl + 1
                 if size == 0:
                     self._state = _TRAILERS
                     self._extra = 0
                     continue
-                if len(self._body) + size > self.max_body:
+                if len(self._body or b"") + size > self.max_body:
                     raise HTTPError(413, f"chunked body over the {self.max_body}-byte limit")
                 self._left = size
                 self._state = _CHUNK_DATA
             elif state == _TRAILERS:
-                nl = buf.find(b"\r\n", pos, pos + self.max_head + 2)
+                nl = buf.find(b"\n", pos, pos + self.max_head + 2)
                 if nl < 0:
                     if n - pos > self.max_head or self._extra + (n - pos) > self.max_head:
                         raise HTTPError(431, "trailers too large")
                     return -pos - 1
-                if nl == pos:  # the empty line that ends the message
+                if nl == pos or buf[nl - 1] != 13:
+                    raise HTTPError(400, "bare LF in the trailers")
+                if nl == pos + 1:  # the empty line that ends the message
                     pos += 2
                     self._finish(out)
                     return pos
-                self._extra += nl + 2 - pos
+                self._extra += nl + 1 - pos
                 if self._extra > self.max_head:
                     raise HTTPError(431, "trailers too large")
-                if not _HEADER_LINE.fullmatch(buf, pos, nl + 2):
+                if not _HEADER_LINE.fullmatch(buf, pos, nl + 1):
                     raise HTTPError(400, "malformed trailer line")
-                pos = nl + 2  # trailers are read and dropped
+                pos = nl + 1  # trailers are read and dropped
             else:  # pragma: no cover - _HEAD and _LENGTH never reach here
                 raise AssertionError(state)
         return pos

@@ -790,7 +790,7 @@ def _ip_family(addr: object, what: str) -> int:
 def _family_of(source: object, destination: object) -> int:
     if isinstance(source, (str, bytes)) or isinstance(destination, (str, bytes)):
         if not (isinstance(source, (str, bytes)) and isinstance(destination, (str, bytes))):
-            raise ValueError(  # noqa: TRY004 - bad input is a ValueError here, as everywhere
+            raise ValueError(
                 "source and destination must both be Unix addresses, or both (host, port)")
         return socket.AF_UNIX
     family = _ip_family(source, "source")

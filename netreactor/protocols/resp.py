@@ -18,33 +18,48 @@ It accepts everything a Redis server accepts from a client:
 Limits (all per connection, all configurable): a bulk string is at most
 ``max_bulk`` bytes (default 64 MiB; Redis allows 512 MiB), a command has at most
 ``max_args`` arguments (default 1,048,576) and at most ``max_command`` bytes in
-total (default 128 MiB), an inline command or a length line is at most
+total (default 128 MiB: each argument with its ``$len`` line), an inline command
+(before its LF) or a ``*``/``$`` length line (before its CRLF) is at most
 ``max_inline`` bytes (64 KiB, as in Redis). The parser holds only the
 unfinished command, so its memory is bounded by ``max_command``. Violations
 raise :class:`ProtocolError`, whose :attr:`ProtocolError.reply` is the
-``-ERR Protocol error: ...`` line Redis would send before closing.
+``-ERR Protocol error: ...`` line Redis would send before closing. Every limit
+is one rule whatever the segmentation: the commands and the error depend only
+on the bytes, not on how they were split into reads (an unfinished line is
+refused as soon as it is certain to be too long; a property test checks it).
 
 Replies (server → client) are parsed by :class:`ReplyParser` (used by tests and
-clients), and built with the ``encode_*`` helpers.
+clients; arrays nest at most ``max_depth`` deep), and built with the
+``encode_*`` helpers.
 
 Why the parser looks the way it does: on the server's hot path, one
 ``bytes.split(b"\\r\\n")`` (a single C call) cuts a whole pipelined batch into
 its lines; a well-formed command is then taken by list indexing and checked by
 comparing each ``$len`` line with a precomputed header for the value's length.
 Anything unusual (inline commands, a CRLF inside a value, values of 4 KiB or
-more, many arguments, an unfinished command, errors) falls back to a careful
-parser that keeps Redis's query-buffer state between reads and defines the
-semantics; the fast path only ever accepts what the careful one would (a
-property test checks it).
+more, many arguments, an unfinished command, errors, anything a limit refuses:
+the fast path's tables are built for the parser's limits) falls back to a
+careful parser that keeps Redis's query-buffer state between reads and defines
+the semantics; the fast path only ever accepts what the careful one would
+(property tests check it). With the C speedups (:mod:`netreactor.speedups`) the
+fast path is C (any size, every limit) and :func:`encode_bulk` too.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Optional, Union
+import functools
+import sys
+from typing import Any, Callable, Dict, Iterable, List, NoReturn, Optional, Tuple, Union
+
+from .. import speedups
+
+_c = speedups.module()
+_c_parse = getattr(_c, "resp_parse_commands", None)
 
 __all__ = [
     "CommandParser", "ReplyParser", "ProtocolError", "RespError",
     "DEFAULT_MAX_BULK", "DEFAULT_MAX_COMMAND", "DEFAULT_MAX_ARGS", "DEFAULT_MAX_INLINE",
+    "DEFAULT_MAX_REPLY_DEPTH",
     "encode_command", "encode_bulk", "encode_integer", "encode_simple", "encode_error",
     "encode_array", "NULL_BULK", "NULL_ARRAY", "OK", "parse_int",
 ]
@@ -58,6 +73,8 @@ DEFAULT_MAX_COMMAND = 128 * MiB
 DEFAULT_MAX_ARGS = 1024 * 1024
 #: Longest inline command or ``*``/``$`` length line (Redis's PROTO_INLINE_MAX_SIZE).
 DEFAULT_MAX_INLINE = 64 * 1024
+#: Deepest nesting of arrays :class:`ReplyParser` accepts.
+DEFAULT_MAX_REPLY_DEPTH = 128
 
 OK = b"+OK\r\n"
 NULL_BULK = b"$-1\r\n"
@@ -137,6 +154,13 @@ def encode_bulk(value: Optional[bytes]) -> bytes:
     if value is None:
         return NULL_BULK
     return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+_py_encode_bulk = encode_bulk
+if _c is not None:
+    # The same function in C (a server stores every value this way): bytes and
+    # bytearray written directly, anything else through the expression above.
+    encode_bulk = _c.resp_bulk
 
 
 def encode_integer(value: int) -> bytes:
@@ -254,7 +278,8 @@ _COUNT_LINES: Dict[bytes, int] = {b"*%d" % n: n for n in range(1, 65)}
 _BULK_HEADER: List[bytes] = [b"$%d" % n for n in range(4096)]
 
 
-def _fast_parse(buf: bytes, out: List[Command]) -> int:
+def _fast_parse(buf: bytes, out: List[Command], counts: Dict[bytes, int] = _COUNT_LINES,
+                header: List[bytes] = _BULK_HEADER) -> int:
     """Take well-formed multibulk commands from the start of ``buf``; return where it stopped.
 
     Stops (without error) at the first thing it is not sure about; the careful
@@ -262,12 +287,17 @@ def _fast_parse(buf: bytes, out: List[Command]) -> int:
     ``$len`` line says: a value holding a CRLF was cut short by the split and
     fails that test. Two- and three-argument commands (GET, SET...) are
     unrolled, which measured ~35% faster than the general slice-and-compare.
+
+    The limits are in the tables: ``counts`` holds only the ``*n`` lines a
+    parser accepts (``n <= max_args``, the line within ``max_inline``) and
+    ``header`` only the ``$len`` lines (``len <= max_bulk``, within
+    ``max_inline``); :func:`_fast_parse_sized` adds ``max_command`` when the
+    tables admit commands bigger than that (see :func:`_fast_tables`).
     """
     parts = buf.split(b"\r\n")
     last = len(parts) - 1  # parts[last] is what follows the final CRLF (unterminated)
-    count_of = _COUNT_LINES.get
+    count_of = counts.get
     append = out.append
-    header = _BULK_HEADER
     i = 0
     try:
         while i < last:
@@ -297,11 +327,94 @@ def _fast_parse(buf: bytes, out: List[Command]) -> int:
                     break
                 append(args)
             i = end
-    except IndexError:  # a value of 4096 bytes or more
+    except IndexError:  # a value longer than the header table
         pass
     if i == last:
         return len(buf) - len(parts[last])
     return len(buf) - sum(map(len, parts[i:])) - 2 * (last - i)
+
+
+def _fast_parse_sized(buf: bytes, out: List[Command], counts: Dict[bytes, int],
+                      header: List[bytes], max_command: int) -> int:
+    """:func:`_fast_parse`, keeping only the commands within ``max_command``
+    (the arguments with their ``$len`` lines, as the careful parser counts)."""
+    start = len(out)
+    pos = _fast_parse(buf, out, counts, header)
+    for k in range(start, len(out)):
+        args = out[k]
+        if sum([len(a) + len(header[len(a)]) + 4 for a in args]) > max_command:
+            # The careful parser refuses this one; stop where it starts. The
+            # commands taken are canonical, so their encodings give the place.
+            del out[k:]
+            return sum(len(b"*%d\r\n" % len(c)) + sum([len(a) + len(header[len(a)]) + 4 for a in c])
+                       for c in out[start:])
+    return pos
+
+
+@functools.lru_cache(maxsize=64)
+def _fast_tables(max_bulk: int, max_args: int, max_command: int,
+                 max_inline: int) -> Tuple[Dict[bytes, int], List[bytes], int]:
+    """The fast path's tables for one set of limits: ``(counts, header, max_command)``.
+
+    Each table keeps only what the careful parser would accept: a ``*n`` line
+    with ``n <= max_args`` and a ``$len`` line with ``len <= max_bulk``, each
+    at most ``max_inline`` bytes. The size check is needed (non-zero) only
+    when the largest command the tables admit could exceed ``max_command``.
+    """
+    counts = {line: n for line, n in _COUNT_LINES.items() if n <= max_args and len(line) <= max_inline}
+    header = []
+    for length, line in enumerate(_BULK_HEADER):
+        if length > max_bulk or len(line) > max_inline:
+            break  # both grow with the length: the table is a prefix
+        header.append(line)
+    if not counts or not header:
+        return {}, [], 0
+    if counts == _COUNT_LINES and len(header) == len(_BULK_HEADER):
+        counts, header = _COUNT_LINES, _BULK_HEADER  # the shared default tables
+    largest = max(counts.values()) * (len(header[-1]) + len(header) - 1 + 4)
+    return counts, header, (max_command if largest > max_command else 0)
+
+
+def _check_limit(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _fast_path(max_bulk: int, max_args: int, max_command: int,
+               max_inline: int) -> Callable[[bytes, List[Command]], int]:
+    """The fast path for these limits: the C one when active, else :func:`_py_fast_path`'s."""
+    if _c_parse is not None:
+        # The C code counts in Py_ssize_t; a larger limit is the same as the
+        # largest one (no buffer comes near it).
+        big = sys.maxsize
+        return functools.partial(_c_parse, min(max_bulk, big), min(max_args, big), min(max_command, big),
+                                 min(max_inline, big))
+    return _py_fast_path(max_bulk, max_args, max_command, max_inline)
+
+
+def _py_fast_path(max_bulk: int, max_args: int, max_command: int,
+                  max_inline: int) -> Callable[[bytes, List[Command]], int]:
+    """:func:`_fast_parse` bound to the tables of these limits."""
+    counts, header, size_limit = _fast_tables(max_bulk, max_args, max_command, max_inline)
+    if counts is _COUNT_LINES and not size_limit:
+        return _fast_parse
+    if not counts:
+        return _no_fast_path
+    if size_limit:
+        return functools.partial(_fast_parse_sized, counts=counts, header=header, max_command=size_limit)
+    return functools.partial(_fast_parse, counts=counts, header=header)
+
+
+def _no_fast_path(buf: bytes, out: List[Command]) -> int:
+    return 0
+
+
+def _line_too_long(buf: bytes, pos: int, max_inline: int) -> bool:
+    """No CRLF in ``buf[pos:]`` ends a line of at most ``max_inline`` bytes: is it
+    already certain that none will? (A final CR may still be a CRLF's first half.)"""
+    held = len(buf) - pos
+    return held > max_inline + 1 or (held == max_inline + 1 and buf[-1] != 13)
 
 
 class CommandParser:
@@ -317,19 +430,18 @@ class CommandParser:
     a command is cut into reads.
     """
 
-    __slots__ = ("max_bulk", "max_args", "max_command", "max_inline",
+    __slots__ = ("_max_bulk", "_max_args", "_max_command", "_max_inline", "_fast",
                  "_pending", "_need", "_line", "_args", "_left", "_size", "_error")
 
     def __init__(self, *, max_bulk: int = DEFAULT_MAX_BULK, max_args: int = DEFAULT_MAX_ARGS,
                  max_command: int = DEFAULT_MAX_COMMAND, max_inline: int = DEFAULT_MAX_INLINE) -> None:
-        for name, value in (("max_bulk", max_bulk), ("max_args", max_args),
-                            ("max_command", max_command), ("max_inline", max_inline)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        self.max_bulk = max_bulk
-        self.max_args = max_args
-        self.max_command = max_command
-        self.max_inline = max_inline
+        self._max_bulk = _check_limit("max_bulk", max_bulk)
+        self._max_args = _check_limit("max_args", max_args)
+        self._max_command = _check_limit("max_command", max_command)
+        self._max_inline = _check_limit("max_inline", max_inline)
+        #: The fast path, bound to these limits: ``(buf, out) -> position``.
+        self._fast: Callable[[bytes, List[Command]], int] = _fast_path(
+            max_bulk, max_args, max_command, max_inline)
         #: Unparsed bytes (an unfinished line or argument); None when there are none.
         self._pending: Optional[bytearray] = None
         #: Bytes _pending must hold before parsing it again can make progress.
@@ -343,6 +455,46 @@ class CommandParser:
         #: Bytes of the unfinished multibulk consumed so far (checked against max_command).
         self._size = 0
         self._error: Optional[str] = None
+
+    def _set_limit(self, name: str, value: int) -> None:
+        setattr(self, "_" + name, _check_limit(name, value))
+        self._fast = _fast_path(self._max_bulk, self._max_args, self._max_command, self._max_inline)
+
+    @property
+    def max_bulk(self) -> int:
+        """Longest bulk string (argument) accepted, in bytes."""
+        return self._max_bulk
+
+    @max_bulk.setter
+    def max_bulk(self, value: int) -> None:
+        self._set_limit("max_bulk", value)
+
+    @property
+    def max_args(self) -> int:
+        """Most arguments in one command."""
+        return self._max_args
+
+    @max_args.setter
+    def max_args(self, value: int) -> None:
+        self._set_limit("max_args", value)
+
+    @property
+    def max_command(self) -> int:
+        """Largest command: the bytes of its arguments, each with its ``$len`` line."""
+        return self._max_command
+
+    @max_command.setter
+    def max_command(self, value: int) -> None:
+        self._set_limit("max_command", value)
+
+    @property
+    def max_inline(self) -> int:
+        """Longest inline command (before its LF) or ``*``/``$`` line (before its CRLF)."""
+        return self._max_inline
+
+    @max_inline.setter
+    def max_inline(self, value: int) -> None:
+        self._set_limit("max_inline", value)
 
     @property
     def buffered(self) -> int:
@@ -365,16 +517,17 @@ class CommandParser:
             pending += data
             if len(pending) < self._need:
                 return out
-            if self._line and b"\n" not in data and len(pending) <= self.max_inline:
-                # Still no end of line, so nothing can complete: skipping the
-                # rescan keeps a line that trickles in byte by byte linear.
+            if self._line and b"\n" not in data and len(pending) <= self._max_inline:
+                # Still no end of line, so nothing can complete (nor be proven
+                # too long): skipping the rescan keeps a line that trickles in
+                # byte by byte linear.
                 return out
             buf = bytes(pending)
             self._pending = None
         else:
             buf = data
         if self._args is None:
-            pos = _fast_parse(buf, out)
+            pos = self._fast(buf, out)
             if pos == len(buf):
                 return out
         else:
@@ -384,7 +537,7 @@ class CommandParser:
             self._pending = bytearray(buf[pos:])
         return out
 
-    def _fail(self, message: str, out: List[Command]) -> None:
+    def _fail(self, message: str, out: List[Command]) -> NoReturn:
         self._error = message
         self._pending = self._args = None
         raise ProtocolError(message, out)
@@ -397,7 +550,7 @@ class CommandParser:
         that must be buffered before parsing can go on.
         """
         n = len(buf)
-        max_inline = self.max_inline
+        max_inline = self._max_inline
         args = self._args
         left = self._left
         while True:
@@ -405,15 +558,14 @@ class CommandParser:
                 if pos >= n:
                     return pos
                 if buf[pos] != 42:  # not '*': an inline command
-                    nl = buf.find(b"\n", pos)
+                    # The line before its LF is at most max_inline bytes.
+                    nl = buf.find(b"\n", pos, pos + max_inline + 1)
                     if nl < 0:
                         if n - pos > max_inline:
                             self._fail("too big inline request", out)
                         self._line = True
                         self._need = n - pos + 1
                         return pos
-                    if nl - pos > max_inline:
-                        self._fail("too big inline request", out)
                     line = buf[pos:nl - 1] if nl > pos and buf[nl - 1] == 13 else buf[pos:nl]
                     args = split_inline(line)
                     if args is None:
@@ -423,15 +575,15 @@ class CommandParser:
                     args = None
                     pos = nl + 1
                     continue
-                nl = buf.find(b"\r\n", pos)
+                nl = buf.find(b"\r\n", pos, pos + max_inline + 2)
                 if nl < 0:
-                    if n - pos > max_inline:
+                    if _line_too_long(buf, pos, max_inline):
                         self._fail("too big mbulk count string", out)
                     self._line = True
                     self._need = n - pos + 1
                     return pos
                 count = parse_int(buf[pos + 1:nl])
-                if count is None or count > self.max_args:
+                if count is None or count > self._max_args:
                     self._fail("invalid multibulk length", out)
                 pos = nl + 2
                 if count <= 0:
@@ -447,19 +599,19 @@ class CommandParser:
                     return pos
                 if buf[pos] != 36:  # '$'
                     self._fail(f"expected '$', got '{chr(buf[pos])}'", out)
-                nl = buf.find(b"\r\n", pos)
+                nl = buf.find(b"\r\n", pos, pos + max_inline + 2)
                 if nl < 0:
-                    if n - pos > max_inline:
+                    if _line_too_long(buf, pos, max_inline):
                         self._fail("too big bulk count string", out)
                     self._left = left
                     self._line = True
                     self._need = n - pos + 1
                     return pos
                 length = parse_int(buf[pos + 1:nl])
-                if length is None or length < 0 or length > self.max_bulk:
+                if length is None or length < 0 or length > self._max_bulk:
                     self._fail("invalid bulk length", out)
                 stop = nl + 2 + length
-                if self._size + stop + 2 - pos > self.max_command:
+                if self._size + stop + 2 - pos > self._max_command:
                     self._fail("too big command", out)
                 if stop + 2 > n:
                     self._left = left
@@ -489,11 +641,16 @@ class ReplyParser:
     Values: simple string → ``str``, error → :class:`RespError` (returned, not
     raised), integer → ``int``, bulk string → ``bytes``, null bulk or null array
     → ``None``, array → ``list``.
+
+    ``max_depth`` bounds how deeply arrays may nest (default
+    :data:`DEFAULT_MAX_REPLY_DEPTH`, 128; Redis's own replies nest a few
+    levels): a deeper reply is garbage like any other, a ``ValueError``.
     """
 
-    __slots__ = ("_buf",)
+    __slots__ = ("_buf", "max_depth")
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_depth: int = DEFAULT_MAX_REPLY_DEPTH) -> None:
+        self.max_depth = _check_limit("max_depth", max_depth)
         self._buf = b""
 
     def feed(self, data: bytes) -> List[Reply]:
@@ -502,7 +659,7 @@ class ReplyParser:
         out: List[Reply] = []
         pos = 0
         while pos < len(buf):
-            value, end = self._parse(buf, pos)
+            value, end = self._parse(buf, pos, 0)
             if value is _INCOMPLETE:
                 break
             out.append(value)
@@ -510,7 +667,7 @@ class ReplyParser:
         self._buf = buf[pos:]
         return out
 
-    def _parse(self, buf: bytes, pos: int) -> Any:
+    def _parse(self, buf: bytes, pos: int, depth: int) -> Any:
         nl = buf.find(b"\r\n", pos)
         if nl < 0:
             return _INCOMPLETE, pos
@@ -534,9 +691,11 @@ class ReplyParser:
             count = int(line)
             if count < 0:
                 return None, after
+            if depth >= self.max_depth and count:
+                raise ValueError(f"reply arrays nested deeper than max_depth={self.max_depth}")
             items = []
             for _ in range(count):
-                value, after = self._parse(buf, after)
+                value, after = self._parse(buf, after, depth + 1)
                 if value is _INCOMPLETE:
                     return _INCOMPLETE, pos
                 items.append(value)

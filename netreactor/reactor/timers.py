@@ -34,7 +34,7 @@ class TimerHandle:
     __slots__ = ("when", "callback", "args", "cancelled", "_heap")
 
     def __init__(self, when: float, callback: Callable[..., Any], args: Tuple[Any, ...],
-                 heap: "TimerHeap") -> None:
+                 heap: TimerHeap) -> None:
         #: The ``time.monotonic()`` deadline.
         self.when = when
         self.callback: Optional[Callable[..., Any]] = callback

@@ -119,7 +119,7 @@ def _probe_free(address: Address, options: Any) -> None:
         if type_ == socket.SOCK_STREAM and options.reuse_addr:
             # As the real listener will: a port with connections in TIME_WAIT is free.
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if fam == socket.AF_INET6 and address.scheme in ("tcp6", "udp6"):
+        if fam == socket.AF_INET6 and address.ipv6_only:
             probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         probe.bind(sockaddr)
     finally:
@@ -156,7 +156,7 @@ def _bind(address: Address, options: Any, reuse_port: bool) -> socket.socket:
             if not hasattr(socket, "SO_REUSEPORT"):
                 raise ValueError("option 'reuse_port': SO_REUSEPORT is not available on this platform")
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if fam == socket.AF_INET6 and address.scheme in ("tcp6", "udp6"):
+        if fam == socket.AF_INET6 and address.ipv6_only:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         apply_buffer_sizes(sock, options)
         # Bound to the group address, a multicast socket receives that group only.

@@ -35,7 +35,10 @@ import os
 import signal
 import socket
 import threading
-from typing import Any, Callable, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Union
+
+if TYPE_CHECKING:  # pragma: no cover
+    import ssl
 
 from ..address import Address
 from ..callbacks import call
@@ -126,6 +129,7 @@ class Server:
         if options.asyncio or primary_loop is not None:
             self._spawner = Spawner(options.asyncio_max_tasks, options.asyncio_low_water,
                                     logger=logger, shutdown_timeout=options.shutdown_timeout)
+        self._tls: Optional["ssl.SSLContext"] = None  # set when serving starts (see _setup_tls)
 
     # ------------------------------------------------------------------ public
 
@@ -209,7 +213,8 @@ class Server:
     # loop runs until stopped) -> end() -> release(), release() always.
 
     def begin(self) -> bool:
-        """Set up the loops, bind, run ``on_boot``; False if it said SHUTDOWN."""
+        """Set up TLS and the loops, bind, run ``on_boot``; False if it said SHUTDOWN."""
+        self._setup_tls()
         self._setup_loops()
         self._bind()
         if self.handler.on_boot(self._facade) is Action.SHUTDOWN:
@@ -261,6 +266,21 @@ class Server:
         """Raise the SystemExit/KeyboardInterrupt that escaped a loop thread, if one did."""
         if self._escaped is not None:
             raise self._escaped
+
+    def _setup_tls(self) -> None:
+        """Build (or take) the TLS context here, where serving starts: in a
+        worker process, after the fork, so that no two workers share one."""
+        tls = self.options.tls
+        if tls is None or not callable(tls):  # an SSLContext (which is not callable), or none
+            self._tls = tls
+            return
+        import ssl
+
+        context = tls()
+        if not isinstance(context, ssl.SSLContext):
+            raise ValueError(f"option 'tls': the function returned {type(context).__name__}, "
+                             "not an ssl.SSLContext")
+        self._tls = context
 
     def _loop_count(self) -> int:
         if self.options.multicore and not gil_enabled():
@@ -345,7 +365,27 @@ class Server:
     def _preambles_for(self, lst: Listener) -> Optional[PreambleFactory]:
         """What a connection accepted on ``lst`` runs before ``on_open``, as
         ``factory(peer_address) -> [Preamble, ...]``; None for nothing."""
-        return None
+        if not lst.address.tls:
+            return None
+        from ..stream.tls import TLSHandshake  # plain servers do not even import ssl
+
+        context_of = self._tls_context
+        timeout = self.options.handshake_timeout
+
+        def tls(addr: Any) -> Sequence[Preamble]:
+            return [TLSHandshake(context_of, server_side=True, timeout=timeout)]
+
+        return tls
+
+    def _tls_context(self) -> "ssl.SSLContext":
+        context = self._tls
+        if context is None:
+            raise ValueError("no TLS context")  # Engine checks tls:// against tls= up front
+        return context
+
+    def set_tls(self, context: "ssl.SSLContext") -> None:
+        """New TLS connections use ``context`` (a reference swap: any thread)."""
+        self._tls = context
 
     def _local_dispatch(self, slot: _LoopSlot, lst: Listener) -> Callable[[socket.socket, Any], None]:
         adopt = self._adopt

@@ -179,7 +179,7 @@ class _Extras:
     """Per-connection state that most connections never need, allocated on first use."""
 
     __slots__ = ("close_err", "linger", "close_timer", "drain_waiters", "preambles",
-                 "preamble_wants_write")
+                 "preamble_wants_write", "upgrading", "when_empty")
 
     def __init__(self) -> None:
         self.close_err: Optional[BaseException] = None
@@ -189,6 +189,10 @@ class _Extras:
         #: The preamble running now, then those still to run (OPENING only).
         self.preambles: Optional[List[Preamble]] = None
         self.preamble_wants_write = False
+        #: A preamble runs on a connection the handler knows already (start_tls).
+        self.upgrading = False
+        #: Callbacks for when all queued output has gone (start_tls waits for it).
+        self.when_empty: Optional[List[Callable[[], Any]]] = None
 
 
 def _owned(data: Buffer) -> Union[bytes, memoryview]:
@@ -422,24 +426,28 @@ class Conn(Inbound):
         self._update_events()
 
     def _below_low_water(self) -> None:
-        was = self._paused
-        self._paused = was & ~_BACKLOG
-        self._settle()
-        if was & _BACKLOG and not self._paused:
-            self._reading_resumed()
-        extras = self._extras
-        if extras is not None and extras.drain_waiters:
-            self._notify_drained()
+        self._backlog_done(update_events=False)  # _sent settles the events itself
 
     def _drained(self) -> None:
         """Everything queued went out: finish a pending close, resume reading, stop watching writability."""
         if self._state is CLOSING:
             self._finish_close()
             return
+        extras = self._extras
+        if extras is not None and extras.when_empty:
+            callbacks, extras.when_empty = extras.when_empty, None
+            for callback in callbacks:
+                callback()
+        self._backlog_done(update_events=True)
+
+    def _backlog_done(self, update_events: bool) -> None:
+        """Queued output fell to the low-water mark: reading resumes if back-pressure
+        alone held it, and the drain waiters are told."""
         was = self._paused
         self._paused = was & ~_BACKLOG
         self._settle()
-        self._update_events()
+        if update_events:
+            self._update_events()
         if was & _BACKLOG and not self._paused:
             self._reading_resumed()
         extras = self._extras
@@ -624,6 +632,65 @@ class Conn(Inbound):
         self._raddr = remote
         self._laddr = local
 
+    @property
+    def tls(self) -> Any:
+        """A :class:`netreactor.tls.TLSInfo` on a TLS connection (version, cipher,
+        ALPN protocol, SNI server name, peer certificate); None on a plain one."""
+        return self._transport.info
+
+    def start_tls(self, context: Any, *, server_side: bool, server_hostname: Optional[str] = None,
+                  callback: Optional[Callback] = None, timeout: Optional[float] = 10.0) -> None:
+        """Upgrade this open plain connection to TLS, as STARTTLS protocols (SMTP,
+        IMAP, PostgreSQL) do, and as asyncio's ``loop.start_tls`` does (loop thread).
+
+        What is queued is sent first, in plain text; then the handshake runs
+        (nothing more is read for the handler, and writes are refused, until it
+        ends). Bytes already received and not consumed are the handshake's
+        first bytes. ``callback(conn, err)`` runs when it ends: ``err`` None,
+        and the connection goes on over TLS (``conn.tls`` tells the details); or
+        the error, and the connection is closed (``on_close`` gets it too).
+        ``timeout`` bounds the handshake (None: no bound).
+        """
+        if not self._loop.on_loop_thread():
+            raise self._wrong_thread("start_tls")
+        if self._state is not OPEN:
+            raise ClosedError("start_tls() on a connection that is not open")
+        if self._transport.info is not None:
+            raise RuntimeError("start_tls() on a connection that uses TLS already")
+        from .tls import TLSHandshake  # TLS costs plain connections nothing, not even an import
+
+        handshake = TLSHandshake(lambda: context, server_side=server_side,
+                                 server_hostname=server_hostname, timeout=timeout,
+                                 on_outcome=callback)
+
+        def begin() -> None:
+            if self._state is not OPEN:
+                self._notify(callback, ClosedError("closed before start_tls() could begin"))
+                return
+            extras = self._x()
+            extras.upgrading = True
+            extras.preambles = [handshake]
+            self._state = OPENING
+            self._settle()
+            rest = b""
+            if self._iend:
+                rest = bytes(self._in[self._ipos:self._iend])
+                self._consumed_all()
+            self._update_events()
+            handshake.begin(self, rest)
+            if self._state is OPENING:
+                self._reading_resumed()
+
+        if self._out:
+            self._flush()
+        if self._out_bytes:
+            extras = self._x()
+            if extras.when_empty is None:
+                extras.when_empty = []
+            extras.when_empty.append(begin)
+        else:
+            begin()
+
     def preamble_wants_write(self, wanted: bool) -> None:
         """The running preamble has output the kernel did not take (watch WRITABLE)."""
         extras = self._x()
@@ -650,7 +717,13 @@ class Conn(Inbound):
         if rest:
             self._in = rest
             self._iend = len(rest)
-        self._opened()
+        if extras.upgrading:  # start_tls: the handler met it long ago
+            extras.upgrading = False
+            self._state = OPEN
+            self._settle()
+            self._update_events()
+        else:
+            self._opened()
         if self._iend and self._reading:
             self._traffic()
         if self._reading:
@@ -862,10 +935,12 @@ class Conn(Inbound):
             if extras.close_timer is not None:
                 extras.close_timer.cancel()
             self._extras = None
-        if state is OPENING:  # the handler never met it
+        if state is OPENING:
             if extras is not None and extras.preambles:
                 for preamble in extras.preambles:
                     preamble.abandon(self)
+            if extras is not None and extras.upgrading:
+                self._closed_for_handler(err)  # start_tls failed: the handler knows this one
         elif state is not LINGER:
             self._closed_for_handler(err)
 

@@ -25,14 +25,14 @@ class Inbound:
     checker only; ``__slots__`` stays empty so the mixin adds no layout).
     """
 
-    __slots__ = ()
-
     if TYPE_CHECKING:  # pragma: no cover
         _in: Any
         _ipos: int
         _iend: int
         _block: Optional[bytearray]
         _loop: EventLoop
+    else:
+        __slots__ = ()  # the slots are the using class's
 
     @property
     def inbound_buffered(self) -> int:

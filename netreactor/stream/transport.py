@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any, Callable, Protocol, Sequence, Type, Union
+from typing import Any, Protocol, Type, Union
 
 __all__ = ["Transport", "PlainTCP", "PlainUnix", "PlainTransport", "PLAIN_TCP", "PLAIN_UNIX", "for_socket"]
 
@@ -38,14 +38,17 @@ Buffer = Union[bytes, bytearray, memoryview]
 
 
 class Transport(Protocol):
-    linger: bool
-    read: Callable[[int, int], bytes]
-    readv: Callable[[int, Sequence[Any]], int]
-    write: Callable[[int, Buffer], int]
-    writev: Callable[[int, Sequence[Buffer]], int]
+    @property
+    def linger(self) -> bool: ...
+    @property
+    def info(self) -> Any: ...  # a TLSInfo for TLS, None for plain
 
-    def shutdown_write(self, fd: int) -> None: ...
-    def close(self, fd: int) -> None: ...
+    def read(self, fd: int, size: int, /) -> bytes: ...
+    def readv(self, fd: int, buffers: Any, /) -> int: ...
+    def write(self, fd: int, data: Any, /) -> int: ...
+    def writev(self, fd: int, buffers: Any, /) -> int: ...
+    def shutdown_write(self, fd: int, /) -> None: ...
+    def close(self, fd: int, /) -> None: ...
 
 
 class PlainTCP:
@@ -57,6 +60,8 @@ class PlainTCP:
     measurably fewer instructions per message under callgrind."""
 
     linger = True
+    #: ``conn.tls`` of a plain connection.
+    info = None
     read = os.read
     readv = os.readv
     write = os.write

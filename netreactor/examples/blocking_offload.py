@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """A line server whose commands block, offloaded to a ``WorkerPool``.
 
-    python3 examples/blocking_offload.py                  # tcp://127.0.0.1:9000, 8 workers
+    python3 -m netreactor.examples.blocking_offload                  # tcp://127.0.0.1:9000, 8 workers
     printf 'sleep 0.2\\nhash abc\\nupper hi\\nnope\\n' | nc -q1 127.0.0.1 9000
 
 Commands, one per line; each reply is one line, in the order of the commands:
@@ -27,16 +26,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
-import os
 import sys
 import time
-from typing import Optional
+from typing import List, Optional
 
-try:
-    import netreactor as nr
-except ImportError:  # run from a source checkout without installing
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import netreactor as nr
+import netreactor as nr
 from netreactor.codec import LineCodec
 
 DEFAULT_LISTEN = "tcp://127.0.0.1:9000"
@@ -74,12 +68,12 @@ class BlockingOffload(nr.FramedHandler):
 
     def _reply(self, conn: nr.Conn, result: Optional[bytes], exc: Optional[BaseException]) -> None:
         # On the connection's loop, in submission order.
-        if exc is not None:
+        if exc is not None or result is None:
             result = f"ERR {exc}".encode()
         self.send(conn, result)
 
 
-def main(argv: Optional[list] = None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description="Line server whose blocking commands run on a "
                                              "netreactor WorkerPool.")
     ap.add_argument("--listen", "-l", action="append", metavar="ADDR",

@@ -1,8 +1,7 @@
-#!/usr/bin/env python3
 """A TCP proxy: every connection accepted on ``--listen`` is relayed, byte for
 byte, to a new connection to ``--upstream``.
 
-    python3 examples/tcp_proxy.py --listen tcp://127.0.0.1:8888 --upstream tcp://127.0.0.1:9000
+    python3 -m netreactor.examples.tcp_proxy --listen tcp://127.0.0.1:8888 --upstream tcp://127.0.0.1:9000
 
 How it is built, and why:
 
@@ -32,16 +31,11 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-import os
 import sys
 import threading
-from typing import Optional
+from typing import List, Optional
 
-try:
-    import netreactor as nr
-except ImportError:  # run from a source checkout without installing
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import netreactor as nr
+import netreactor as nr
 from netreactor.address import parse_address
 
 log = logging.getLogger("netreactor.examples.tcp_proxy")
@@ -81,7 +75,8 @@ class Proxy(nr.EventHandler):
                  connect_timeout: float = 5.0) -> None:
         parse_address(upstream)  # a bad address is a ValueError now, not at the first dial
         self.upstream = upstream
-        self.high_water = high_water
+        self._asked_high_water = high_water
+        self.high_water = high_water or 0  # settled in on_boot, against the engine's marks
         self.connect_timeout = connect_timeout
         self.client: Optional[nr.Client] = None
         self.peak_buffered = 0
@@ -97,11 +92,12 @@ class Proxy(nr.EventHandler):
         # The most a side may owe and still take one more read without passing
         # the engine's own mark (see the class docstring).
         ceiling = max(1, opts.write_high_water - opts.read_buffer_cap)
-        if self.high_water is None:
+        asked = self._asked_high_water
+        if asked is None:
             self.high_water = ceiling
-        elif self.high_water > ceiling:
+        elif asked > ceiling:
             engine.logger.warning("proxy: high_water %d lowered to %d (write_high_water %d minus "
-                                  "read_buffer_cap %d)", self.high_water, ceiling,
+                                  "read_buffer_cap %d)", asked, ceiling,
                                   opts.write_high_water, opts.read_buffer_cap)
             self.high_water = ceiling
         # The upstream connections live on the engine's loops, beside the inbound ones.
@@ -117,6 +113,7 @@ class Proxy(nr.EventHandler):
         pair = _Pair(conn)
         conn.context = pair
         conn.pause_reading()  # nowhere to relay to yet
+        assert self.client is not None  # on_boot made it
         self.client.dial_async(self.upstream, functools.partial(self._dialed, pair),
                                timeout=self.connect_timeout, near=conn)
 
@@ -130,6 +127,7 @@ class Proxy(nr.EventHandler):
             log.warning("proxy: dialing %s for %s failed: %s", self.upstream, source.remote_addr, err)
             source.close()
             return
+        assert destination is not None  # no error: a connection
         if source.closed:  # the client gave up while we were dialing
             destination.close()
             return
@@ -185,7 +183,7 @@ class _Upstream(nr.EventHandler):
             pair.source.close()  # after flushing what the destination sent
 
 
-def main(argv: Optional[list] = None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description="TCP proxy on netreactor: relays every connection "
                                              "accepted on --listen to --upstream, with back-pressure.")
     ap.add_argument("--listen", "-l", default=DEFAULT_LISTEN,
