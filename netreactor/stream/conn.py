@@ -973,7 +973,7 @@ class Conn(Inbound):
 
     # ------------------------------------------------------------------ coroutines
 
-    def spawn(self, coro: Any, on_result: Optional[Callable[["Conn", Any, Optional[BaseException]], Any]] = None,
+    def spawn(self, coro: Any, on_result: Optional[Callable[[Conn, Any, Optional[BaseException]], Any]] = None,
               *, cancel_on_close: bool = True) -> Any:
         """Run the coroutine ``coro`` on this connection's loop thread (loop thread;
         the engine needs ``asyncio=True``, or ``netreactor.serve()``). Returns its
