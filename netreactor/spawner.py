@@ -163,7 +163,11 @@ class Spawner:
         if slot is None or slot[1] != get_ident() or (
                 coro.__class__ is not CoroutineType and not asyncio.iscoroutine(coro)):
             self._refuse(slot, coro)
-        task = slot[0].create_task(coro)
+        try:
+            task = slot[0].create_task(coro)
+        except BaseException:  # the asyncio loop is closing, say: never started, never awaited
+            coro.close()
+            raise
         job = [task, on_result, cancel_on_close]
         with self._lock:
             full = self._in_flight >= self.capacity

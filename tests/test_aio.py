@@ -450,6 +450,27 @@ def test_the_in_flight_bound_pauses_spawning_connections_and_resumes_them(aio):
             b.close()
 
 
+def test_a_spawn_the_asyncio_loop_refuses_leaves_nothing_behind():
+    """create_task refused (the asyncio loop is closed): the error reaches the
+    caller, the coroutine is closed (no "never awaited"), nothing counts in flight."""
+    from netreactor.spawner import Spawner
+
+    spawner = Spawner(4, None, logger=LOG, shutdown_timeout=1.0)
+    aio = asyncio.new_event_loop()
+    aio.close()
+    reactor, conn = object(), object()
+    spawner.attach(reactor, aio)
+
+    async def work():
+        return b"never"
+
+    coro = work()
+    with pytest.raises(RuntimeError, match="closed"):
+        spawner.spawn_for(conn, reactor, False, coro, None, True)
+    assert coro.cr_frame is None  # closed
+    assert spawner.in_flight == 0 and spawner.spawned == 0
+
+
 def test_spawn_needs_asyncio_and_a_coroutine(expected_errors, aio):
     async def work(conn, line):
         return line
