@@ -271,7 +271,7 @@ class LineCodec(Codec):
         if _c is not None and self._max <= _C_LIMIT:
             return _c.SplitDecoder(  # type: ignore[no-any-return]
                 b"\n", True, self._strip, self._max,
-                functools.partial(_line_too_long, self._max), _raise_failed_again)
+                functools.partial(_too_long_error, "line", "a line ending", self._max), _raise_failed_again)
         return self._py_decoder()
 
     def _py_decoder(self) -> Decoder:
@@ -347,14 +347,16 @@ class _LineDecoder(_BufferedDecoder):
             self._too_long(rem, frames, unterminated=True)
 
     def _too_long(self, length: int, frames: Optional[List[bytes]], unterminated: bool = False) -> NoReturn:
-        self._fail(_line_too_long(self._max, length, unterminated), frames)
+        self._fail(_too_long_error("line", "a line ending", self._max, length, unterminated), frames)
 
 
-def _line_too_long(maxlen: int, length: int, unterminated: bool,
-                   frames: Optional[List[bytes]] = None) -> FrameTooLongError:
-    """The error for a line over ``maxlen`` (both implementations)."""
-    what = f"{length}+ bytes without a line ending" if unterminated else f"{length} bytes"
-    exc = FrameTooLongError(f"line longer than max_frame_length={maxlen}: {what}")
+def _too_long_error(frame: str, ending: str, maxlen: int, length: int, unterminated: bool,
+                    frames: Optional[List[bytes]] = None) -> FrameTooLongError:
+    """The error for a ``frame`` ("line", "frame") over ``maxlen`` that ends
+    with ``ending``; both implementations of both splitting codecs use it (the
+    C decoders get it bound to the first three arguments)."""
+    what = f"{length}+ bytes without {ending}" if unterminated else f"{length} bytes"
+    exc = FrameTooLongError(f"{frame} longer than max_frame_length={maxlen}: {what}")
     if frames:
         exc.frames = frames
     return exc
@@ -461,7 +463,7 @@ class DelimiterCodec(Codec):
         if _c is not None and len(self._delims) == 1 and self._max <= _C_LIMIT:
             return _c.SplitDecoder(  # type: ignore[no-any-return]
                 self._delims[0], False, self._strip, self._max,
-                functools.partial(_delimiter_too_long, self._max), _raise_failed_again)
+                functools.partial(_too_long_error, "frame", "a delimiter", self._max), _raise_failed_again)
         return self._py_decoder()
 
     def _py_decoder(self) -> Decoder:
@@ -642,17 +644,7 @@ class _DelimiterDecoder(_BufferedDecoder):
         return False
 
     def _too_long(self, length: int, frames: Optional[List[bytes]], unterminated: bool = False) -> NoReturn:
-        self._fail(_delimiter_too_long(self._max, length, unterminated), frames)
-
-
-def _delimiter_too_long(maxlen: int, length: int, unterminated: bool,
-                        frames: Optional[List[bytes]] = None) -> FrameTooLongError:
-    """The error for a delimited frame over ``maxlen`` (both implementations)."""
-    what = f"{length}+ bytes without a delimiter" if unterminated else f"{length} bytes"
-    exc = FrameTooLongError(f"frame longer than max_frame_length={maxlen}: {what}")
-    if frames:
-        exc.frames = frames
-    return exc
+        self._fail(_too_long_error("frame", "a delimiter", self._max, length, unterminated), frames)
 
 
 # --------------------------------------------------------------------------
