@@ -70,8 +70,10 @@ class Server(ServerProc):
 
 
 def _netreactor_server(example: str, port: int, cpu: Optional[int]) -> Server:
-    code = ("import netreactor as nr; from netreactor.examples import load_example; "
-            f"nr.run(load_example({example!r})(), 'tcp://{HOST}:{port}')")
+    # As `netreactor example NAME` serves it: its flags' engine options (HTTP's keep-alive timeout).
+    code = ("import netreactor as nr; from netreactor.examples import load_example, resolve_flags; "
+            f"nr.run(load_example({example!r})(), 'tcp://{HOST}:{port}', "
+            f"**resolve_flags({example!r}, {{}}, {{}})[1])")
     return Server(f"netreactor-{example}", [sys.executable, "-c", code], port, cpu)
 
 

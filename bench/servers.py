@@ -9,7 +9,12 @@ KINDs:
 
 * ``asyncio``    -- asyncio Protocol API on the default (selector/epoll) loop.
 * ``uvloop``     -- the very same Protocol on uvloop (skipped if not installed).
-* ``netreactor`` -- this project, through its public contract only.
+* ``netreactor`` -- this project, through its public contract only.  Engine
+  options may be given in ``NETREACTOR_BENCH_OPTIONS`` (``name=value,...``,
+  values as Python literals: ``idle_timeout=300,max_connections=20000``).
+* ``netreactor-idle`` -- the same with ``idle_timeout=300`` (its timing wheel
+  on, no connection expiring within a run): the cost of idle timeouts, side
+  by side with ``netreactor`` in one run.
 * ``gevent``     -- a ``gevent.server.StreamServer`` handler, one greenlet per
   connection with blocking-style ``recv``/``sendall`` (skipped if not installed).
 * ``twisted``    -- a Twisted ``Protocol`` on the default (epoll) reactor
@@ -89,12 +94,12 @@ import ssl
 import struct
 import sys
 
-KINDS = ("netreactor", "uvloop", "asyncio", "gevent", "twisted", "c-floor", "py-floor", "py-api-floor",
-         "netreactor-tls", "uvloop-tls", "asyncio-tls", "py-floor-tls-bio", "py-floor-tls-sock")
+KINDS = ("netreactor", "netreactor-idle", "uvloop", "asyncio", "gevent", "twisted", "c-floor",
+         "py-floor", "py-api-floor", "netreactor-tls", "uvloop-tls", "asyncio-tls", "py-floor-tls-bio", "py-floor-tls-sock")
 PROTOS = ("echo", "framed", "resp", "http")
 #: Protocols that only these kinds serve (the netreactor example handlers).
 APP_PROTOS = {"resp": "redis", "http": "http"}
-APP_KINDS = ("netreactor", "uvloop", "asyncio")
+APP_KINDS = ("netreactor", "netreactor-idle", "uvloop", "asyncio")
 
 # The package uses a flat layout: make ``import netreactor`` find the source
 # tree this file belongs to (bench/ is sys.path[0] when run as a script).
@@ -178,6 +183,12 @@ class _ShimConn:
     def writev(self, buffers) -> None:
         self.transport.writelines(buffers)
 
+    def set_read_timeout(self, seconds, on_timeout=None) -> None:
+        pass  # the HTTP example times a request that arrives in pieces; the shim does not
+
+    def set_idle_timeout(self, seconds) -> None:
+        pass
+
     def close(self) -> None:
         self.transport.close()
 
@@ -243,7 +254,25 @@ def serve_uvloop(host: str, port: int, unix: str | None, proto: str = "echo",
 # --------------------------------------------------------------------------
 # netreactor: public contract only (EventHandler, Conn.read/write, run)
 # --------------------------------------------------------------------------
-def serve_netreactor(host: str, port: int, unix: str | None, proto: str = "echo") -> None:
+def bench_options(defaults: dict | None = None) -> dict:
+    """Engine options for the netreactor kinds: ``defaults``, then
+    ``NETREACTOR_BENCH_OPTIONS`` (``name=value,...``; values are Python literals)."""
+    import ast
+
+    options = dict(defaults or {})
+    for item in filter(None, os.environ.get("NETREACTOR_BENCH_OPTIONS", "").split(",")):
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"NETREACTOR_BENCH_OPTIONS: expected name=value, got {item!r}")
+        try:
+            options[name.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            options[name.strip()] = value.strip()
+    return options
+
+
+def serve_netreactor(host: str, port: int, unix: str | None, proto: str = "echo",
+                     options: dict | None = None) -> None:
     import netreactor as nr
 
     class Echo(nr.EventHandler):
@@ -262,11 +291,15 @@ def serve_netreactor(host: str, port: int, unix: str | None, proto: str = "echo"
 
         handler = FramedEcho()
     elif proto in APP_PROTOS:
-        from netreactor.examples import load_example
+        from netreactor.examples import load_example, resolve_flags
 
         handler = load_example(APP_PROTOS[proto])()
+        # The engine options `netreactor example NAME` gives it (HTTP: its
+        # keep-alive timeout is the engine's idle_timeout, not one per connection).
+        options = {**resolve_flags(APP_PROTOS[proto], {}, {})[1], **(options or {})}
     addr = f"unix://{unix}" if unix else f"tcp://{host}:{port}"
-    nr.run(handler, addr, **ENGINE_OPTIONS)
+    # --engine flags over the defaults, then NETREACTOR_BENCH_OPTIONS over both.
+    nr.run(handler, addr, **bench_options({**(options or {}), **ENGINE_OPTIONS}))
 
 
 #: Engine options of the netreactor kinds (``--engine``: netreactor's own command-line flags).
@@ -789,6 +822,7 @@ def serve_py_floor_tls_sock(host: str, port: int, unix: str | None, ctx: ssl.SSL
 
 
 SERVE = {"asyncio": serve_asyncio, "uvloop": serve_uvloop, "netreactor": serve_netreactor,
+         "netreactor-idle": lambda *a: serve_netreactor(*a, options={"idle_timeout": 300.0}),
          "gevent": serve_gevent, "twisted": serve_twisted,
          "c-floor": serve_c_floor, "py-floor": serve_py_floor,
          "py-api-floor": lambda *a: serve_py_floor(*a, api=True)}
@@ -860,7 +894,7 @@ def check(kind: str, proto: str = "echo") -> str | None:
         return _importable("gevent", "gevent", "gevent")
     if kind == "twisted":
         return _importable("twisted.internet.protocol", "Twisted", "twisted")
-    if kind == "netreactor":
+    if kind in ("netreactor", "netreactor-idle"):
         try:
             import netreactor as nr
         except Exception as e:  # any import-time failure means "not ready"

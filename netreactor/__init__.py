@@ -14,8 +14,8 @@ from typing import Any
 from . import codec
 from .client import Client
 from .engine import Engine, run
-from .errors import (BufferOverflowError, ClosedError, EngineStoppedError, NetreactorError,
-                     PeerClosedError)
+from .errors import (BufferOverflowError, ClosedError, EngineStoppedError, IdleTimeoutError,
+                     NetreactorError, PeerClosedError, ReadTimeoutError)
 from .framed import FramedHandler
 from .handler import Action, EventHandler
 from .options import Options
@@ -38,5 +38,5 @@ __all__ = [
     "Action", "EventHandler", "FramedHandler", "codec", "Conn", "Pause", "Client", "Engine", "Options",
     "WorkerPool", "run", "serve", "gil_enabled",
     "NetreactorError", "ClosedError", "PeerClosedError", "BufferOverflowError", "EngineStoppedError",
-    "__version__",
+    "IdleTimeoutError", "ReadTimeoutError", "__version__",
 ]

@@ -46,7 +46,8 @@ class Failed:
 def log_failure(logger: Any, owner: Any, where: str, conn: Any, exc: BaseException,
                 closing: bool = True) -> None:
     """Log that ``owner.where`` raised for ``conn``, with the traceback."""
-    name = f"{type(owner).__name__}.{where}" if owner is not None else where
+    # __class__, not type(): debug mode's DebugHandler passes for the handler's class.
+    name = f"{owner.__class__.__name__}.{where}" if owner is not None else where
     if conn is None:
         logger.error("%s raised", name, exc_info=exc)
     elif closing:

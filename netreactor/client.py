@@ -40,7 +40,8 @@ from .handler import Action, EventHandler
 from .options import Options
 from .reactor import WRITABLE, EventLoop, TimerHandle, new_poller
 from .server.datagram import DatagramConn, DatagramEndpoint
-from .stream import Conn, EdgeConn, StreamContext, for_socket
+from .debug import DebugHandler, conn_class
+from .stream import Conn, StreamContext, for_socket
 from .stream.sockopts import apply_buffer_sizes, tune_tcp
 from .ticker import run_tick
 
@@ -53,6 +54,7 @@ DialCallback = Callable[[Optional[AnyConn], Optional[BaseException]], Any]
 _SERVER_ONLY = ("lb", "reuse_port", "reuse_addr", "workers", "cpu_affinity", "multicore", "backlog",
                 "graceful_timeout",
                 "udp_session_timeout", "udp_max_sessions", "multicast_interface",
+                "max_connections", "max_connections_per_ip",
                 "asyncio", "asyncio_loop", "asyncio_max_tasks", "asyncio_low_water")
 _IN_PROGRESS = {errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK}
 
@@ -72,9 +74,12 @@ class Client:
         for name in _SERVER_ONLY:
             if name in options:
                 raise ValueError(f"option {name!r} does not apply to a Client")
-        self.handler = handler
         self.options = Options.from_kwargs(options)
         self.logger = self.options.get_logger()
+        # Debug mode sees the handler through a proxy that times its callbacks.
+        self.handler: Any = DebugHandler(handler, self.options.slow_callback_duration, self.logger) \
+            if self.options.debug else handler
+        self._conn_class = conn_class(self.options)
         self._engine = engine
         self._loops: List[EventLoop] = []
         self._contexts: Dict[EventLoop, StreamContext] = {}
@@ -103,6 +108,8 @@ class Client:
             return self
         for i in range(self.options.loops):
             loop = EventLoop(i, new_poller(self.options.poller), self.logger)
+            if self.options.debug:
+                loop.set_debug(self.options.slow_callback_duration)
             self._loops.append(loop)
             started = threading.Event()
             thread = threading.Thread(target=self._loop_main, args=(loop, started), daemon=True,
@@ -321,8 +328,7 @@ class Client:
                 if sock.family != socket.AF_UNIX:
                     tune_tcp(sock, self.options)
                 transport = for_socket(sock)
-                conn = (EdgeConn if self.options.edge_triggered else Conn)(
-                    self._contexts[loop], sock.detach(), transport)
+                conn = self._conn_class(self._contexts[loop], sock.detach(), transport)
                 self._track(conn)
                 if isinstance(callback, _TLSDial):
                     # The dial completes when the handshake does (on_open has run then).

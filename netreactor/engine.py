@@ -10,10 +10,12 @@ import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from .address import Address, parse_address
+from .debug import engine_collected, track_engine
 from .framed import FramedHandler
 from .handler import EventHandler
 from .options import Options
 from .reactor import EventLoop
+from .server.limits import ConnectionLimits
 from .server.listener import Listener
 from .server.server import Server
 from .supervisor import Supervisor, worker_count
@@ -114,6 +116,19 @@ class Engine:
         impl = self._impl
         return impl.spawner if isinstance(impl, Server) else None
 
+    @property
+    def running(self) -> bool:
+        """True from :meth:`run` (or :meth:`start`) until it has stopped."""
+        return self._state in ("booting", "running")
+
+    @property
+    def limits(self) -> Optional[ConnectionLimits]:
+        """The connection limits' counts (``max_connections``,
+        ``max_connections_per_ip``) of this process, once serving; None
+        without limits or in a worker supervisor."""
+        impl = self._impl
+        return impl.limits if isinstance(impl, Server) else None
+
     def count_connections(self) -> int:
         """Open connections across all loops (of this process)."""
         impl = self._impl
@@ -180,6 +195,8 @@ class Engine:
             if self._state != "new":
                 raise RuntimeError("an engine can be run once")
             self._state = "booting"
+            if self.options.debug:
+                track_engine(self)
             count = worker_count(self.options)
             impl: Union[Server, Supervisor]
             if count > 1:
@@ -235,6 +252,15 @@ class Engine:
             await asyncio.shield(stopped)
         elif not self._done.is_set():
             await asyncio.get_running_loop().run_in_executor(None, self._done.wait)
+
+    def __del__(self) -> None:
+        options = self.__dict__.get("options")  # None if __init__ raised
+        if options is not None and options.debug:
+            engine_collected(self)
+
+    def __repr__(self) -> str:
+        where = ", ".join(self.addresses) if "_impl" in self.__dict__ else ""
+        return f"<Engine {self.__dict__.get('_state', 'new')} {where or 'unbound'}>"
 
     def _ready(self) -> None:
         self._state = "running"

@@ -8,6 +8,8 @@ __all__ = [
     "PeerClosedError",
     "BufferOverflowError",
     "EngineStoppedError",
+    "IdleTimeoutError",
+    "ReadTimeoutError",
     "one_line",
 ]
 
@@ -36,6 +38,17 @@ class BufferOverflowError(NetreactorError, BufferError):
 
 class EngineStoppedError(NetreactorError, RuntimeError):
     """The engine (or client) is stopped; the request cannot be served."""
+
+
+class IdleTimeoutError(NetreactorError, TimeoutError):
+    """No traffic in either direction for the connection's idle timeout
+    (``idle_timeout``, ``conn.set_idle_timeout``): it was closed."""
+
+
+class ReadTimeoutError(NetreactorError, TimeoutError):
+    """A read timeout (``conn.set_read_timeout``) passed before it was cleared:
+    the connection was closed. Preambles' timeouts (PROXY header, TLS
+    handshake) are this too."""
 
 
 def one_line(exc: BaseException) -> str:

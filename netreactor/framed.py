@@ -25,13 +25,13 @@ the bad one are still delivered.
 
 from __future__ import annotations
 
-from typing import Iterable, List, Optional, Union
+from typing import Any, Callable, Iterable, List, Optional, Union
 
 from .codec import Codec, Decoder, FrameError
 from .handler import Action, EventHandler
 from .stream.conn import Conn
 
-__all__ = ["FramedHandler"]
+__all__ = ["FramedHandler", "debug_framing"]
 
 FrameResult = Union[None, Action, bytes, bytearray, memoryview]
 FramesResult = Union[None, Action, List[bytes], Iterable[Union[bytes, bytearray, memoryview]]]
@@ -161,3 +161,54 @@ class FramedHandler(EventHandler):
         if replies:
             conn.write(self.codec.encode_many(replies))
         return None
+
+
+class _CountingView:
+    """Debug mode's view of a framed handler: FramedHandler's own framing, run
+    with this object as ``self``, so that what ``on_frame`` returns is seen.
+    Anything else is the handler's."""
+
+    def __init__(self, handler: FramedHandler) -> None:
+        self._handler = handler
+        self._on_frame = handler.on_frame
+        self.frames = 0
+        self.nones = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handler, name)
+
+    def on_frame(self, conn: Conn, frame: bytes) -> FrameResult:
+        result = self._on_frame(conn, frame)
+        self.frames += 1
+        if result is None:
+            self.nones += 1
+        return result
+
+    on_traffic = FramedHandler.on_traffic
+    on_frames = FramedHandler.on_frames
+    _deliver = FramedHandler._deliver
+
+
+def debug_framing(handler: FramedHandler,
+                  report: Callable[[int], None]) -> Optional[Callable[[Conn], Optional[Action]]]:
+    """Debug mode: an ``on_traffic`` for ``handler`` that frames as it does and
+    calls ``report(frames)`` after a read whose every frame ``on_frame``
+    answered with None while nothing was written; None when the handler does
+    its own framing (``on_traffic`` or ``on_frames`` overridden) or has no
+    ``on_frame``."""
+    cls = type(handler)
+    if cls.on_traffic is not FramedHandler.on_traffic or cls.on_frames is not FramedHandler.on_frames \
+            or cls.on_frame is FramedHandler.on_frame:
+        return None
+    view = _CountingView(handler)
+
+    def on_traffic(conn: Conn) -> Optional[Action]:
+        before = conn.outbound_buffered
+        view.frames = view.nones = 0
+        action = FramedHandler.on_traffic(view, conn)  # type: ignore[arg-type]
+        if view.frames and view.nones == view.frames and action is None and not conn.closed \
+                and conn.outbound_buffered == before:
+            report(view.frames)
+        return action
+
+    return on_traffic

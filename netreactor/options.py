@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import difflib
 import logging
+import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Mapping, Optional
 
-__all__ = ["Options", "LOAD_BALANCERS", "POLLERS", "ASYNCIO_LOOPS", "option_docs"]
+__all__ = ["Options", "LOAD_BALANCERS", "POLLERS", "ASYNCIO_LOOPS", "option_docs", "debug_from_environment"]
 
 LOAD_BALANCERS = ("round-robin", "least-connections", "source-addr-hash")
 POLLERS = ("auto", "epoll", "selectors")
@@ -79,6 +80,20 @@ class Options:
                                        "it are dropped.")
     multicast_interface: Optional[str] = opt(None, "UDP multicast: the interface to join on (an IPv4 "
                                                    "address or an interface name).")
+    idle_timeout: Optional[float] = opt(None, "Close a connection with no traffic in either direction "
+                                              "for this many seconds (on_close gets IdleTimeoutError); "
+                                              "None or 0: never. Off by default: what is idle depends "
+                                              "on the protocol (see the README).")
+    max_connections: Optional[int] = opt(None, "Most accepted connections at once (per worker process); "
+                                               "past it, accepting pauses and newcomers wait in the "
+                                               "listen backlog (None: no limit).")
+    max_connections_per_ip: Optional[int] = opt(None, "Most accepted connections at once from one IP "
+                                                      "address; more are closed at once, counted and "
+                                                      "logged (None: no limit).")
+    debug: bool = opt(False, "Debug mode: wrong-thread calls raise, slow callbacks are logged, unclosed "
+                             "connections and engines warn (also NETREACTOR_DEBUG=1).")
+    slow_callback_duration: float = opt(0.1, "Debug mode: seconds past which a callback is logged as "
+                                             "slow.")
     asyncio: bool = opt(False, "Run an asyncio event loop on every event loop's thread, on the same "
                                "poller, for ``conn.spawn(coroutine)``.")
     asyncio_loop: str = opt("reactor", "asyncio: \"reactor\" (asyncio's loop polling through netreactor's "
@@ -100,6 +115,8 @@ class Options:
                 close = difflib.get_close_matches(key, names, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else f"; accepted options: {', '.join(names)}"
                 raise ValueError(f"unknown option {key!r}{hint}")
+        if "debug" not in kwargs and debug_from_environment():
+            kwargs = dict(kwargs, debug=True)
         opts = cls(**kwargs)
         opts.validate()
         return opts
@@ -108,7 +125,7 @@ class Options:
         """Raise ``ValueError`` naming the first option whose value is wrong."""
         _int("loops", self.loops, 1, 4096)
         for name in ("multicore", "reuse_port", "reuse_addr", "ticker", "tcp_no_delay",
-                     "edge_triggered", "cpu_affinity", "asyncio"):
+                     "edge_triggered", "cpu_affinity", "debug", "asyncio"):
             _bool(name, getattr(self, name))
         _choice("lb", self.lb, LOAD_BALANCERS)
         _choice("poller", self.poller, POLLERS)
@@ -151,6 +168,13 @@ class Options:
         _int("udp_max_sessions", self.udp_max_sessions, 1, 1 << 24)
         if self.multicast_interface is not None:
             _interface("multicast_interface", self.multicast_interface)
+        if self.idle_timeout is not None:
+            _positive_seconds("idle_timeout", self.idle_timeout, zero_ok=True, allow_none=True)
+        for name in ("max_connections", "max_connections_per_ip"):
+            value = getattr(self, name)
+            if value is not None:
+                _int(name, value, 1, 1 << 24)
+        _positive_seconds("slow_callback_duration", self.slow_callback_duration)
         _choice("asyncio_loop", self.asyncio_loop, ASYNCIO_LOOPS)
         if self.asyncio and self.asyncio_loop == "uvloop":
             import importlib.util
@@ -174,6 +198,12 @@ class Options:
 
     def get_logger(self) -> logging.Logger:
         return self.logger if self.logger is not None else logging.getLogger("netreactor")
+
+
+def debug_from_environment() -> bool:
+    """``NETREACTOR_DEBUG`` set to anything but empty or ``0`` turns debug mode on
+    (as ``PYTHONASYNCIODEBUG`` does for asyncio) where ``debug`` is not given."""
+    return os.environ.get("NETREACTOR_DEBUG", "") not in ("", "0")
 
 
 def _int(name: str, value: Any, lo: int, hi: int) -> None:

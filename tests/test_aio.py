@@ -823,3 +823,27 @@ def test_netreactor_example_redis_front_turns_asyncio_on(redis_port):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
         proc.stderr.close()
+
+
+def test_idle_timeout_and_debug_mode_with_asyncio_on(aio):
+    """The timing wheel's timers run on either asyncio loop (the shared poller runs
+    them inside select(); the nested loop through the driver's call_later), and
+    debug mode's slow-callback timing sits under conn.spawn as well."""
+    closed = []
+
+    class Idle(Lines):
+        def on_close(self, conn, err):
+            closed.append(type(err).__name__ if err else None)
+
+    async def work(conn, line):
+        await asyncio.sleep(0)
+        return line + b"\n"
+
+    with serving(Idle(work), "tcp://127.0.0.1:0", idle_timeout=0.3, debug=True, **aio) as engine:
+        with connect(engine.addresses[0]) as s:
+            s.sendall(b"hello\n")
+            assert recv_exact(s, 6) == b"hello\n"
+            t0 = time.monotonic()
+            assert recv_until_eof(s) == b""  # closed for idleness
+            assert 0.2 <= time.monotonic() - t0 < 3
+    assert closed == ["IdleTimeoutError"]

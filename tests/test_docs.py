@@ -46,3 +46,22 @@ def test_tls_doc_blocks_run(in_pki_dir, capsys):
     out = capsys.readouterr().out
     assert "tls://127.0.0.1:" in out and "localhost" in out
     assert os.path.exists("cert.pem")
+
+
+def test_timeouts_doc_blocks_run(tmp_path):
+    import subprocess
+    import sys
+
+    found = blocks("timeouts.md")
+    assert len(found) >= 2
+    env = dict(os.environ)
+    root = str(DOCS.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    outputs = []
+    for i, code in enumerate(found):
+        r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, f"docs/timeouts.md block {i} failed:\n{code}\n{r.stdout}\n{r.stderr}"
+        outputs.append(r.stdout)
+    assert "closed: ReadTimeoutError" in outputs[0] and "slow line refused" in outputs[0]
+    assert "'open': 2" in outputs[1] and "'holds': 2" in outputs[1]

@@ -121,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     example.add_argument("--listen", "-l", action="append", metavar="ADDR",
                          help="address to serve; repeat for several (default: tcp://127.0.0.1:9000, "
                               "udp://127.0.0.1:9000 for udp-echo)")
+    _add_example_flags(example)
 
     sub.add_parser("check", allow_abbrev=False, help="self-check: boot the echo example and test it",
                    description="Boot the echo example on a free loopback TCP port and a Unix "
@@ -133,6 +134,47 @@ def build_parser() -> argparse.ArgumentParser:
                                "suite) with ARGS, e.g. 'netreactor bench --quick' or "
                                "'netreactor bench workers --quick'.")
     return parser
+
+
+def _add_example_flags(parser: argparse.ArgumentParser) -> None:
+    """Each example's own flags, in a group of its own (netreactor.examples.FLAGS)."""
+    from ..examples import FLAGS
+
+    for name in sorted(FLAGS):
+        group = parser.add_argument_group(f"flags of the {name} example")
+        for flag in FLAGS[name]:
+            group.add_argument(f"--{flag.name}", dest=f"{_EXAMPLE_FLAG}{name}:{flag.keyword}",
+                               type=_argument_type(flag.type), metavar=flag.metavar,
+                               default=argparse.SUPPRESS, help=flag.help.replace("%", "%%"))
+
+
+_EXAMPLE_FLAG = "example-flag:"
+
+
+def _argument_type(convert: Any) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            return convert(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = getattr(convert, "__name__", "value")
+    return parse
+
+
+def _example_flags(args: argparse.Namespace, name: str) -> Dict[str, Any]:
+    """The flags of example ``name`` given on the command line, as factory keywords;
+    a flag of another example is a usage error."""
+    given: Dict[str, Any] = {}
+    for dest, value in vars(args).items():
+        if not dest.startswith(_EXAMPLE_FLAG):
+            continue
+        owner, keyword = dest[len(_EXAMPLE_FLAG):].split(":", 1)
+        if owner != name:
+            flag = "--" + keyword.replace("_", "-")
+            raise UsageError(f"{flag} is a flag of the {owner} example, not of {name}")
+        given[keyword] = value
+    return given
 
 
 # ---------------------------------------------------------------------------- loading the app
@@ -201,8 +243,9 @@ def _setup_logging(level: str) -> None:
 
 
 def _serve(handler: EventHandler, listen: Sequence[str], args: argparse.Namespace,
-           defaults: Optional[Dict[str, Any]] = None) -> int:
-    options = {**(defaults or {}), **options_from_args(args)}
+           options: Optional[Dict[str, Any]] = None) -> int:
+    if options is None:
+        options = options_from_args(args)
     try:
         tls = tls_option(args)
         if tls is not None:
@@ -248,7 +291,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_example(args: argparse.Namespace) -> int:
-    from ..examples import DESCRIPTIONS, EXAMPLES, default_listen, default_options, load_example
+    from ..examples import DESCRIPTIONS, EXAMPLES, default_listen, default_options, load_example, resolve_flags
 
     if args.list:
         width = max(len(name) for name in EXAMPLES)
@@ -262,9 +305,15 @@ def _cmd_example(args: argparse.Namespace) -> int:
         factory = load_example(args.name)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    kwargs, options = resolve_flags(args.name, _example_flags(args, args.name), options_from_args(args))
     _setup_logging(args.log_level)
-    return _serve(_make_handler(factory, f"example {args.name}"),
-                  args.listen or [default_listen(args.name)], args, default_options(args.name))
+    try:
+        handler = factory(**kwargs) if kwargs else _make_handler(factory, f"example {args.name}")
+    except ValueError as exc:
+        raise UsageError(f"example {args.name}: {exc}") from None
+    # What the example needs (redis-front: asyncio), under what the command line gives.
+    options = {**default_options(args.name), **options}
+    return _serve(handler, args.listen or [default_listen(args.name)], args, options)
 
 
 def _bench_dir() -> Optional[str]:

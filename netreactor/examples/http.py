@@ -19,6 +19,13 @@ line), bodies over the limit 413, unknown methods 501, HTTP/2+ request lines
 505; the connection is closed after those. Every response has ``Date``
 (formatted once per second), ``Server`` and ``Content-Length``.
 
+Timeouts: a request must arrive whole within ``header_timeout`` (10 s) of its
+first byte, or the client gets 408 and is closed (a slowloris client that
+trickles a head never holds a connection longer); a connection idle between
+requests for ``keep_alive_timeout`` (5 s, uvicorn's) is closed. The latter is
+the connection's idle timeout: the engine's ``idle_timeout`` when they agree
+(``netreactor example http`` makes them agree), else set per connection.
+
 Memory per connection is bounded by the parser's limits (``max_head`` of an
 unfinished head, ``max_body`` of an unfinished body) and, on the way out, by
 the engine's write back-pressure: a pipelining client that does not read stops
@@ -38,7 +45,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Set, Tuple, Union
 
 from ..handler import Action, EventHandler
 from ..protocols.http1 import (DEFAULT_MAX_BODY, DEFAULT_MAX_HEAD, DEFAULT_MAX_HEADERS,
@@ -109,7 +116,9 @@ class HTTPServer(EventHandler):
                  max_head: int = DEFAULT_MAX_HEAD, max_body: int = DEFAULT_MAX_BODY,
                  max_headers: int = DEFAULT_MAX_HEADERS,
                  max_request_line: int = DEFAULT_MAX_REQUEST_LINE,
-                 server_name: Union[str, bytes] = b"netreactor") -> None:
+                 server_name: Union[str, bytes] = b"netreactor",
+                 header_timeout: Optional[float] = 10.0,
+                 keep_alive_timeout: Optional[float] = 5.0) -> None:
         self._limits = dict(max_head=max_head, max_body=max_body, max_headers=max_headers,
                             max_request_line=max_request_line)
         RequestParser(**self._limits)  # validate now rather than per connection
@@ -134,11 +143,31 @@ class HTTPServer(EventHandler):
         self._fast: Dict[bytes, bytes] = {}
         # Checked request heads shared by all connections (see RequestParser).
         self._head_cache: Dict[bytes, Any] = {}
+        for name, value in (("header_timeout", header_timeout), ("keep_alive_timeout", keep_alive_timeout)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not 0 <= value < float("inf")):
+                raise ValueError(f"{name} must be a number of seconds >= 0 or None, got {value!r}")
+        self.header_timeout = header_timeout or None
+        self.keep_alive_timeout = keep_alive_timeout or None
+        # Connections with a request on its way (its header timeout armed).
+        self._arriving: Set[Any] = set()
+        self._own_idle = False  # set per connection: the engine's idle_timeout differs
 
     # ------------------------------------------------------------------ callbacks
 
+    def on_boot(self, engine: Any) -> None:
+        idle = getattr(getattr(engine, "options", None), "idle_timeout", None) or None
+        self._own_idle = idle != self.keep_alive_timeout
+        return None
+
     def on_open(self, conn: Any) -> None:
         conn.context = RequestParser(**self._limits, head_cache=self._head_cache)
+        if self._own_idle:
+            conn.set_idle_timeout(self.keep_alive_timeout)
+        return None
+
+    def on_close(self, conn: Any, err: Optional[BaseException]) -> None:
+        self._arriving.discard(conn)
         return None
 
     def on_traffic(self, conn: Any) -> Optional[Action]:
@@ -181,10 +210,32 @@ class HTTPServer(EventHandler):
                 out.append(self._error_response(error))
                 action = Action.CLOSE
             conn.write(b"".join(out))
+        elif self.header_timeout:  # nothing complete yet: a request is on its way
+            self._request_started(conn)
+        if requests and self._arriving:
+            self._request_done(conn)
         if parser.expect_continue and action is None:
             parser.expect_continue = False
             conn.write(_CONTINUE)
         return action
+
+    # ------------------------------------------------------------------ timeouts
+
+    def _request_started(self, conn: Any) -> None:
+        if conn not in self._arriving:
+            self._arriving.add(conn)
+            conn.set_read_timeout(self.header_timeout, on_timeout=self._request_timeout)
+
+    def _request_done(self, conn: Any) -> None:
+        # A later request already on its way is timed from the next read.
+        if conn in self._arriving:
+            self._arriving.discard(conn)
+            conn.set_read_timeout(None)
+
+    def _request_timeout(self, conn: Any) -> None:
+        self._arriving.discard(conn)
+        conn.write(encode_response(408, ((b"Content-Type", b"text/plain"),), b"408 Request Timeout\n",
+                                   date=self._date, server=self.server_name, keep_alive=False))
 
     # ------------------------------------------------------------------ responses
 
@@ -229,6 +280,6 @@ class HTTPServer(EventHandler):
                                date=self._date, server=self.server_name, keep_alive=False)
 
 
-def HTTPExample() -> HTTPServer:
-    """Factory used by ``netreactor example http``."""
-    return HTTPServer()
+def HTTPExample(**kwargs: Any) -> HTTPServer:
+    """Factory used by ``netreactor example http`` (keywords: its flags)."""
+    return HTTPServer(**kwargs)

@@ -23,6 +23,15 @@ Design, and why:
   uncontended); under the GIL that costs nothing measurable, and on a
   free-threaded build it serialises the store, not the I/O.
 
+Redis's ``timeout``: ``RedisServer(timeout=N)`` closes a client idle for N
+seconds (0, Redis's default: never); None (the default) leaves it to the
+engine's ``idle_timeout``. ``netreactor example redis --timeout N`` makes it
+the engine's, which costs the connections nothing. One rule beyond Redis's:
+with a timeout, a command must also arrive whole within N seconds of its
+first byte, so that a client trickling a byte at a time (which is never
+idle) cannot hold a connection either; clients write a command at once, so
+this never closes one of theirs.
+
 Memory per connection is bounded: the parser holds at most one unfinished
 command (``max_command`` bytes); replies are queued on the connection, which
 stops reading a client that does not read its replies (write high-water mark)
@@ -37,7 +46,7 @@ import heapq
 import re
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from .. import __version__, speedups
 from ..handler import Action, EventHandler
@@ -677,7 +686,7 @@ class RedisServer(EventHandler):
 
     def __init__(self, *, max_bulk: int = DEFAULT_MAX_BULK, max_command: int = DEFAULT_MAX_COMMAND,
                  max_args: int = DEFAULT_MAX_ARGS, max_inline: int = DEFAULT_MAX_INLINE,
-                 store: Optional[KeyValueStore] = None) -> None:
+                 store: Optional[KeyValueStore] = None, timeout: Optional[float] = None) -> None:
         CommandParser(max_bulk=max_bulk, max_command=max_command, max_args=max_args,
                       max_inline=max_inline)  # validates the limits now, not per connection
         self.max_bulk = max_bulk
@@ -690,9 +699,18 @@ class RedisServer(EventHandler):
         self._table = self.store.table
         self._resolve = self.store.resolve
         self._deadlines = self.store.deadlines
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not 0 <= timeout < float("inf")):
+            raise ValueError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
+        self.timeout = timeout
+        self._own_idle = False  # set per connection: the engine's idle_timeout differs
+        # Connections with an unfinished command whose read timeout is armed.
+        self._arriving: Set[Any] = set()
 
     def on_boot(self, engine: Any) -> None:
         options = getattr(engine, "options", None)
+        if self.timeout is not None:
+            self._own_idle = (self.timeout or None) != (getattr(options, "idle_timeout", None) or None)
         cap = getattr(options, "write_buffer_cap", None)
         # A value must fit in the outbound buffer as a reply to be read back.
         if cap is not None and self.max_bulk > cap - 64:
@@ -712,6 +730,13 @@ class RedisServer(EventHandler):
     def on_open(self, conn: Any) -> None:
         conn.context = CommandParser(max_bulk=self.max_bulk, max_command=self.max_command,
                                      max_args=self.max_args, max_inline=self.max_inline)
+        if self._own_idle:
+            conn.set_idle_timeout(self.timeout or None)
+        return None
+
+    def on_close(self, conn: Any, err: Optional[BaseException]) -> None:
+        if self._arriving:
+            self._arriving.discard(conn)
         return None
 
     def on_traffic(self, conn: Any) -> Optional[Action]:
@@ -719,6 +744,8 @@ class RedisServer(EventHandler):
             commands = conn.context.feed(conn.read())
         except ProtocolError as exc:
             return self._protocol_error(conn, exc)
+        if self._arriving and commands:
+            self._command_done(conn)
         if len(commands) == 1:
             # One command per read (clients that wait for each reply): the
             # shortest path, measured to matter at ~10 us per request.
@@ -735,7 +762,20 @@ class RedisServer(EventHandler):
             return None
         if commands:
             return self._run_batch(conn, commands, None)
+        if self.timeout:  # an unfinished command: it has `timeout` seconds to arrive whole
+            self._command_started(conn)
         return None
+
+    def _command_started(self, conn: Any) -> None:
+        if conn not in self._arriving:
+            self._arriving.add(conn)
+            conn.set_read_timeout(self.timeout)
+
+    def _command_done(self, conn: Any) -> None:
+        # An unfinished command after the complete ones is timed from the next read.
+        if conn in self._arriving:
+            self._arriving.discard(conn)
+            conn.set_read_timeout(None)
 
     def _protocol_error(self, conn: Any, error: ProtocolError) -> Action:
         """Answer the commands before the bad input, then the error; then close."""
@@ -780,6 +820,6 @@ class RedisServer(EventHandler):
         return action
 
 
-def RedisExample() -> RedisServer:
-    """Factory used by ``netreactor example redis``."""
-    return RedisServer()
+def RedisExample(**kwargs: Any) -> RedisServer:
+    """Factory used by ``netreactor example redis`` (keywords: its flags)."""
+    return RedisServer(**kwargs)

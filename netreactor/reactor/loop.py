@@ -34,6 +34,7 @@ from .buffers import BlockPool
 from .pollers import READABLE, Poller
 from .timers import TimerHandle, TimerHeap
 from .waker import Waker
+from .wheel import TimingWheel
 
 __all__ = ["EventLoop", "Entry", "ConnectionEntry", "Source", "TimerHandle", "TASK_BUDGET"]
 
@@ -118,6 +119,10 @@ class EventLoop:
         self._urgent: Deque[Task] = deque()
         self._tasks: Deque[Task] = deque()
         self._timers = TimerHeap()
+        #: Coarse deadlines of many entries (idle and read timeouts), on this loop's timers.
+        self.wheel = TimingWheel(self)
+        #: Seconds past which a task or timer callback is logged as slow (debug mode), or None.
+        self.slow_callback_duration: Optional[float] = None
         self._dirty: List[ConnectionEntry] = []
         self._ready: List[ConnectionEntry] = []
         #: ``schedule_flush(conn)``: call ``conn.flush_deferred()`` at the end of this
@@ -362,6 +367,26 @@ class EventLoop:
         except Exception as exc:
             self.logger.error("task %r raised", callback, exc_info=exc)
 
+    def set_debug(self, slow_callback_duration: Optional[float]) -> None:
+        """Log a warning for every task or timer callback that runs longer than
+        ``slow_callback_duration`` seconds (None: stop). Costs nothing while off:
+        the timed call replaces the plain one."""
+        self.slow_callback_duration = slow_callback_duration
+        if slow_callback_duration is None:
+            self.__dict__.pop("_call", None)
+        else:
+            self._call = self._timed_call  # type: ignore[method-assign]
+
+    def _timed_call(self, callback: Callable[..., Any], args: Tuple[Any, ...]) -> None:
+        start = monotonic()
+        EventLoop._call(self, callback, args)
+        took = monotonic() - start
+        slow = self.slow_callback_duration
+        if slow is not None and took > slow:
+            self.logger.warning("netreactor debug: callback %r on event loop %d took %.3f s "
+                                "(slow_callback_duration is %s s): it blocked the loop",
+                                callback, self.index, took, slow)
+
     def _internal_error(self, entry: Entry, exc: BaseException) -> None:
         self.logger.error("internal error handling fd event for %r", entry, exc_info=exc)
         try:
@@ -385,4 +410,5 @@ class EventLoop:
         self._waker.close()
         self.poller.close()
         self.pool.clear()
+        self.wheel.clear()
         self._timers.clear()

@@ -9,6 +9,12 @@ Accept runs until ``EAGAIN``. Errors that concern one pending connection are
 skipped; running out of descriptors or memory (EMFILE, ENFILE, ENOBUFS,
 ENOMEM) would make a readable listener spin, so accepting pauses, from
 :data:`BACKOFF_MIN` doubling to :data:`BACKOFF_MAX` seconds, with a warning.
+
+A *gate* (``max_connections``, see :mod:`.limits`) is asked before each
+accept: while it is full the acceptor holds, its listener out of the poller
+and newcomers in the kernel's backlog, until :meth:`Acceptor.release`.
+The listener is watched exactly when the acceptor is neither stopped, backing
+off, nor held.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from .listener import Listener
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..reactor import EventLoop
+    from .limits import Gate
 
 __all__ = ["Acceptor", "BACKOFF_MIN", "BACKOFF_MAX"]
 
@@ -44,33 +51,55 @@ class Acceptor:
     """A listener's entry in one loop: accepts until ``EAGAIN`` and hands each
     connection to ``dispatch(sock, addr)``."""
 
-    __slots__ = ("loop", "listener", "fd", "_dispatch", "_shared", "_backoff", "_paused", "_stopped")
+    __slots__ = ("loop", "listener", "fd", "_dispatch", "_shared", "_backoff", "_paused", "_stopped",
+                 "_gate", "_held", "_watched")
     is_connection = False
 
     def __init__(self, loop: "EventLoop", listener: Listener, dispatch: Dispatch,
-                 shared: bool = False) -> None:
+                 shared: bool = False, gate: Optional[Gate] = None) -> None:
         self.loop = loop
         self.listener = listener
         self.fd = listener.sock.fileno()
         self._dispatch = dispatch
         self._shared = shared
         self._backoff = 0.0
-        self._paused = False
+        self._paused = False   # backing off after EMFILE & co
         self._stopped = False
+        self._gate = gate
+        self._held = False     # the gate is full
+        self._watched = False
 
     def start(self) -> None:
-        self.loop.add(self.fd, self, READABLE | (EXCLUSIVE if self._shared else 0))
+        self._watch()
 
     def stop(self) -> None:
-        if not self._paused:
-            self.loop.remove(self.fd)
-        self._paused = True
         self._stopped = True
+        self._watch()
+
+    def _watch(self) -> None:
+        """Register or unregister the listener as the flags now say."""
+        want = not (self._stopped or self._paused or self._held)
+        if want and not self._watched:
+            self.loop.add(self.fd, self, READABLE | (EXCLUSIVE if self._shared else 0))
+        elif self._watched and not want:
+            self.loop.remove(self.fd)
+        self._watched = want
+
+    def release(self) -> None:
+        """The gate has room again (on this acceptor's loop): accept again."""
+        if self._held and not self.loop.finished:
+            self._held = False
+            self._watch()
 
     def handle_io(self, events: int) -> None:
         accept = self.listener.sock.accept
         dispatch = self._dispatch
+        gate = self._gate
         while True:
+            if gate is not None and gate.full:
+                self._held = True
+                self._watch()
+                return
             try:
                 sock, addr = accept()
             except (BlockingIOError, InterruptedError):
@@ -98,11 +127,11 @@ class Acceptor:
             "accept on %s failed (%s); pausing accepts for %.2fs",
             self.listener.address, os.strerror(exc.errno or 0), self._backoff,
         )
-        self.loop.remove(self.fd)
         self._paused = True
+        self._watch()
         self.loop.call_later(self._backoff, self._resume)
 
     def _resume(self) -> None:
-        if self._paused and not self._stopped:
+        if self._paused:
             self._paused = False
-            self.start()
+            self._watch()

@@ -42,19 +42,21 @@ if TYPE_CHECKING:  # pragma: no cover
 
 from ..address import Address
 from ..callbacks import call
+from ..debug import DebugHandler, check_setup, conn_class
 from ..errors import EngineStoppedError
 from ..handler import Action, EventHandler
 from ..options import Options
 from ..reactor import EventLoop, new_poller
 from ..runtime import gil_enabled
 from ..spawner import Spawner
-from ..stream import Conn, EdgeConn, StreamContext, for_socket
+from ..stream import StreamContext, for_socket
 from ..stream.conn import Preamble
 from ..stream.sockopts import tune_tcp
 from ..ticker import run_tick
 from .acceptor import Acceptor
 from .balancer import make_balancer
 from .datagram import DatagramEndpoint
+from .limits import ConnectionLimits
 from .listener import Listener, bind_group
 
 __all__ = ["Server"]
@@ -101,9 +103,17 @@ class Server:
     def __init__(self, handler: EventHandler, addresses: Sequence[Address], options: Options,
                  logger: Any, *, facade: Any = None, prebound: Optional[dict] = None,
                  own_signals: bool = True, primary_loop: Optional[LoopFactory] = None) -> None:
-        self.handler = handler
+        # Debug mode sees the handler through a proxy that times its callbacks.
+        self.handler: Any = DebugHandler(handler, options.slow_callback_duration, logger) \
+            if options.debug else handler
         self.options = options
         self.logger = logger
+        #: max_connections / max_connections_per_ip, or None when neither is set.
+        self.limits: Optional[ConnectionLimits] = None
+        if options.max_connections is not None or options.max_connections_per_ip is not None:
+            self.limits = ConnectionLimits(options.max_connections, options.max_connections_per_ip,
+                                           logger)
+        self._conn_class = conn_class(options)
         self._addresses = list(addresses)
         self._facade = facade if facade is not None else self
         self._prebound = dict(prebound or {})
@@ -217,6 +227,8 @@ class Server:
         self._setup_tls()
         self._setup_loops()
         self._bind()
+        if self.options.debug:
+            check_setup(self.handler, self.options, self.logger)
         if self.handler.on_boot(self._facade) is Action.SHUTDOWN:
             self.logger.info("on_boot returned SHUTDOWN; not serving")
             return False
@@ -295,6 +307,8 @@ class Server:
             loop = self._new_loop(i, primary=i == 0 and not main_reactor)
             ctx = StreamContext(loop, self.handler, opts, self.stop)
             ctx.spawner = self._spawner
+            if self.limits is not None:
+                ctx.on_closed = self.limits.closed
             self._slots.append(_LoopSlot(loop, ctx))
         self._all_loops = [slot.loop for slot in self._slots]
         if main_reactor:
@@ -311,7 +325,10 @@ class Server:
             from ..reactor.aio import NestedEventLoop  # a loop that uvloop runs
 
             factory = NestedEventLoop
-        return factory(index, new_poller(self.options.poller), self.logger)
+        loop = factory(index, new_poller(self.options.poller), self.logger)
+        if self.options.debug:
+            loop.set_debug(self.options.slow_callback_duration)
+        return loop
 
     # ------------------------------------------------------------------ binding
 
@@ -329,18 +346,19 @@ class Server:
                                                           self.stop))
             elif opts.reuse_port and addr.transport != "unix" and prebound is None:
                 for slot, lst in zip(self._slots, self._bind_per_loop(addr, True)):
-                    self._sources.append(Acceptor(slot.loop, lst, self._local_dispatch(slot, lst)))
+                    self._sources.append(self._acceptor(slot.loop, lst, self._local_dispatch(slot, lst)))
             else:
                 lst = prebound if prebound is not None else Listener(addr, opts, reuse_port=opts.reuse_port)
                 self._listeners.append(lst)
                 self._bound.append(lst)
                 if main_reactor:
-                    self._sources.append(Acceptor(self._primary, lst,  # type: ignore[arg-type]
-                                                  self._handoff_dispatch(lst)))
+                    self._sources.append(self._acceptor(self._primary, lst,  # type: ignore[arg-type]
+                                                        self._handoff_dispatch(lst)))
                 else:
                     shared = len(self._slots) > 1
                     for slot in self._slots:
-                        self._sources.append(Acceptor(slot.loop, lst, self._local_dispatch(slot, lst), shared))
+                        self._sources.append(self._acceptor(slot.loop, lst,
+                                                            self._local_dispatch(slot, lst), shared))
         for source in self._sources:
             source.start()
 
@@ -361,6 +379,13 @@ class Server:
         return group
 
     # ------------------------------------------------------------------ accepting
+
+    def _acceptor(self, loop: EventLoop, lst: Listener, dispatch: Callable[[socket.socket, Any], None],
+                  shared: bool = False) -> Acceptor:
+        acceptor = Acceptor(loop, lst, dispatch, shared, gate=self.limits)
+        if self.limits is not None:
+            self.limits.on_resume(lambda: loop.post(acceptor.release))
+        return acceptor
 
     def _preambles_for(self, lst: Listener) -> Optional[PreambleFactory]:
         """What a connection accepted on ``lst`` runs before ``on_open``, as
@@ -391,6 +416,18 @@ class Server:
         adopt = self._adopt
         tcp = lst.transport == "tcp"
         preambles = self._preambles_for(lst)
+        limits = self.limits
+        if limits is not None:
+            admit = limits.admit
+
+            def admitted(sock: socket.socket, addr: Any) -> None:
+                key = admit(addr)
+                if key is None:
+                    sock.close()  # over max_connections_per_ip
+                else:
+                    adopt(slot, sock, addr, tcp, preambles, False, key)
+
+            return admitted
 
         def dispatch(sock: socket.socket, addr: Any) -> None:
             adopt(slot, sock, addr, tcp, preambles)
@@ -402,33 +439,45 @@ class Server:
         adopt = self._adopt
         tcp = lst.transport == "tcp"
         preambles = self._preambles_for(lst)
+        limits = self.limits
 
         def dispatch(sock: socket.socket, addr: Any) -> None:
+            key = None
+            if limits is not None:
+                key = limits.admit(addr)
+                if key is None:
+                    sock.close()  # over max_connections_per_ip
+                    return
             slot = pick(addr)
             slot.handed += 1
-            slot.loop.call_soon_threadsafe(adopt, slot, sock, addr, tcp, preambles, True)
+            slot.loop.call_soon_threadsafe(adopt, slot, sock, addr, tcp, preambles, True, key)
 
         return dispatch
 
     def _adopt(self, slot: _LoopSlot, sock: socket.socket, addr: Any, tcp: bool,
-               preambles: Optional[PreambleFactory], handed: bool = False) -> None:
+               preambles: Optional[PreambleFactory], handed: bool = False,
+               key: Optional[str] = None) -> None:
         """On the slot's loop: set the socket up, register it, run its preambles
-        and ``on_open``."""
+        and ``on_open``. ``key`` is what the connection limits admitted it
+        under (None without limits)."""
         if handed:
             slot.adopted += 1
         loop = slot.loop
-        if loop.stopping:
-            sock.close()
-            return
         try:
+            if loop.stopping:
+                raise ConnectionAbortedError
             sock.setblocking(False)
             if tcp:
                 tune_tcp(sock, self.options)
-        except OSError:
-            sock.close()  # the peer is already gone
+        except OSError:  # stopping, or the peer is already gone
+            sock.close()
+            if key is not None:
+                self.limits.cancelled(key)  # type: ignore[union-attr]
             return
         transport = for_socket(sock)
-        conn = (EdgeConn if self.options.edge_triggered else Conn)(slot.ctx, sock.detach(), transport)
+        conn = self._conn_class(slot.ctx, sock.detach(), transport)
+        if key is not None:
+            self.limits.adopted(conn, key)  # type: ignore[union-attr]
         conn.start(preambles(addr) if preambles is not None else ())
 
     # ------------------------------------------------------------------ running & stopping

@@ -67,7 +67,8 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, Optional, Protocol, Sequence, Union
 
 from ..callbacks import Failed, call, log_failure, report
-from ..errors import BufferOverflowError, ClosedError, PeerClosedError
+from ..errors import (BufferOverflowError, ClosedError, IdleTimeoutError, PeerClosedError,
+                      ReadTimeoutError)
 from ..handler import Action
 from ..reactor import EDGE, ERROR, HANGUP, READABLE, WRITABLE
 from . import sockopts
@@ -76,6 +77,7 @@ from .transport import Transport
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..reactor import EventLoop, TimerHandle
+    from ..reactor.wheel import Bucket
 
 __all__ = ["Conn", "EdgeConn", "StreamContext", "Pause", "State", "Preamble"]
 
@@ -135,7 +137,8 @@ class StreamContext:
 
     __slots__ = ("loop", "handler", "logger", "read_buffer_cap", "inbound_buffer_cap",
                  "write_high_water", "write_low_water", "write_buffer_cap", "close_timeout",
-                 "pause_on_high_water", "read_budget", "request_shutdown", "spawner")
+                 "pause_on_high_water", "read_budget", "request_shutdown", "wheel", "idle_ticks",
+                 "on_closed", "spawner")
 
     def __init__(self, loop: "EventLoop", handler: Any, options: Any,
                  request_shutdown: Callable[[], None], *, pause_on_high_water: bool = True) -> None:
@@ -157,6 +160,15 @@ class StreamContext:
         self.read_budget = 16
         #: What ``Action.SHUTDOWN`` calls.
         self.request_shutdown = request_shutdown
+        #: The loop's timing wheel (idle and read timeouts); its ``now`` is the
+        #: tick the I/O path notes as a connection's last traffic.
+        self.wheel = loop.wheel
+        idle = getattr(options, "idle_timeout", None)
+        #: ``idle_timeout`` in wheel ticks (0: off).
+        self.idle_ticks: int = self.wheel.ticks(idle) if idle else 0
+        #: Called with each connection once its fd is closed (the server's
+        #: connection limits), or None.
+        self.on_closed: Optional[Callable[[Conn], None]] = None
         #: What runs ``conn.spawn`` coroutines (a :class:`netreactor.spawner.Spawner`),
         #: or None when the owner runs no asyncio.
         self.spawner: Any = None
@@ -179,7 +191,7 @@ class _Extras:
     """Per-connection state that most connections never need, allocated on first use."""
 
     __slots__ = ("close_err", "linger", "close_timer", "drain_waiters", "preambles",
-                 "preamble_wants_write", "upgrading", "when_empty")
+                 "preamble_wants_write", "upgrading", "when_empty", "local_addr", "timeouts")
 
     def __init__(self) -> None:
         self.close_err: Optional[BaseException] = None
@@ -193,6 +205,22 @@ class _Extras:
         self.upgrading = False
         #: Callbacks for when all queued output has gone (start_tls waits for it).
         self.when_empty: Optional[List[Callable[[], Any]]] = None
+        self.local_addr: Any = None
+        self.timeouts: Optional[_Timeouts] = None
+
+
+class _Timeouts:
+    """A connection's own timeouts (the engine's ``idle_timeout`` needs none of this)."""
+
+    __slots__ = ("idle_ticks", "read_at", "read_seconds", "on_read_timeout")
+
+    def __init__(self) -> None:
+        #: Idle timeout in ticks (0: none), or None for the engine's.
+        self.idle_ticks: Optional[int] = None
+        #: The read deadline, a wheel tick, or None.
+        self.read_at: Optional[int] = None
+        self.read_seconds = 0.0
+        self.on_read_timeout: Optional[Callable[[Conn], Any]] = None
 
 
 def _owned(data: Buffer) -> Union[bytes, memoryview]:
@@ -232,10 +260,10 @@ class Conn(Inbound):
     """
 
     __slots__ = (
-        "_ctx", "_loop", "_transport", "fd", "context", "handler_state",
+        "_ctx", "_transport", "fd", "context", "handler_state",
         "_in", "_ipos", "_iend", "_block",
         "_out", "_out_bytes", "_flush_pending", "_events", "_state", "_paused",
-        "_writing", "_reading", "_rsize", "_raddr", "_laddr", "_extras",
+        "_writing", "_reading", "_rsize", "_raddr", "_extras", "_seen", "wheel_bucket",
     )
 
     #: The loop's fd table holds connections (see netreactor.reactor.ConnectionEntry).
@@ -246,7 +274,6 @@ class Conn(Inbound):
         # object: an idle connection is the handful of slots below and nothing
         # else (a socket.socket costs another ~110 bytes per connection).
         self._ctx = ctx
-        self._loop = ctx.loop
         self._transport = transport
         #: The socket's file descriptor (kept after close, for logging).
         self.fd: int = fd
@@ -274,8 +301,11 @@ class Conn(Inbound):
         self._writing = False  # _state is OPEN: write() accepts data
         self._reading = False  # _state is OPEN and nothing pauses reading
         self._raddr: Any = None
-        self._laddr: Any = None
         self._extras: Optional[_Extras] = None
+        # Timeouts (see set_idle_timeout): the wheel tick of the last traffic,
+        # and the wheel bucket this connection is filed in.
+        self._seen = 0
+        self.wheel_bucket: Optional[Bucket] = None
 
     # ------------------------------------------------------------------ state
 
@@ -287,7 +317,13 @@ class Conn(Inbound):
     @property
     def loop(self) -> "EventLoop":
         """The event loop that owns this connection."""
-        return self._loop
+        return self._ctx.loop
+
+    @property
+    def _loop(self) -> EventLoop:  # type: ignore[override]  # an attribute in Inbound's eyes
+        # What the read half (Inbound) and the worker pool reach for; the
+        # connection itself goes through _ctx and spends no slot on it.
+        return self._ctx.loop
 
     @property
     def outbound_buffered(self) -> int:
@@ -326,17 +362,18 @@ class Conn(Inbound):
         if not self._flush_pending:
             # Outside a callback of this connection: the flush goes to the loop's
             # queue, which only its own thread may touch.
-            if not self._loop.on_loop_thread():
+            if not self._ctx.loop.on_loop_thread():
                 raise self._wrong_thread("write")
             self._flush_pending = True
-            self._loop.schedule_flush(self)
+            self._ctx.loop.schedule_flush(self)
+        n = len(data)
         out = self._out
-        if out is None:
+        if out is None:  # then nothing is queued: _out_bytes is 0
             self._out = [data]
+            self._out_bytes = n
         else:
             out.append(data)
-        n = len(data)
-        self._out_bytes += n
+            self._out_bytes += n
         # The high-water mark and the hard cap are checked where output can
         # pile up: in _sent, when the kernel did not take everything. Every
         # write is followed by a flush attempt in the same loop iteration.
@@ -360,7 +397,7 @@ class Conn(Inbound):
         """
         if not self._out or self._state >= LINGER:
             return
-        if not self._loop.on_loop_thread():
+        if not self._ctx.loop.on_loop_thread():
             raise self._wrong_thread("flush")
         self._flush()
 
@@ -383,6 +420,8 @@ class Conn(Inbound):
         except OSError as exc:
             self._close_now(exc)
             return
+        else:
+            self._seen = self._ctx.wheel.now  # traffic out (handle_io notes what it sends itself)
         self._sent(out, sent)
 
     def _sent(self, out: List[Any], sent: int) -> None:
@@ -478,9 +517,9 @@ class Conn(Inbound):
         if self._events == _MUTED:
             if not events & READABLE:
                 return  # the peer hung up: only resumed reading is worth watching for
-            self._loop.unmute(self.fd, events)
+            self._ctx.loop.unmute(self.fd, events)
         else:
-            self._loop.modify(self.fd, events)
+            self._ctx.loop.modify(self.fd, events)
         self._events = events
 
     def _reading_resumed(self) -> None:
@@ -527,6 +566,8 @@ class Conn(Inbound):
                 self._grow_reads(size)
             self._in = data
             self._iend = n
+        # The timeouts' note of traffic: one store of the wheel's shared tick.
+        self._seen = self._ctx.wheel.now
         self._flush_pending = True
         try:
             action = self._ctx.handler.on_traffic(self)
@@ -581,7 +622,7 @@ class Conn(Inbound):
             elif ev & HANGUP and self._events != _MUTED and state is OPEN:
                 # A clean hang-up while paused (a Unix peer closed; its last bytes
                 # are still readable): epoll would report it on every poll.
-                self._loop.mute(self.fd)
+                self._ctx.loop.mute(self.fd)
                 self._events = _MUTED
 
     def _socket_error(self) -> Optional[OSError]:
@@ -604,7 +645,7 @@ class Conn(Inbound):
         """Register with the loop, run the ``preambles`` (if any), then ``on_open``
         (on the loop's thread). Called once by whoever made the connection (the
         engine, the client)."""
-        loop = self._loop
+        loop = self._ctx.loop
         events = self._events = self._registration()
         loop.add(self.fd, self, events)
         loop.connection_opened()
@@ -630,7 +671,7 @@ class Conn(Inbound):
         """What ``remote_addr`` and ``local_addr`` report from now on (a PROXY
         protocol preamble: the original client's, and the address it dialled)."""
         self._raddr = remote
-        self._laddr = local
+        self._x().local_addr = local
 
     @property
     def tls(self) -> Any:
@@ -651,7 +692,7 @@ class Conn(Inbound):
         the error, and the connection is closed (``on_close`` gets it too).
         ``timeout`` bounds the handshake (None: no bound).
         """
-        if not self._loop.on_loop_thread():
+        if not self._ctx.loop.on_loop_thread():
             raise self._wrong_thread("start_tls")
         if self._state is not OPEN:
             raise ClosedError("start_tls() on a connection that is not open")
@@ -707,6 +748,12 @@ class Conn(Inbound):
             return
         extras.preambles.pop(0)
         extras.preamble_wants_write = False
+        timeouts = extras.timeouts
+        if timeouts is not None:  # the finished preamble's timeout, and what its callback holds
+            if timeouts.idle_ticks is None:
+                extras.timeouts = None
+            else:
+                timeouts.read_at = timeouts.on_read_timeout = None
         if extras.preambles:
             extras.preambles[0].begin(self, rest)
             if self._state is OPENING:
@@ -721,6 +768,7 @@ class Conn(Inbound):
             extras.upgrading = False
             self._state = OPEN
             self._settle()
+            self._arm_idle()  # the wheel let it go while the handshake ran
             self._update_events()
         else:
             self._opened()
@@ -745,6 +793,11 @@ class Conn(Inbound):
         """The preamble (if any) is done: the handler meets the connection."""
         self._state = OPEN
         self._settle()
+        idle = self._idle_ticks()  # _arm_idle() inlined: once per connection
+        if idle:
+            wheel = self._ctx.wheel
+            self._seen = now = wheel.current()
+            wheel.file(self, now + idle)
         self._flush_pending = True
         result = call(self._ctx.logger, self._ctx.handler, "on_open", self,
                       self._ctx.handler.on_open, self)
@@ -752,6 +805,14 @@ class Conn(Inbound):
             self._close_now(result.exc)
             return
         self._after_callback(result)
+
+    def _arm_idle(self) -> None:
+        """Count the idle timeout (if any) from now: the connection became OPEN."""
+        idle = self._idle_ticks()
+        if idle:
+            wheel = self._ctx.wheel
+            self._seen = now = wheel.current()
+            wheel.file(self, now + idle)
 
     def _traffic(self) -> None:
         """Run ``on_traffic`` and what follows it (the slow-path twin of handle_io's)."""
@@ -790,7 +851,7 @@ class Conn(Inbound):
             # A block that now holds little is returned; the remainder becomes plain bytes.
             self._in = bytes(self._in[pos:end])
             self._ipos, self._iend = 0, end - pos
-            self._loop.pool.put(self._block)
+            self._ctx.loop.pool.put(self._block)
             self._block = None
 
     def _recv_more(self) -> bool:
@@ -827,7 +888,7 @@ class Conn(Inbound):
 
     def _move_to_block(self, need: int) -> None:
         """Move held data to the front of a pooled block with room for ``need`` bytes."""
-        pool = self._loop.pool
+        pool = self._ctx.loop.pool
         held = self._iend - self._ipos
         block = pool.get(need)  # power-of-two classes make growth geometric
         view = memoryview(block)
@@ -887,7 +948,7 @@ class Conn(Inbound):
             self._finish_close()
             return
         self._update_events()
-        extras.close_timer = self._loop.call_later(self._ctx.close_timeout, self._close_expired)
+        extras.close_timer = self._ctx.loop.call_later(self._ctx.close_timeout, self._close_expired)
 
     def _finish_close(self) -> None:
         """CLOSING with nothing left to send: linger (local TCP close) or close."""
@@ -903,7 +964,7 @@ class Conn(Inbound):
         self._state = LINGER
         self._settle()
         if extras.close_timer is None:
-            extras.close_timer = self._loop.call_later(self._ctx.close_timeout, self._close_expired)
+            extras.close_timer = self._ctx.loop.call_later(self._ctx.close_timeout, self._close_expired)
         self._update_events()
         self._drop_buffers()
         self._closed_for_handler(extras.close_err)
@@ -925,16 +986,23 @@ class Conn(Inbound):
             return
         self._state = CLOSED
         self._writing = self._reading = False
-        loop = self._loop
+        ctx = self._ctx
+        loop = ctx.loop
         if loop.remove(self.fd):
             loop.connection_closed()
         self._transport.close(self.fd)
+        if ctx.on_closed is not None:
+            ctx.on_closed(self)
+        if self.wheel_bucket is not None:
+            ctx.wheel.unfile(self)
         self._drop_buffers()
         extras = self._extras
         if extras is not None:
             if extras.close_timer is not None:
                 extras.close_timer.cancel()
             self._extras = None
+            if extras.local_addr is not None:  # still reported once closed, as remote_addr is
+                self._x().local_addr = extras.local_addr
         if state is OPENING:
             if extras is not None and extras.preambles:
                 for preamble in extras.preambles:
@@ -951,7 +1019,7 @@ class Conn(Inbound):
         self._in = _EMPTY
         self.handler_state = None
         if self._block is not None:
-            self._loop.pool.put(self._block)
+            self._ctx.loop.pool.put(self._block)
             self._block = None
 
     def _closed_for_handler(self, err: Optional[BaseException]) -> None:
@@ -969,7 +1037,139 @@ class Conn(Inbound):
         """Run ``callback(*args)`` on this connection's loop after ``delay`` seconds
         (loop thread); returns a handle whose ``cancel()`` drops it. For idle and
         read timeouts: check ``conn.closed`` in the callback."""
-        return self._loop.call_later(delay, callback, *args)
+        return self._ctx.loop.call_later(delay, callback, *args)
+
+    # ------------------------------------------------------------------ timeouts
+
+    @property
+    def idle_timeout(self) -> Optional[float]:
+        """Seconds without traffic after which this connection is closed (the
+        engine's ``idle_timeout`` or :meth:`set_idle_timeout`'s), or None."""
+        ticks = self._idle_ticks()
+        return (ticks - 1) * self._ctx.wheel.tick if ticks else None
+
+    def set_idle_timeout(self, seconds: Optional[float]) -> None:
+        """Close this connection after ``seconds`` with no traffic in either
+        direction, counted from now: ``on_close`` gets an
+        :class:`~netreactor.IdleTimeoutError`. ``None`` or 0: no idle timeout
+        for this connection. Overrides the engine's ``idle_timeout`` (loop
+        thread). Timeouts are coarse: the connection is closed at most two
+        ticks of the loop's timing wheel (0.1 s each) after the deadline.
+        """
+        ticks = self._timeout_ticks("set_idle_timeout", seconds)
+        self._own_timeouts().idle_ticks = ticks
+        if ticks and self._state is OPEN:
+            wheel = self._ctx.wheel
+            self._seen = now = wheel.current()
+            wheel.file(self, now + ticks)
+
+    def set_read_timeout(self, seconds: Optional[float],
+                         on_timeout: Optional[Callable[[Conn], Any]] = None) -> None:
+        """Close this connection unless this is cleared (``set_read_timeout(None)``)
+        within ``seconds`` from now, whatever arrives meanwhile: for a protocol
+        waiting for the rest of a frame, or a header (a peer that trickles a
+        byte at a time does not extend it). ``on_close`` gets a
+        :class:`~netreactor.ReadTimeoutError`. ``on_timeout(conn)``, if given,
+        runs first and may write a last reply (an HTTP 408), which is flushed
+        before the close. Calling it again re-arms it from now. Loop thread.
+
+        Preambles arm their own timeout with it (a PROXY header, a TLS
+        handshake): :meth:`preamble_done` and :meth:`preamble_failed` clear it,
+        and when it passes the connection is closed and every preamble's
+        ``abandon()`` runs (``on_timeout`` too, if given; the handler never
+        hears of the connection).
+        """
+        if seconds is None:
+            timeouts = self._extras.timeouts if self._extras is not None else None
+            if timeouts is not None:
+                timeouts.read_at = None
+                timeouts.on_read_timeout = None
+            return
+        ticks = self._timeout_ticks("set_read_timeout", seconds)
+        if not ticks:
+            raise ValueError(f"set_read_timeout: seconds must be > 0 (None clears it), got {seconds!r}")
+        if self._state is not OPEN and self._state is not OPENING:
+            return
+        timeouts = self._own_timeouts()
+        wheel = self._ctx.wheel
+        timeouts.read_at = due = wheel.current() + ticks
+        timeouts.read_seconds = float(seconds)
+        timeouts.on_read_timeout = on_timeout
+        wheel.file(self, due)
+
+    def _timeout_ticks(self, what: str, seconds: Optional[float]) -> int:
+        if seconds is None:
+            return 0
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or \
+                not 0 <= seconds < float("inf"):
+            raise ValueError(f"{what}: seconds must be a number >= 0 or None, got {seconds!r}")
+        return self._ctx.wheel.ticks(seconds) if seconds else 0
+
+    def _own_timeouts(self) -> _Timeouts:
+        extras = self._x()
+        if extras.timeouts is None:
+            extras.timeouts = _Timeouts()
+        return extras.timeouts
+
+    def _idle_ticks(self) -> int:
+        extras = self._extras
+        if extras is not None and extras.timeouts is not None and extras.timeouts.idle_ticks is not None:
+            return extras.timeouts.idle_ticks
+        return self._ctx.idle_ticks
+
+    def wheel_due(self, now: int) -> Optional[int]:
+        """The timing wheel looks at this connection at tick ``now``: close it
+        if a timeout passed, else return the tick to look again (None: it has
+        no timeout left)."""
+        state = self._state
+        if state is not OPEN and state is not OPENING:
+            return None  # closing: close_timeout bounds what is left
+        extras = self._extras
+        timeouts = extras.timeouts if extras is not None else None
+        due = None
+        if state is OPEN:
+            idle = self._ctx.idle_ticks if timeouts is None or timeouts.idle_ticks is None \
+                else timeouts.idle_ticks
+            if idle:
+                due = self._seen + idle
+                if due <= now:
+                    self._idle_expired(idle)
+                    return None
+        if timeouts is not None and timeouts.read_at is not None:
+            if timeouts.read_at <= now:
+                self._read_expired(timeouts)
+                return None
+            if due is None or timeouts.read_at < due:
+                due = timeouts.read_at
+        return due
+
+    def _idle_expired(self, ticks: int) -> None:
+        err = IdleTimeoutError(
+            f"no traffic for {(ticks - 1) * self._ctx.wheel.tick:.1f} s (idle timeout)")
+        if self._out_bytes:
+            self._close_now(err)  # the peer does not even read what we owe it
+        else:
+            self._begin_close(err, linger=False)
+
+    def _read_expired(self, timeouts: _Timeouts) -> None:
+        err = ReadTimeoutError(f"read timeout: {timeouts.read_seconds:g} s passed")
+        callback = timeouts.on_read_timeout
+        timeouts.read_at = None
+        timeouts.on_read_timeout = None
+        opening = self._state is OPENING
+        if callback is not None:
+            self._flush_pending = True  # as in a callback: what it writes goes out after it
+            result = call(self._ctx.logger, None, "read timeout callback", self, callback, self)
+            self._flush_pending = False
+            if result.__class__ is Failed:
+                self._close_now(result.exc)
+                return
+        if opening:
+            self._close_now(err)  # a preamble's: the handler never met the connection
+            return
+        self._begin_close(err, linger=False)
+        if self._out and self._state < LINGER:
+            self._flush()
 
     # ------------------------------------------------------------------ coroutines
 
@@ -1029,7 +1229,7 @@ class Conn(Inbound):
         """
         if self._state is CLOSED:
             return
-        if not self._loop.on_loop_thread():
+        if not self._ctx.loop.on_loop_thread():
             raise self._wrong_thread("pause_reading")
         bit = int(by)
         if not self._paused & bit:
@@ -1041,7 +1241,7 @@ class Conn(Inbound):
         """Undo :meth:`pause_reading` (of the same ``by``)."""
         if self._state is CLOSED:
             return
-        if not self._loop.on_loop_thread():
+        if not self._ctx.loop.on_loop_thread():
             raise self._wrong_thread("resume_reading")
         bit = int(by)
         if self._paused & bit:
@@ -1062,7 +1262,7 @@ class Conn(Inbound):
         Not called if the connection closes first.
         """
         if self._out_bytes <= self._ctx.write_low_water:
-            self._loop.call_soon(callback, self)
+            self._ctx.loop.call_soon(callback, self)
             return
         extras = self._x()
         if extras.drain_waiters is None:
@@ -1073,7 +1273,7 @@ class Conn(Inbound):
         extras: _Extras = self._extras  # type: ignore[assignment]
         waiters, extras.drain_waiters = extras.drain_waiters, None
         for callback in waiters or ():
-            self._loop.call_soon(callback, self)
+            self._ctx.loop.call_soon(callback, self)
 
     # ------------------------------------------------------------------ any-thread API
 
@@ -1085,10 +1285,10 @@ class Conn(Inbound):
         a local close). ``callback(conn, err)`` runs on the loop afterwards;
         ``err`` is :class:`ClosedError` if the connection was already closed.
         """
-        if callback is None and self._loop.on_loop_thread():
+        if callback is None and self._ctx.loop.on_loop_thread():
             self._begin_close(error)
         else:
-            self._loop.post(self._close_task, callback, error)
+            self._ctx.loop.post(self._close_task, callback, error)
 
     def _close_task(self, callback: Optional[Callback], error: Optional[BaseException]) -> None:
         err = ClosedError() if self._state >= CLOSING else None
@@ -1098,11 +1298,11 @@ class Conn(Inbound):
     def async_write(self, data: Buffer, callback: Optional[Callback] = None) -> None:
         """Write from any thread. ``callback(conn, err)`` runs on the loop once the data is
         sent or queued (``err`` None), or with the error (:class:`ClosedError` if closed)."""
-        self._loop.post(self._async_write_task, (_owned(data),), callback)
+        self._ctx.loop.post(self._async_write_task, (_owned(data),), callback)
 
     def async_writev(self, buffers: Iterable[Buffer], callback: Optional[Callback] = None) -> None:
         """:meth:`writev` from any thread; see :meth:`async_write`."""
-        self._loop.post(self._async_write_task, tuple(_owned(b) for b in buffers), callback)
+        self._ctx.loop.post(self._async_write_task, tuple(_owned(b) for b in buffers), callback)
 
     def _async_write_task(self, buffers: tuple, callback: Optional[Callback]) -> None:
         if not self._writing:
@@ -1119,7 +1319,7 @@ class Conn(Inbound):
     def wake(self, callback: Optional[Callback] = None) -> None:
         """From any thread: run ``on_traffic`` for this connection on its loop, even with
         nothing new buffered; then ``callback(conn, err)`` (``ClosedError`` if closed)."""
-        self._loop.post(self._wake_task, callback)
+        self._ctx.loop.post(self._wake_task, callback)
 
     def _wake_task(self, callback: Optional[Callback]) -> None:
         if not self._writing:
@@ -1151,13 +1351,17 @@ class Conn(Inbound):
 
         Read from the kernel on first use and cached.
         """
-        if self._laddr is None and self._state is not CLOSED:
+        # Kept with the rarely used state: few handlers ask, and a slot costs
+        # every connection 8 bytes.
+        extras = self._extras
+        if (extras is None or extras.local_addr is None) and self._state is not CLOSED:
             with self.borrow_socket() as sock:
                 try:
-                    self._laddr = sock.getsockname()
+                    self._x().local_addr = sock.getsockname()
                 except OSError:
                     pass
-        return self._laddr
+            extras = self._extras
+        return extras.local_addr if extras is not None else None
 
     @property
     def remote_addr(self) -> Any:
@@ -1244,11 +1448,11 @@ class EdgeConn(Conn):
         for _ in range(self._ctx.read_budget):
             if not read_once(self, READABLE) or not self._reading:
                 return
-        self._loop.schedule_read(self)
+        self._ctx.loop.schedule_read(self)
 
     def _reading_resumed(self) -> None:
         # No new edge will come for data already waiting in the kernel.
-        self._loop.schedule_read(self)
+        self._ctx.loop.schedule_read(self)
 
     def _more_to_linger(self) -> None:
-        self._loop.schedule_read(self)
+        self._ctx.loop.schedule_read(self)

@@ -46,10 +46,10 @@ import threading
 import ssl
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
+from ..errors import ReadTimeoutError
 from ..tls import TLSInfo, client_hello_server_name
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..reactor import TimerHandle
     from .conn import Conn
 
 __all__ = ["TLSTransport", "TLSHandshake", "RECORD"]
@@ -298,7 +298,6 @@ class TLSHandshake:
         self._hello = b""            # server side: the ClientHello's first bytes, for SNI
         self._sni_done = not server_side
         self._server_name: Optional[str] = None
-        self._timer: Optional[TimerHandle] = None
         self._read_size = _FIRST_READ
 
     # ------------------------------------------------------------------ the Preamble protocol
@@ -312,7 +311,9 @@ class TLSHandshake:
             self._fail(conn, exc)
             return
         if self._timeout is not None:
-            self._timer = conn.call_later(self._timeout, self._timed_out, conn)
+            # On the loop's timing wheel, as every connection timeout: no heap
+            # timer per handshake. Cleared by preamble_done/preamble_failed.
+            conn.set_read_timeout(self._timeout, on_timeout=self._timed_out)
         if initial:
             self._received(initial)
         self._step(conn)
@@ -339,7 +340,7 @@ class TLSHandshake:
         self._step(conn)
 
     def abandon(self, conn: Conn) -> None:
-        self._cancel_timer()
+        pass  # the connection's close drops its read timeout; nothing else is held
 
     # ------------------------------------------------------------------ steps
 
@@ -368,7 +369,6 @@ class TLSHandshake:
         # Finished) goes out first, then the application's data.
         if self._outgoing.pending:
             self._pending = self._merge_pending(self._outgoing.read())
-        self._cancel_timer()
         transport = TLSTransport(conn, sslobj, self._incoming, self._outgoing, self._server_name,
                                  self._read_size)
         if self._pending is not None:
@@ -417,16 +417,9 @@ class TLSHandshake:
         return True
 
     def _timed_out(self, conn: Conn) -> None:
-        self._timer = None
-        self._fail(conn, TimeoutError(f"TLS handshake not completed within {self._timeout}s"))
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._fail(conn, ReadTimeoutError(f"TLS handshake not completed within {self._timeout}s"))
 
     def _fail(self, conn: Conn, exc: BaseException) -> None:
-        self._cancel_timer()
         if self._stats is not None:
             self._stats.tls_handshake_failures += 1
         # A port scan or a plain-text client must not flood the log: debug, no traceback.
