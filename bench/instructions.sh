@@ -10,6 +10,7 @@
 #   bench/instructions.sh uvloop-tls pingpong 50 1         # a TLS kind: tlsloadgen.c drives it
 #   bench/instructions.sh py-floor-tls-bio handshake 50 1  # MODE also bulk, handshake (TLS)
 #   WHO=loadgen bench/instructions.sh uvloop-tls pingpong 50 1   # count the load generator
+#   ENGINE='--asyncio' bench/instructions.sh netreactor pingpong 50 1   # engine options (CLI flags)
 #
 # SERVER is a kind of bench/servers.py (netreactor, uvloop, asyncio, ..., and the
 # TLS kinds *-tls, py-floor-tls-*: these get a certificate made for the run,
@@ -47,6 +48,7 @@ case $kind in
         [ -x "$loadgen" ] || { echo "could not build bench/loadgen.c" >&2; exit 2; }
         lg_args=(--frame-header "$header") ;;
 esac
+[ -n "${ENGINE:-}" ] && srv_args+=("--engine=$ENGINE")
 server=("$python" bench/servers.py "$kind" --port "$port" --proto "$proto" "${srv_args[@]}")
 lg_cmd=("$loadgen" --port "$port" --conns "$conns" --mode "$mode" --depth "$depth" "${lg_args[@]}"
         --warmup 1 --duration 4 --hold --hold-timeout 120 --connect-timeout 120)

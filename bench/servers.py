@@ -298,7 +298,24 @@ def serve_netreactor(host: str, port: int, unix: str | None, proto: str = "echo"
         # keep-alive timeout is the engine's idle_timeout, not one per connection).
         options = {**resolve_flags(APP_PROTOS[proto], {}, {})[1], **(options or {})}
     addr = f"unix://{unix}" if unix else f"tcp://{host}:{port}"
-    nr.run(handler, addr, **bench_options(options))
+    # --engine flags over the defaults, then NETREACTOR_BENCH_OPTIONS over both.
+    nr.run(handler, addr, **bench_options({**(options or {}), **ENGINE_OPTIONS}))
+
+
+#: Engine options of the netreactor kinds (``--engine``: netreactor's own command-line flags).
+ENGINE_OPTIONS: dict = {}
+
+
+def engine_options(flags: str) -> dict:
+    """``"--asyncio --edge-triggered"`` -> ``{"asyncio": True, "edge_triggered": True}``,
+    parsed and named as ``netreactor run`` does; a bad flag exits with its error."""
+    import shlex
+
+    from netreactor.cli.flags import add_option_flags, options_from_args
+
+    ap = argparse.ArgumentParser(prog="--engine", allow_abbrev=False)
+    add_option_flags(ap)
+    return options_from_args(ap.parse_args(shlex.split(flags)))
 
 
 # --------------------------------------------------------------------------
@@ -909,6 +926,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--certfile", help="TLS kinds: the server's certificate chain (PEM)")
     ap.add_argument("--keyfile", help="TLS kinds: its private key (PEM)")
     ap.add_argument("--ciphers", help="TLS kinds: SSLContext.set_ciphers (TLS 1.2 suites)")
+    ap.add_argument("--engine", default="", metavar="FLAGS",
+                    help="netreactor kinds: engine options as netreactor's command-line flags, "
+                         "e.g. --engine='--asyncio --edge-triggered'")
     if argv is None:
         argv = sys.argv[1:]
     if argv[:1] == ["--check-all"]:
@@ -927,6 +947,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.unix and not args.port:
         ap.error("--port or --unix is required")
+    if args.engine:
+        if not args.kind.startswith("netreactor"):
+            ap.error("--engine applies to the netreactor kinds only")
+        ENGINE_OPTIONS.update(engine_options(args.engine))
     tls = None
     if args.kind in TLS_KINDS:
         if not (args.certfile and args.keyfile):

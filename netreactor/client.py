@@ -54,7 +54,8 @@ DialCallback = Callable[[Optional[AnyConn], Optional[BaseException]], Any]
 _SERVER_ONLY = ("lb", "reuse_port", "reuse_addr", "workers", "cpu_affinity", "multicore", "backlog",
                 "graceful_timeout",
                 "udp_session_timeout", "udp_max_sessions", "multicast_interface",
-                "max_connections", "max_connections_per_ip")
+                "max_connections", "max_connections_per_ip",
+                "asyncio", "asyncio_loop", "asyncio_max_tasks", "asyncio_low_water")
 _IN_PROGRESS = {errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK}
 
 

@@ -101,6 +101,8 @@ class Engine:
         self._thread: Optional[threading.Thread] = None
         # What serves: a Server (one process, or inside a worker), or a Supervisor.
         self._impl: Union[Server, Supervisor, None] = None
+        #: netreactor.serve(): an asyncio future done once the server stopped serving.
+        self._embedded_stopped: Any = None
 
     def _check_deployment(self) -> None:
         """What Options cannot check alone: inherited descriptors, the metrics
@@ -163,6 +165,14 @@ class Engine:
         """Event loops serving connections (in this process)."""
         impl = self._impl
         return len(impl.loops) if isinstance(impl, Server) else 0
+
+    @property
+    def spawner(self) -> Any:
+        """What runs ``conn.spawn`` coroutines in this process (a
+        :class:`netreactor.spawner.Spawner`: its ``in_flight``, ``capacity``,
+        ``paused_connections`` and ``pauses``), or None without asyncio."""
+        impl = self._impl
+        return impl.spawner if isinstance(impl, Server) else None
 
     @property
     def running(self) -> bool:
@@ -269,6 +279,39 @@ class Engine:
             self._state = "stopped"
             self._booted.set()
             self._done.set()
+
+    # ------------------------------------------------------------------ embedding (netreactor.embed)
+
+    def _embedded_server(self, primary_loop: Callable[[int, Any, Any], EventLoop]) -> Server:
+        """The Server of this engine for ``netreactor.serve()``: its primary loop is
+        made by ``primary_loop`` and driven by the asyncio program, not by run()."""
+        with self._lock:
+            if self._state != "new":
+                raise RuntimeError("an engine can be run once")
+            self._state = "booting"
+            impl = Server(self.handler, self._addresses, self.options, self.logger, facade=self,
+                          own_signals=False, primary_loop=primary_loop)
+            self._impl = impl
+            if self._stop_requested:
+                impl.stop()
+        return impl
+
+    def _embedded_done(self) -> None:
+        self._state = "stopped"
+        self._booted.set()
+        self._done.set()
+
+    async def wait_stopped(self) -> None:
+        """From an asyncio program: return once the engine has stopped serving
+        (``stop()``, ``Action.SHUTDOWN``). Inside ``async with netreactor.serve(...)``
+        this is the way to serve until a handler stops the engine."""
+        import asyncio
+
+        stopped = self._embedded_stopped
+        if stopped is not None:
+            await asyncio.shield(stopped)
+        elif not self._done.is_set():
+            await asyncio.get_running_loop().run_in_executor(None, self._done.wait)
 
     def __del__(self) -> None:
         options = self.__dict__.get("options")  # None if __init__ raised

@@ -12,11 +12,13 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
-__all__ = ["Options", "LOAD_BALANCERS", "POLLERS", "PROXY_PROTOCOLS", "option_docs", "debug_from_environment"]
+__all__ = ["Options", "LOAD_BALANCERS", "POLLERS", "PROXY_PROTOCOLS", "ASYNCIO_LOOPS", "option_docs",
+           "debug_from_environment"]
 
 LOAD_BALANCERS = ("round-robin", "least-connections", "source-addr-hash")
 POLLERS = ("auto", "epoll", "selectors")
 PROXY_PROTOCOLS = ("off", "v1", "v2", "auto")
+ASYNCIO_LOOPS = ("reactor", "uvloop")
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -115,6 +117,17 @@ class Options:
     max_worker_rss: Optional[int] = opt(
         None, "Workers only: replace a worker (gracefully) whose resident memory passes this many "
               "bytes (granian's --workers-max-rss; sizes may end in k, m, g).")
+    asyncio: bool = opt(False, "Run an asyncio event loop on every event loop's thread, on the same "
+                               "poller, for ``conn.spawn(coroutine)``.")
+    asyncio_loop: str = opt("reactor", "asyncio: \"reactor\" (asyncio's loop polling through netreactor's "
+                                       "poller: one epoll_wait for both) or \"uvloop\" (a uvloop loop "
+                                       "running netreactor's, nested: faster coroutines, one more "
+                                       "epoll_wait per wake-up).")
+    asyncio_max_tasks: int = opt(1024, "asyncio: coroutines in flight per engine before spawning "
+                                       "connections stop being read.")
+    asyncio_low_water: Optional[int] = opt(None, "asyncio: coroutines in flight at or below which "
+                                                 "paused connections are read again (None: half of "
+                                                 "asyncio_max_tasks).")
 
     @classmethod
     def from_kwargs(cls, kwargs: Mapping[str, Any]) -> Options:
@@ -135,7 +148,7 @@ class Options:
         """Raise ``ValueError`` naming the first option whose value is wrong."""
         _int("loops", self.loops, 1, 4096)
         for name in ("multicore", "reuse_port", "reuse_addr", "ticker", "tcp_no_delay",
-                     "edge_triggered", "cpu_affinity", "debug"):
+                     "edge_triggered", "cpu_affinity", "debug", "asyncio"):
             _bool(name, getattr(self, name))
         _choice("lb", self.lb, LOAD_BALANCERS)
         _choice("poller", self.poller, POLLERS)
@@ -185,6 +198,16 @@ class Options:
             if value is not None:
                 _int(name, value, 1, 1 << 24)
         _positive_seconds("slow_callback_duration", self.slow_callback_duration)
+        _choice("asyncio_loop", self.asyncio_loop, ASYNCIO_LOOPS)
+        if self.asyncio and self.asyncio_loop == "uvloop":
+            import importlib.util
+
+            if importlib.util.find_spec("uvloop") is None:
+                raise ValueError("option 'asyncio_loop': 'uvloop' needs uvloop installed "
+                                 "(pip install uvloop); or use 'reactor'")
+        _int("asyncio_max_tasks", self.asyncio_max_tasks, 1, 1 << 24)
+        if self.asyncio_low_water is not None:
+            _int("asyncio_low_water", self.asyncio_low_water, 0, self.asyncio_max_tasks - 1)
         if self.logger is not None and not all(
             hasattr(self.logger, m) for m in ("debug", "info", "warning", "error", "exception")
         ):

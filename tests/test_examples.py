@@ -348,12 +348,12 @@ def _python_blocks(path: Path) -> List[str]:
 
 
 DOC_BLOCKS = [pytest.param(doc, i, id=f"{doc}-{i}")
-              for doc in ("udp.md", "client.md", "pool.md")
+              for doc in ("udp.md", "client.md", "pool.md", "asyncio.md")
               for i in range(len(_python_blocks(DOCS / doc)) if (DOCS / doc).exists() else 0)]
 
 
 def test_docs_have_runnable_blocks():
-    for doc in ("udp.md", "client.md", "pool.md"):
+    for doc in ("udp.md", "client.md", "pool.md", "asyncio.md"):
         assert _python_blocks(DOCS / doc), f"docs/{doc} has no python block"
 
 

@@ -299,7 +299,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_example(args: argparse.Namespace) -> int:
-    from ..examples import DESCRIPTIONS, EXAMPLES, default_listen, load_example, resolve_flags
+    from ..examples import DESCRIPTIONS, EXAMPLES, default_listen, default_options, load_example, resolve_flags
 
     if args.list:
         width = max(len(name) for name in EXAMPLES)
@@ -319,6 +319,8 @@ def _cmd_example(args: argparse.Namespace) -> int:
         handler = factory(**kwargs) if kwargs else _make_handler(factory, f"example {args.name}")
     except ValueError as exc:
         raise UsageError(f"example {args.name}: {exc}") from None
+    # What the example needs (redis-front: asyncio), under what the command line gives.
+    options = {**default_options(args.name), **options}
     return _serve(handler, args.listen or [default_listen(args.name)], args, options)
 
 

@@ -69,7 +69,8 @@ def add_option_flags(group: Any) -> None:
     """One flag per engine option: its type, default and help from the Options field."""
     docs = option_docs()
     choices = {"lb": _options_module.LOAD_BALANCERS, "poller": _options_module.POLLERS,
-               "proxy_protocol": _options_module.PROXY_PROTOCOLS}
+               "proxy_protocol": _options_module.PROXY_PROTOCOLS,
+               "asyncio_loop": _options_module.ASYNCIO_LOOPS}
     for f in option_fields():
         flag = "--" + f.name.replace("_", "-")
         help_text = (docs.get(f.name) or f"the engine option {f.name!r}").replace("``", "'")

@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 from ..handler import EventHandler
 
 __all__ = ["EXAMPLES", "DESCRIPTIONS", "FLAGS", "ExampleFlag", "load_example", "default_listen",
-           "resolve_flags"]
+           "default_options", "resolve_flags"]
 
 EXAMPLES: Dict[str, str] = {
     "echo": "netreactor.examples.echo:Echo",
@@ -30,6 +30,7 @@ EXAMPLES: Dict[str, str] = {
     "http": "netreactor.examples.http:HTTPExample",
     "udp-echo": "netreactor.examples.udp_echo:UDPEcho",
     "push": "netreactor.examples.push:PushOnTick",
+    "redis-front": "netreactor.examples.redis_front:RedisFront",
 }
 
 DESCRIPTIONS: Dict[str, str] = {
@@ -38,6 +39,8 @@ DESCRIPTIONS: Dict[str, str] = {
     "http": "HTTP/1.1 server: GET /plaintext, GET /json, POST /echo (keep-alive, pipelining, chunked bodies)",
     "udp-echo": "UDP echo server: sends every datagram back to its sender",
     "push": "pushes a 'tick N TIME' line to every client each second (give --ticker)",
+    "redis-front": "RESP front end awaiting a real Redis (NETREACTOR_REDIS_URL) with redis.asyncio "
+                   "per command, replies in order (asyncio on; needs redis-py)",
 }
 
 
@@ -110,6 +113,15 @@ def resolve_flags(name: str, given: Mapping[str, Any],
 
 #: Where an example listens when no --listen is given: its own transport.
 _DEFAULT_LISTEN: Dict[str, str] = {"udp-echo": "udp://127.0.0.1:9000"}
+
+
+#: Engine options an example needs, under whatever the command line gives.
+_DEFAULT_OPTIONS: Dict[str, Dict[str, object]] = {"redis-front": {"asyncio": True}}
+
+
+def default_options(name: str) -> Dict[str, object]:
+    """The engine options example ``name`` runs with unless told otherwise."""
+    return dict(_DEFAULT_OPTIONS.get(name, {}))
 
 
 def default_listen(name: str) -> str:

@@ -139,6 +139,9 @@ class EventLoop:
         poller.register(self._waker.fd, READABLE)
 
         self._running = False
+        #: Set by :meth:`stop` (never by :meth:`interrupt`): whoever drives the
+        #: loop from outside (netreactor.reactor.aio) tells the two apart by it.
+        self.stop_requested = False
         self._thread_id: Optional[int] = None
         self._conn_count = 0
         self._on_empty: Optional[Callable[[], None]] = None
@@ -186,6 +189,20 @@ class EventLoop:
     def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> TimerHandle:
         """Run ``callback(*args)`` after ``delay`` seconds (loop thread only)."""
         return self._timers.schedule(delay, callback, args)
+
+    def flush_deferred_writes(self) -> None:
+        """Send now what connections wrote outside their callbacks (what the end of
+        an iteration does; for a driver that runs the loop from outside)."""
+        if self._dirty:
+            self._flush_dirty()
+
+    def pending_work(self) -> bool:
+        """Tasks, reads or flushes are queued: the next iteration polls without waiting."""
+        return bool(self._urgent or self._tasks or self._ready or self._dirty)
+
+    def next_deadline(self) -> Optional[float]:
+        """The earliest timer's ``time.monotonic()`` deadline (possibly of a cancelled one), or None."""
+        return self._timers.next_deadline()
 
     def timer_count(self) -> int:
         """Entries in the timer heap, cancelled ones not yet dropped included."""
@@ -285,6 +302,14 @@ class EventLoop:
     def stop(self) -> None:
         """Make :meth:`run` return after the current iteration (loop thread; use
         ``call_soon_threadsafe(loop.stop)`` from elsewhere)."""
+        self._running = False
+        self.stop_requested = True
+
+    def interrupt(self) -> None:
+        """Make :meth:`run` return after the current iteration without stopping the
+        loop: its driver runs something else on this thread, then calls
+        :meth:`run` again (loop thread). An interrupt while :meth:`run` is not
+        running does nothing (:meth:`run` starts afresh)."""
         self._running = False
 
     def shutdown(self, timeout: float, sources: Iterable[Source] = ()) -> None:

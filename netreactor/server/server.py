@@ -50,6 +50,7 @@ from ..options import Options
 from ..pool import queue_depth
 from ..reactor import EventLoop, new_poller
 from ..runtime import gil_enabled
+from ..spawner import Spawner
 from ..stream import StreamContext, for_socket
 from ..stream.conn import Preamble
 from ..stream.proxy_preamble import proxy_preamble_factory
@@ -81,6 +82,12 @@ def _count_refused(slot: _LoopSlot) -> None:
     counts = slot.ctx.counts
     counts["accepted"] += 1
     counts["refused.per_ip"] += 1
+#: ``factory(index, poller, logger)``: an event loop.
+LoopFactory = Callable[[int, Any, Any], EventLoop]
+
+
+def _nothing() -> None:
+    pass
 
 
 class _LoopSlot:
@@ -118,7 +125,8 @@ class Server:
     def __init__(self, handler: EventHandler, addresses: Sequence[Address], options: Options,
                  logger: Any, *, facade: Any = None, prebound: Optional[Dict[int, Listener]] = None,
                  own_signals: bool = True, inherited: Optional[Dict[int, InheritedSocket]] = None,
-                 stats_sink: Optional[Callable[[metrics.Snapshot], None]] = None) -> None:
+                 stats_sink: Optional[Callable[[metrics.Snapshot], None]] = None,
+                 primary_loop: Optional[LoopFactory] = None) -> None:
         # Debug mode sees the handler through a proxy that times its callbacks.
         self.handler: Any = DebugHandler(handler, options.slow_callback_duration, logger) \
             if options.debug else handler
@@ -151,6 +159,15 @@ class Server:
         self._metrics: Optional[Listener] = None
         self._metrics_ctx: Optional[StreamContext] = None
         self._tls: Optional[ssl.SSLContext] = None  # set when serving starts (see _setup_tls)
+        self._threads: List[threading.Thread] = []
+        self._restore_signals: Callable[[], None] = _nothing
+        #: ``primary_loop(index, poller, logger)`` makes the loop that serve()'s
+        #: caller drives (embedding: netreactor.embed); None: a plain EventLoop.
+        self._primary_factory = primary_loop
+        self._spawner: Optional[Spawner] = None
+        if options.asyncio or primary_loop is not None:
+            self._spawner = Spawner(options.asyncio_max_tasks, options.asyncio_low_water,
+                                    logger=logger, shutdown_timeout=options.shutdown_timeout)
 
     # ------------------------------------------------------------------ public
 
@@ -190,6 +207,16 @@ class Server:
             row["paused"], row["queued_out"] = ctx.gauges()
             rows.append(row)
         return metrics.Snapshot.from_loops(rows, {"pool_queue": queue_depth()})
+
+    @property
+    def spawner(self) -> Optional[Spawner]:
+        """What runs ``conn.spawn`` coroutines (None without asyncio)."""
+        return self._spawner
+
+    @property
+    def primary(self) -> Optional[EventLoop]:
+        """The loop on the thread that called :meth:`serve` (or :meth:`begin`)."""
+        return self._primary
 
     def stop(self) -> None:
         """Stop gracefully, from any thread (or a callback). A second call does nothing."""
@@ -235,33 +262,81 @@ class Server:
         """Bind, boot, serve on the calling thread until stopped, then shut down.
         ``on_ready()`` runs once bound and booted, just before serving."""
         try:
-            self._setup_tls()
-            self._setup_loops()
-            self._bind()
-            if self.options.debug:
-                check_setup(self.handler, self.options, self.logger)
-            if self.handler.on_boot(self._facade) is Action.SHUTDOWN:
-                self.logger.info("on_boot returned SHUTDOWN; not serving")
+            if not self.begin():
                 return
-            with self._lock:
-                self._serving = True
-                if self._stop_requested:  # stop() during on_boot
-                    for loop in self._all_loops:
-                        loop.call_soon_threadsafe(self._shutdown_loop, loop, urgent=True)
             try:
-                self._run_loops(on_ready)
+                self.launch(on_ready)
+                self._loop_main(self._primary)  # type: ignore[arg-type]
             finally:
-                # Also when SystemExit or KeyboardInterrupt escaped a handler:
-                # every peer gets its close, and the handler its on_shutdown.
-                self._close_leftovers()
-                call(self.logger, self.handler, "on_shutdown", None, self.handler.on_shutdown,
-                     self._facade)
-                if self._stats_sink is not None:
-                    self._send_stats()  # the last word: every connection is counted closed
-            if self._escaped is not None:  # it escaped on a loop thread: raise it here
-                raise self._escaped
+                self.end()
+            self.raise_escaped()
         finally:
-            self._release()
+            self.release()
+
+    # serve() in steps, for a caller that drives the primary loop itself (an
+    # asyncio program: netreactor.embed): begin() -> launch() -> (the primary
+    # loop runs until stopped) -> end() -> release(), release() always.
+
+    def begin(self) -> bool:
+        """Set up TLS and the loops, bind, run ``on_boot``; False if it said SHUTDOWN."""
+        self._setup_tls()
+        self._setup_loops()
+        self._bind()
+        if self.options.debug:
+            check_setup(self.handler, self.options, self.logger)
+        if self.handler.on_boot(self._facade) is Action.SHUTDOWN:
+            self.logger.info("on_boot returned SHUTDOWN; not serving")
+            return False
+        with self._lock:
+            self._serving = True
+            if self._stop_requested:  # stop() during on_boot
+                for loop in self._all_loops:
+                    loop.call_soon_threadsafe(self._shutdown_loop, loop, urgent=True)
+        return True
+
+    def launch(self, on_ready: Optional[Callable[[], None]] = None) -> None:
+        """Start the other loops' threads, the ticker and the signal handlers; then ``on_ready()``."""
+        primary: EventLoop = self._primary  # type: ignore[assignment]
+        self._threads = [threading.Thread(target=self._loop_main, args=(loop,), daemon=True,
+                                          name=f"netreactor-loop-{loop.index}")
+                         for loop in self._all_loops if loop is not primary]
+        if self.options.ticker:
+            primary.call_soon(self._tick)
+        if self._stats_sink is not None:
+            primary.call_later(STATS_INTERVAL, self._report_stats)
+        for t in self._threads:
+            t.start()
+        self._restore_signals = self._install_signals()
+        # Logged once SIGINT/SIGTERM are handled, so whoever reads it may stop us gracefully.
+        self.logger.info("serving %s on %d loop(s)", ", ".join(self.addresses), len(self._slots))
+        if on_ready is not None:
+            on_ready()
+
+    def join_loops(self, timeout: Optional[float] = None) -> None:
+        """Stop, and wait for the other loops' threads (any thread)."""
+        self.stop()
+        for t in self._threads:
+            t.join(timeout)
+
+    def end(self) -> None:
+        """After the primary loop returned: stop and join the others, close what is
+        left, run ``on_shutdown``."""
+        try:
+            self.join_loops()
+            self._restore_signals()
+        finally:
+            # Also when SystemExit or KeyboardInterrupt escaped a handler:
+            # every peer gets its close, and the handler its on_shutdown.
+            self._close_leftovers()
+            call(self.logger, self.handler, "on_shutdown", None, self.handler.on_shutdown,
+                 self._facade)
+            if self._stats_sink is not None:
+                self._send_stats()  # the last word: every connection is counted closed
+
+    def raise_escaped(self) -> None:
+        """Raise the SystemExit/KeyboardInterrupt that escaped a loop thread, if one did."""
+        if self._escaped is not None:
+            raise self._escaped
 
     def _setup_tls(self) -> None:
         """Build (or take) the TLS context here, where serving starts: in a
@@ -286,21 +361,30 @@ class Server:
     def _setup_loops(self) -> None:
         opts = self.options
         n = self._loop_count()
+        main_reactor = n > 1 and not opts.reuse_port
         for i in range(n):
-            loop = self._new_loop(i)
+            loop = self._new_loop(i, primary=i == 0 and not main_reactor)
             ctx = StreamContext(loop, self.handler, opts, self.stop, counts=metrics.loop_stats())
+            ctx.spawner = self._spawner
             if self.limits is not None:
                 ctx.on_closed = self.limits.closed
             self._slots.append(_LoopSlot(loop, ctx))
         self._all_loops = [slot.loop for slot in self._slots]
-        if n > 1 and not opts.reuse_port:
-            self._primary = self._new_loop(-1)
+        if main_reactor:
+            self._primary = self._new_loop(-1, primary=True)
             self._all_loops.insert(0, self._primary)
         else:
             self._primary = self._slots[0].loop
 
-    def _new_loop(self, index: int) -> EventLoop:
-        loop = EventLoop(index, new_poller(self.options.poller), self.logger)
+    def _new_loop(self, index: int, primary: bool = False) -> EventLoop:
+        factory: LoopFactory = EventLoop
+        if primary and self._primary_factory is not None:
+            factory = self._primary_factory
+        elif self.options.asyncio and self.options.asyncio_loop != "reactor":
+            from ..reactor.aio import NestedEventLoop  # a loop that uvloop runs
+
+            factory = NestedEventLoop
+        loop = factory(index, new_poller(self.options.poller), self.logger)
         if self.options.debug:
             loop.set_debug(self.options.slow_callback_duration)
         return loop
@@ -512,33 +596,9 @@ class Server:
 
     # ------------------------------------------------------------------ running & stopping
 
-    def _run_loops(self, on_ready: Optional[Callable[[], None]]) -> None:
-        primary: EventLoop = self._primary  # type: ignore[assignment]
-        threads = [threading.Thread(target=self._loop_main, args=(loop,), daemon=True,
-                                    name=f"netreactor-loop-{loop.index}")
-                   for loop in self._all_loops if loop is not primary]
-        if self.options.ticker:
-            primary.call_soon(self._tick)
-        if self._stats_sink is not None:
-            primary.call_later(STATS_INTERVAL, self._report_stats)
-        for t in threads:
-            t.start()
-        restore = self._install_signals()
-        # Logged once SIGINT/SIGTERM are handled, so whoever reads it may stop us gracefully.
-        self.logger.info("serving %s on %d loop(s)", ", ".join(self.addresses), len(self._slots))
-        if on_ready is not None:
-            on_ready()
-        try:
-            self._loop_main(primary)
-        finally:
-            self.stop()
-            for t in threads:
-                t.join()
-            restore()
-
     def _loop_main(self, loop: EventLoop) -> None:
         try:
-            loop.run()
+            self._run_loop(loop)
         except (SystemExit, KeyboardInterrupt) as exc:
             # Not contained (as in asyncio): the server stops and serve() raises it.
             self.logger.info("%s raised on event loop %d; stopping", type(exc).__name__, loop.index)
@@ -552,6 +612,27 @@ class Server:
             self.stop()
             raise
 
+    def _run_loop(self, loop: EventLoop) -> None:
+        """Run ``loop`` until it stops: alone, or with asyncio on its thread and poller."""
+        spawner = self._spawner
+        if not self.options.asyncio or spawner is None:
+            loop.run()
+            return
+        # asyncio (and uvloop) are imported only when asked for.
+        from ..reactor.aio import NestedEventLoop, run_nested, run_with_asyncio
+
+        try:
+            if isinstance(loop, NestedEventLoop):
+                import uvloop
+
+                run_nested(loop, uvloop.new_event_loop, on_start=lambda aio: spawner.attach(loop, aio),
+                           before_close=spawner.drain)
+            else:
+                run_with_asyncio(loop, on_start=lambda aio: spawner.attach(loop, aio),
+                                 before_close=spawner.drain)
+        finally:
+            spawner.detach(loop)
+
     def _shutdown_loop(self, loop: EventLoop) -> None:
         """On ``loop``: stop accepting, close every connection after flushing, then stop."""
         loop.shutdown(self.options.shutdown_timeout, [s for s in self._sources if s.loop is loop])
@@ -564,7 +645,8 @@ class Server:
                 conn.abort(EngineStoppedError("engine stopped"))
             loop.finish()
 
-    def _release(self) -> None:
+    def release(self) -> None:
+        """Close the listeners and the loops (last, whatever happened before)."""
         for lst in self._listeners:
             lst.close()
         for loop in self._all_loops:

@@ -39,7 +39,8 @@ Reasons reading is paused (``_paused``, a bit set; a connection reads when
 it is OPEN and no bit is set): :data:`Pause.BACKLOG` (queued output passed
 ``write_high_water``; cleared at ``write_low_water``; accepted connections
 only), :data:`Pause.HANDLER` (``pause_reading()``), :data:`Pause.POOL` (a
-full :class:`netreactor.WorkerPool`). Each owner sets and clears its own bit.
+full :class:`netreactor.WorkerPool`), :data:`Pause.SPAWN` (too many coroutines
+in flight: :meth:`Conn.spawn`). Each owner sets and clears its own bit.
 
 A connection that is not reading still gets errors and hang-ups from the
 poller: an error closes it; a hang-up with no error (a Unix peer that closed,
@@ -126,6 +127,7 @@ class Pause(enum.IntFlag):
     BACKLOG = 1
     HANDLER = 2
     POOL = 4
+    SPAWN = 8
 
 
 _BACKLOG = int(Pause.BACKLOG)
@@ -175,7 +177,7 @@ class StreamContext:
                  "write_high_water", "write_low_water", "write_buffer_cap", "close_timeout",
                  "pause_on_high_water", "read_budget", "request_shutdown", "wheel", "idle_ticks",
                  "on_closed", "bytes_in", "bytes_out", "frames_in", "frames_out", "open", "counts",
-                 "tls_handshakes", "tls_handshake_failures")
+                 "tls_handshakes", "tls_handshake_failures", "spawner")
 
     def __init__(self, loop: EventLoop, handler: Any, options: Any,
                  request_shutdown: Callable[[], None], *, pause_on_high_water: bool = True,
@@ -216,6 +218,9 @@ class StreamContext:
         self.tls_handshakes = 0
         self.tls_handshake_failures = 0
         self.counts: Dict[str, int] = counts if counts is not None else collections.defaultdict(int)
+        #: What runs ``conn.spawn`` coroutines (a :class:`netreactor.spawner.Spawner`),
+        #: or None when the owner runs no asyncio.
+        self.spawner: Any = None
 
     def count_closed(self, err: Optional[BaseException]) -> None:
         """A connection of this context closed (or was refused) with ``err``."""
@@ -1123,6 +1128,8 @@ class Conn(Inbound):
 
     def _closed_for_handler(self, err: Optional[BaseException]) -> None:
         ctx = self._ctx
+        if ctx.spawner is not None:
+            ctx.spawner.connection_closed(self)  # cancel what it spawned
         action = call(ctx.logger, ctx.handler, "on_close", self, ctx.handler.on_close, self, err,
                       closing=False)
         if action is Action.SHUTDOWN:
@@ -1267,6 +1274,52 @@ class Conn(Inbound):
         self._begin_close(err, linger=False)
         if self._out and self._state < LINGER:
             self._flush()
+
+    # ------------------------------------------------------------------ coroutines
+
+    def spawn(self, coro: Any, on_result: Optional[Callable[[Conn, Any, Optional[BaseException]], Any]] = None,
+              *, cancel_on_close: bool = True) -> Any:
+        """Run the coroutine ``coro`` on this connection's loop thread (loop thread;
+        the engine needs ``asyncio=True``, or ``netreactor.serve()``). Returns its
+        ``asyncio.Task``.
+
+        A bytes-like result is written to the connection, in the order the
+        coroutines were spawned for it; ``on_result(conn, result, exc)`` runs
+        instead when given. A coroutine that raises is logged and its
+        connection closed, unless ``on_result`` takes the exception. Closing the
+        connection cancels it, unless ``cancel_on_close=False``. Too many in
+        flight per engine pause this connection's reading until there is room.
+        See :mod:`netreactor.spawner`.
+        """
+        spawner = self._ctx.spawner
+        if spawner is None:
+            if hasattr(coro, "close"):
+                coro.close()  # never awaited: no "coroutine was never awaited" warning on top
+            raise RuntimeError("conn.spawn() needs asyncio: start the engine with asyncio=True "
+                               "(CLI --asyncio), or serve it with netreactor.serve() inside an "
+                               "asyncio program")
+        return spawner.spawn_for(self, self._loop, not self._writing, coro, on_result, cancel_on_close)
+
+    def write_now(self, data: Buffer) -> int:
+        """:meth:`write`, then send at once what is queued (loop thread): for writes
+        made outside any callback (a coroutine's result) that should not wait for
+        the end of the loop iteration. Returns the bytes accepted."""
+        if not self._writing:
+            return 0
+        if not self._loop.on_loop_thread():
+            raise self._wrong_thread("write_now")
+        if data.__class__ is not bytes:
+            data = _owned(data)
+        out = self._out
+        if out is None:
+            self._out = [data]
+        else:
+            out.append(data)
+        n = len(data)
+        self._out_bytes += n
+        if not self._flush_pending:  # else: inside a callback, or a flush is queued anyway
+            self._flush()
+        return n
 
     # ------------------------------------------------------------------ flow control
 

@@ -6,6 +6,8 @@ only ever calls these five methods, so a backend is one module:
 * ``register(fd, events)`` / ``modify(fd, events)`` / ``unregister(fd)``
 * ``poll(timeout) -> list[(fd, events)]`` — ``timeout`` in seconds, ``-1`` blocks
 * ``close()``
+* ``fileno()`` -- the poller's own fd, readable while it has ready events (for
+  nesting it in another poller); ``ValueError`` where the backend has none
 
 ``events`` uses the epoll bit values on every backend (:data:`READABLE`,
 :data:`WRITABLE`, :data:`ERROR`, :data:`HANGUP`, plus the epoll-only
@@ -55,6 +57,7 @@ class Poller(Protocol):
     def unregister(self, fd: int) -> None: ...
     def poll(self, timeout: float) -> List[Tuple[int, int]]: ...
     def close(self) -> None: ...
+    def fileno(self) -> int: ...
 
 
 def epoll_available() -> bool:

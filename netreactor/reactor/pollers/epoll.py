@@ -35,3 +35,6 @@ class EpollPoller:
 
     def close(self) -> None:
         self._ep.close()
+
+    def fileno(self) -> int:
+        return self._ep.fileno()

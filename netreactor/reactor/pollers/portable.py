@@ -111,3 +111,10 @@ class SelectorsPoller:
     def close(self) -> None:
         self._sel.close()
 
+    def fileno(self) -> int:
+        """The selector's fd (epoll, kqueue, devpoll); select() and poll() have none."""
+        fileno = getattr(self._sel, "fileno", None)
+        if fileno is None:
+            raise ValueError(f"the {type(self._sel).__name__} backend has no fd of its own to nest")
+        return int(fileno())
+
