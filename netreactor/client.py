@@ -30,7 +30,7 @@ import ipaddress
 import os
 import socket
 import threading
-from typing import Any, Callable, Dict, List, Optional, Set, Union
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
 
 from .address import Address, parse_address
 from .callbacks import report
@@ -93,7 +93,7 @@ class Client:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> "Client":
+    def start(self) -> Client:
         """Start the client's loops (or attach to the engine's). Returns ``self``."""
         with self._lock:
             if self._state != "new":
@@ -165,7 +165,7 @@ class Client:
         if self._resolver is not None:
             self._resolver.shutdown(wait=False)
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         if self._state == "new":
             self.start()
         return self
@@ -190,12 +190,13 @@ class Client:
         handshake together."""
         if self._on_a_loop_thread():
             raise RuntimeError("dial() would block the event loop; use dial_async() in callbacks")
-        future: "concurrent.futures.Future[AnyConn]" = concurrent.futures.Future()
+        future: concurrent.futures.Future[AnyConn] = concurrent.futures.Future()
 
         def done(conn: Optional[AnyConn], err: Optional[BaseException]) -> None:
             if err is not None:
                 future.set_exception(err)
             else:
+                assert conn is not None  # a dial without an error has its connection
                 future.set_result(conn)
 
         self.dial_async(address, done, timeout=timeout, tls=tls, server_hostname=server_hostname)
@@ -304,13 +305,13 @@ class Client:
         else:
             if self._on_a_loop_thread():
                 raise RuntimeError("enroll() from another loop's thread would block it")
-            future: "concurrent.futures.Future[Any]" = concurrent.futures.Future()
-            done: DialCallback = lambda c, e: future.set_result((c, e))  # noqa: E731
+            future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            done: DialCallback = lambda c, e: future.set_result((c, e))
             loop.call_soon_threadsafe(self._dial_step, done, self._adopt, loop, sock, done)
             conn, err = future.result()
         if err is not None:
             raise err
-        return conn
+        return conn  # type: ignore[no-any-return]  # the future holds (AnyConn, None) here
 
     def _adopt(self, loop: EventLoop, sock: socket.socket, callback: DialCallback) -> None:
         """On the loop: make ``sock`` a connection and run ``on_open``."""
@@ -415,7 +416,7 @@ def _tls_error(err: BaseException, address: str) -> BaseException:
         named = ssl.SSLCertVerificationError(err.errno, f"{err.strerror or err} ({address})")
         named.verify_code = err.verify_code
         named.verify_message = err.verify_message
-        named.reason = getattr(err, "reason", None)  # type: ignore[misc]
+        named.reason = getattr(err, "reason", None)  # type: ignore[assignment]
         return named
     if isinstance(err, OSError) and err.errno is not None:
         return type(err)(err.errno, f"{err.strerror or err} ({address})")
@@ -471,7 +472,7 @@ class _Connector:
                 TimeoutError(errno.ETIMEDOUT, f"connecting to {self.address} timed out after {timeout}s"))
 
 
-def _ip_literal(addr: Address) -> Optional[tuple]:
+def _ip_literal(addr: Address) -> Optional[Tuple[int, Any]]:
     host = addr.host or ("::1" if addr.family == socket.AF_INET6 else "127.0.0.1")
     try:
         ip = ipaddress.ip_address(host)

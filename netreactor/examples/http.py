@@ -119,8 +119,8 @@ class HTTPServer(EventHandler):
                  server_name: Union[str, bytes] = b"netreactor",
                  header_timeout: Optional[float] = 10.0,
                  keep_alive_timeout: Optional[float] = 5.0) -> None:
-        self._limits = dict(max_head=max_head, max_body=max_body, max_headers=max_headers,
-                            max_request_line=max_request_line)
+        self._limits: Dict[str, Any] = dict(max_head=max_head, max_body=max_body, max_headers=max_headers,
+                                            max_request_line=max_request_line)
         RequestParser(**self._limits)  # validate now rather than per connection
         self.server_name = server_name.encode("latin-1") if isinstance(server_name, str) else server_name
         self.routes: Dict[bytes, Any] = {}
@@ -253,6 +253,7 @@ class HTTPServer(EventHandler):
     def _respond(self, request: Request) -> bytes:
         """The response to any request the fast path did not answer."""
         route = self.routes.get(request.path)
+        headers: Tuple[Tuple[bytes, bytes], ...]
         head_only = request.method == b"HEAD"
         if route is None:
             status, headers, body = 404, ((b"Content-Type", b"text/plain"),), b"Not Found"

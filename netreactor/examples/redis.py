@@ -144,7 +144,7 @@ def _c_string(arg: bytes, limit: int) -> bytes:
     return arg.partition(b"\x00")[0][:limit]
 
 
-def glob_to_regex(pattern: bytes) -> "re.Pattern[bytes]":
+def glob_to_regex(pattern: bytes) -> re.Pattern[bytes]:
     """Compile a Redis glob (``*``, ``?``, ``[a-z]``, ``[^a]``, ``\\x``) to an anchored regex."""
     out = []
     i, n = 0, len(pattern)
@@ -207,7 +207,7 @@ class KeyValueStore:
         self.expires: Dict[bytes, int] = {}
         #: (deadline, key) min-heap for active expiry; stale entries are skipped.
         self.deadlines: List[Tuple[int, bytes]] = []
-        self._patterns: Dict[bytes, "re.Pattern[bytes]"] = {}
+        self._patterns: Dict[bytes, re.Pattern[bytes]] = {}
         self.table: Dict[bytes, Callable[[List[bytes]], Reply]] = {}
         for name in COMMANDS:
             fn = getattr(self, "cmd_" + name)
@@ -391,11 +391,11 @@ class KeyValueStore:
     def _incr_by(self, key: bytes, incr: int) -> bytes:
         old = self._lookup(key)
         if old is None:
-            current = 0
+            current: Optional[int] = 0
         else:
             current = parse_int(_value_of(old))
-            if current is None:
-                return _NOT_INT
+        if current is None:
+            return _NOT_INT
         value = current + incr
         if not _LLONG_MIN <= value <= _LLONG_MAX:
             return _OVERFLOW
@@ -717,11 +717,9 @@ class RedisServer(EventHandler):
             engine.logger.info("redis: bulk strings limited to %d bytes by write_buffer_cap; "
                                "raise write_buffer_cap to store bigger values", cap - 64)
             self.max_bulk = max(1, cap - 64)
-        try:
-            from ..supervisor import worker_count
-        except ImportError:  # pragma: no cover - workers are optional here
-            worker_count = None
-        if worker_count is not None and options is not None and worker_count(options) > 1:
+        from ..supervisor import worker_count
+
+        if options is not None and worker_count(options) > 1:
             # The store lives in the process: workers would not share it.
             engine.logger.warning("redis: every worker process has its own keyspace; "
                                   "serve with one process (loops may be > 1) for one shared store")

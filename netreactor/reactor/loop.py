@@ -90,7 +90,7 @@ class _WakerEntry:
     __slots__ = ("loop",)
     is_connection = False
 
-    def __init__(self, loop: "EventLoop") -> None:
+    def __init__(self, loop: EventLoop) -> None:
         self.loop = loop
 
     def handle_io(self, events: int) -> None:

@@ -55,7 +55,7 @@ class Acceptor:
                  "_gate", "_held", "_watched")
     is_connection = False
 
-    def __init__(self, loop: "EventLoop", listener: Listener, dispatch: Dispatch,
+    def __init__(self, loop: EventLoop, listener: Listener, dispatch: Dispatch,
                  shared: bool = False, gate: Optional[Gate] = None) -> None:
         self.loop = loop
         self.listener = listener
