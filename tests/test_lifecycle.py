@@ -254,9 +254,9 @@ def test_stop_flushes_pending_output():
     assert s.recv(1)  # the push has started
     engine.stop()
     rest = recv_until_eof(s)
+    s.close()  # as a peer does on EOF (the engine's lingering close waits for it)
     assert engine.wait(10)
     assert len(rest) + 1 == len(big)
-    s.close()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -286,9 +286,9 @@ def test_signals_stop_run_gracefully(sig, tmp_path):
         client.sendall(b"ping")
         assert recv_exact(client, 4) == b"ping"
         proc.send_signal(sig)
-        out, _ = proc.communicate(timeout=15)
         assert recv_until_eof(client) == b""
-        client.close()
+        client.close()  # as a peer does on EOF (the engine's lingering close waits for it)
+        out, _ = proc.communicate(timeout=15)
     finally:
         proc.kill()
         proc.wait()

@@ -210,14 +210,18 @@ class Client:
         return self.replies_for(1)[0]
 
     def closed_by_peer(self) -> bool:
+        """Read until the server's EOF (or reset), then close as a client does
+        (the server lingers until then: it waits for our EOF after its own)."""
         self.sock.settimeout(5)
         try:
             while True:
                 data = self.sock.recv(65536)
                 if not data:
+                    self.sock.close()
                     return True
                 self.replies.extend(self.parser.feed(data))
         except ConnectionResetError:
+            self.sock.close()
             return True
 
     def close(self) -> None:
@@ -334,6 +338,7 @@ def test_several_loops_share_one_store():
             t.join()
         c = Client(p)
         assert c.call("GET", "counter") == b"3000"
+        c.close()
 
 
 # --------------------------------------------------------------------------- real Redis tools

@@ -308,12 +308,14 @@ def test_sigterm_stops_everything_and_delivers_inflight_replies(serve):
         server.signal(signal.SIGTERM)
         server.wait_line(r"received SIGTERM: stopping 2 worker")
         assert idle.recv(1) == b""  # an idle connection is closed at once
+        idle.close()  # as a peer does on EOF (the worker's lingering close waits for it)
         received = 1
         while True:
             chunk = busy.recv(1 << 20)
             if not chunk:
                 break
             received += len(chunk)
+        busy.close()
         assert received == size  # the in-flight reply was delivered whole, then EOF
         assert server.wait_exit(10) == 0
         assert time.monotonic() - started < 5 + workers.KILL_GRACE
