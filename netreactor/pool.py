@@ -64,12 +64,12 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import os
-import threading
 import weakref
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Set
+from typing import Any, Callable, Deque, Dict, List, Optional
 
 from .errors import NetreactorError
+from .holds import ReadingHolds
 from .stream.conn import Pause
 
 __all__ = ["WorkerPool", "PoolFullError", "queue_depth"]
@@ -110,7 +110,7 @@ class _Job:
         self.counted = False  # holds a slot of the pool's capacity
 
 
-class WorkerPool:
+class WorkerPool(ReadingHolds):
     """A bounded pool of worker threads whose results come back on the connection's loop.
 
     ``max_workers`` threads (default: ``min(32, CPUs + 4)``, as
@@ -150,18 +150,14 @@ class WorkerPool:
         self.low_water: int = low_water
         self.logger = logger if logger is not None else logging.getLogger("netreactor")
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers, thread_name_prefix)
-        self._lock = threading.Lock()
+        super().__init__(Pause.POOL)  # the bound's pauses (self.pauses counts them)
         self._in_flight = 0                       # counted jobs not yet delivered
         self._queues: Dict[Any, Deque[_Job]] = {}  # conn -> its jobs, in submission order
-        self._waiting: Dict[Any, None] = {}       # conns the pool wants paused (ordered set)
-        self._holding: Set[Any] = set()           # conns the pool has actually paused
         self._drop_warned = False
         self._closed = False
         _POOLS.add(self)
         #: Jobs dropped because the pool was full (datagram connections only).
         self.dropped = 0
-        #: Times a connection was paused because the pool was full.
-        self.pauses = 0
 
     # ------------------------------------------------------------------ public API
 
@@ -289,29 +285,6 @@ class WorkerPool:
             for waiter in resume:
                 self._on_loop(waiter, self._sync, waiter)
             self._report(conn, job, future)
-
-    def _sync(self, conn: Any) -> None:
-        """On ``conn``'s loop: make its reading match what the pool wants now.
-
-        Pauses and resumes are decided under the lock but applied here, in
-        whatever order the tasks arrive; each applies the latest decision, so a
-        late pause can never outlive the resume that followed it.
-        """
-        with self._lock:
-            want = conn in self._waiting
-            held = conn in self._holding
-            if want and not held:
-                if conn.closed:
-                    return
-                self._holding.add(conn)
-                self.pauses += 1
-                action = conn.pause_reading
-            elif held and not want:
-                self._holding.discard(conn)
-                action = conn.resume_reading
-            else:
-                return
-        action(Pause.POOL)
 
     def _report(self, conn: Any, job: _Job, future: concurrent.futures.Future[Any]) -> None:
         """Hand one job's outcome to its callback, or write / log it."""

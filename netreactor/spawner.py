@@ -57,11 +57,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import threading
 from threading import get_ident
 from types import CoroutineType
-from typing import Any, Callable, Coroutine, Dict, List, NoReturn, Optional, Set, Tuple
+from typing import Any, Callable, Coroutine, Dict, List, NoReturn, Optional, Tuple
 
+from .holds import ReadingHolds
 from .stream.conn import Pause
 
 __all__ = ["Spawner", "ResultCallback"]
@@ -76,7 +76,7 @@ _BYTES_LIKE = (bytes, bytearray, memoryview)
 _TASK, _ON_RESULT, _CANCEL_ON_CLOSE = 0, 1, 2
 
 
-class Spawner:
+class Spawner(ReadingHolds):
     """An engine's coroutines: the asyncio loop of each of its event loops, the
     bound, and the per-connection order of outcomes (see the module docstring).
 
@@ -97,15 +97,11 @@ class Spawner:
         self.low_water: int = low_water
         self.logger = logger if logger is not None else logging.getLogger("netreactor")
         self.shutdown_timeout = shutdown_timeout
-        self._lock = threading.Lock()
+        super().__init__(Pause.SPAWN)  # the bound's pauses (self.pauses counts them)
         self._in_flight = 0
         self._queues: Dict[Any, List[List[Any]]] = {}  # conn -> its jobs, in spawn order
-        self._waiting: Dict[Any, None] = {}        # conns the spawner wants paused (ordered set)
-        self._holding: Set[Any] = set()            # conns it has actually paused
         #: netreactor loop -> (its asyncio loop, the thread both run on)
         self._loops: Dict[Any, Tuple[asyncio.AbstractEventLoop, int]] = {}
-        #: Times a connection was paused because the engine was full.
-        self.pauses = 0
         #: Coroutines spawned in all.
         self.spawned = 0
 
@@ -271,26 +267,6 @@ class Spawner:
                     conn.write_now(result)
                     continue
             self._report(conn, task, on_result)
-
-    def _sync(self, conn: Any) -> None:
-        """On ``conn``'s loop: make its reading match what the spawner wants now
-        (decided under the lock, applied here: a late pause never outlives the
-        resume that followed it)."""
-        with self._lock:
-            want = conn in self._waiting
-            held = conn in self._holding
-            if want and not held:
-                if conn.closed:
-                    return
-                self._holding.add(conn)
-                self.pauses += 1
-                action = conn.pause_reading
-            elif held and not want:
-                self._holding.discard(conn)
-                action = conn.resume_reading
-            else:
-                return
-        action(Pause.SPAWN)
 
     def _report(self, conn: Any, task: asyncio.Task[Any], callback: Optional[ResultCallback]) -> None:
         """Hand one coroutine's outcome to its callback, or write / log it."""
