@@ -941,10 +941,14 @@ class Conn(Inbound):
         if self._reading:
             self._reading_resumed()  # edge-triggered: look at what waits in the kernel
 
-    def preamble_failed(self, err: Optional[BaseException] = None) -> None:
+    def preamble_failed(self, err: Optional[BaseException] = None, consumed: int = 0) -> None:
         """The running preamble failed (a bad header, a failed handshake): close
-        the connection; its handler never hears of it."""
+        the connection; its handler never hears of it. ``consumed``: the bytes
+        it read through the connection's transport (none of a connection that
+        never opened are application bytes)."""
         if self._state is OPENING:
+            if consumed and isinstance(self._transport, CountingPlain):
+                self._ctx.bytes_in -= consumed  # the kernel's counts are not taken (_close_now)
             extras = self._extras
             if extras is not None and extras.preambles:
                 extras.preambles.pop(0)  # the one failing needs no abandon()

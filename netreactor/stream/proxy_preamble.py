@@ -121,7 +121,7 @@ class ProxyPreamble:
 
     def _fail(self, conn: Conn, err: BaseException) -> None:
         self._parser = None
-        conn.preamble_failed(err)
+        conn.preamble_failed(err, self._fed)
 
     # ------------------------------------------------------------------ the header timeout
 
