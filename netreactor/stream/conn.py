@@ -241,11 +241,16 @@ class StreamContext:
 
     def traffic(self) -> tuple[int, int]:
         """``(bytes_in, bytes_out)`` of this context's connections, open ones
-        included, from any thread. A connection that closes meanwhile may be
-        missed once (its count moves from the kernel to ``bytes_in``/``bytes_out``
-        as the scan runs); so the result is never less than an earlier one:
+        included, from any thread. The loop moves counts between the
+        connections' kernels and ``bytes_in``/``bytes_out`` while the scan
+        runs: a connection that closes adds its own as it leaves the scan (so
+        the value read before the scan holds them at most once), a PROXY
+        header is taken off as its connection joins the scan (so the value
+        read after it does): the lesser of the two can miss a count once, never
+        hold one twice; and the result is never less than an earlier one:
         counters must not go back."""
-        received, sent = self.bytes_in, self.bytes_out  # first: see Conn._close_now
+        before_in, before_out = self.bytes_in, self.bytes_out
+        received = sent = 0
         for entry in tuple(self.loop.entries()):
             # Not before a preamble is done: none of those bytes count unless it succeeds.
             if isinstance(entry, Conn) and entry._ctx is self and entry._transport is PLAIN_TCP \
@@ -255,6 +260,8 @@ class StreamContext:
                 if counts is not None and entry._state is not CLOSED:
                     received += counts[0]
                     sent += counts[1]
+        received += min(before_in, self.bytes_in)
+        sent += min(before_out, self.bytes_out)
         with self._traffic_lock:
             last_in, last_out = self._reported
             self._reported = result = (max(last_in, received), max(last_out, sent))
@@ -1164,10 +1171,8 @@ class Conn(Inbound):
             loop.connection_closed()
         if self._transport is PLAIN_TCP and state is not OPENING:
             # (A connection whose preamble failed carried no application bytes.)
-            # The kernel's counts become the context's, after remove() and
-            # before the fd closes: StreamContext.traffic reads the context's
-            # first, then the connections still registered, so it never sees
-            # these bytes twice.
+            # The kernel's counts become the context's, after remove() (see
+            # StreamContext.traffic) and before the fd closes.
             extras = self._extras
             counts = traffic.tcp_traffic(self.fd, eof or isinstance(err, PeerClosedError) or (
                 extras is not None and isinstance(extras.close_err, PeerClosedError)))

@@ -35,8 +35,9 @@ __all__ = ["KERNEL_COUNTS", "tcp_traffic", "unread"]
 _TCP_INFO = getattr(socket, "TCP_INFO", None)
 #: Bytes of struct tcp_info up to tcpi_bytes_retrans (Linux 5.5).
 _INFO_LEN = 216
-_ACKED_RECEIVED = struct.Struct("=QQ")   # tcpi_bytes_acked, tcpi_bytes_received at 120
-_SENT_RETRANS = struct.Struct("=QQ")     # tcpi_bytes_sent, tcpi_bytes_retrans at 200
+#: tcpi_state (offset 0), tcpi_bytes_received (128), tcpi_bytes_sent (200) and
+#: tcpi_bytes_retrans (208), in one unpack.
+_FIELDS = struct.Struct("=B127xQ64xQQ")
 # tcpi_state values (include/net/tcp_states.h).
 _TIME_WAIT, _CLOSE, _CLOSE_WAIT, _LAST_ACK, _CLOSING = 6, 7, 8, 9, 11
 #: States in which the peer's FIN has been received for certain.
@@ -82,9 +83,7 @@ def tcp_traffic(fd: int, peer_eof: Optional[bool] = False) -> Optional[Tuple[int
         sock.detach()
     if len(info) < _INFO_LEN:
         return None
-    received = _ACKED_RECEIVED.unpack_from(info, 120)[1]
-    sent, retrans = _SENT_RETRANS.unpack_from(info, 200)
-    state = info[0]
+    state, received, sent, retrans = _FIELDS.unpack(info)
     if received and (state in _FIN_IN or (state == _CLOSE and peer_eof is not False)):
         received -= 1
     return received, sent - retrans

@@ -154,6 +154,8 @@ PLAIN_UNCOUNTED: PlainTransport = PlainUncounted
 
 
 def for_socket(sock: socket.socket) -> PlainTransport:
-    """The plain transport for an accepted or dialed stream socket."""
+    """The plain transport for an accepted or dialed stream socket. Neither
+    counts bytes, and PLAIN_UNIX has no kernel counts either: an engine's
+    connections get theirs from ``StreamContext.transport_for``."""
     return PLAIN_UNIX if sock.family == socket.AF_UNIX else PLAIN_TCP
 
