@@ -1093,7 +1093,7 @@ class Conn(Inbound):
                 failed = True
             if not data:
                 self._close_now(self._extras.close_err if self._extras is not None else None,
-                                eof=data is _EMPTY and not failed)
+                                eof=not failed)
                 return
         self._more_to_linger()
 
