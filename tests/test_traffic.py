@@ -98,6 +98,19 @@ def test_a_reset_peer_sends_no_fin():
         assert traffic.tcp_traffic(s.fileno(), False) == (3, 10)
 
 
+@kernel
+def test_read_so_far_leaves_out_what_waits_unread():
+    """What start_tls banks: bytes the application read, not those waiting in
+    the kernel (a ClientHello that came at once)."""
+    c, s = _pair()
+    with c, s:
+        c.sendall(b"x" * 100)
+        assert recv_exact(s, 40)
+        s.sendall(b"y" * 3)
+        wait_for(lambda: traffic.tcp_traffic(s.fileno()) == (100, 3), what="the counts")
+        assert traffic.tcp_read_so_far(s.fileno()) == (40, 3)
+
+
 def test_not_a_tcp_socket_is_none():
     a, b = socket.socketpair()
     with a, b:

@@ -808,9 +808,9 @@ class Conn(Inbound):
         application did not read (``held``: read and handed to the handshake)."""
         ctx = self._ctx
         if self._transport is PLAIN_TCP:
-            counts = traffic.tcp_traffic(self.fd)
+            counts = traffic.tcp_read_so_far(self.fd)
             if counts is not None:
-                ctx.bytes_in += counts[0] - traffic.unread(self.fd) - held
+                ctx.bytes_in += counts[0] - held
                 ctx.bytes_out += counts[1]
             self._transport = PLAIN_UNCOUNTED
         elif isinstance(self._transport, CountingPlain):  # it counted what it read

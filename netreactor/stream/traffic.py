@@ -30,7 +30,7 @@ import sys
 import termios
 from typing import Optional, Tuple
 
-__all__ = ["KERNEL_COUNTS", "tcp_traffic", "unread"]
+__all__ = ["KERNEL_COUNTS", "tcp_traffic", "tcp_read_so_far"]
 
 _TCP_INFO = getattr(socket, "TCP_INFO", None)
 #: Bytes of struct tcp_info up to tcpi_bytes_retrans (Linux 5.5).
@@ -68,9 +68,28 @@ def tcp_traffic(fd: int, peer_eof: Optional[bool] = False) -> Optional[Tuple[int
 
     ``peer_eof``: whether a read on it returned EOF (the peer's FIN), which the
     socket's state no longer tells once it is CLOSE; None when the caller
-    cannot know (another thread): then a CLOSE socket is taken to have
-    received a FIN, which can only under-count by one byte.
+    cannot know (another thread than the connection's, while the peer's
+    FIN may be arriving): then a CLOSE socket is taken to have received a
+    FIN, and TCP_INFO is read twice, the counts from the first and the state
+    from the second, because the kernel loads the state before it locks the
+    socket to copy the counts (a FIN processed in between is in the counts
+    and not in the state). Either can only under-count by one byte.
     """
+    info = _tcp_info(fd)
+    if info is None:
+        return None
+    state, received, sent, retrans = _FIELDS.unpack(info)
+    if peer_eof is None:
+        again = _tcp_info(fd)
+        if again is None:
+            return None
+        state = again[0]
+    if received and (state in _FIN_IN or (state == _CLOSE and peer_eof is not False)):
+        received -= 1
+    return received, sent - retrans
+
+
+def _tcp_info(fd: int) -> Optional[bytes]:
     # family/type/proto given: socket.socket(fileno=fd) would ask the kernel
     # for each with a getsockopt of its own. The family is only the object's
     # idea of addresses: TCP_INFO is the same on an AF_INET6 socket.
@@ -81,19 +100,30 @@ def tcp_traffic(fd: int, peer_eof: Optional[bool] = False) -> Optional[Tuple[int
         return None
     finally:
         sock.detach()
-    if len(info) < _INFO_LEN:
-        return None
-    state, received, sent, retrans = _FIELDS.unpack(info)
-    if received and (state in _FIN_IN or (state == _CLOSE and peer_eof is not False)):
-        received -= 1
-    return received, sent - retrans
+    return info if len(info) == _INFO_LEN else None
 
 
-def unread(fd: int) -> int:
-    """Bytes waiting in the socket's receive queue (FIONREAD), 0 if it cannot say."""
+def tcp_read_so_far(fd: int) -> Optional[Tuple[int, int]]:
+    """``(read, sent)``: :func:`tcp_traffic`, less what waits unread in the
+    socket's receive queue. The two are separate calls and the peer's bytes
+    may land between them: they are read again until nothing did (a few
+    tries; None when the peer never lets up, or the kernel does not say)."""
+    for _ in range(8):
+        first = tcp_traffic(fd)
+        waiting = _unread(fd)
+        again = tcp_traffic(fd)
+        if first is None or waiting is None:
+            return None
+        if again == first:
+            return first[0] - waiting, first[1]
+    return None
+
+
+def _unread(fd: int) -> Optional[int]:
+    """Bytes waiting in the socket's receive queue (FIONREAD), None if it cannot say."""
     buf = bytearray(4)
     try:
         fcntl.ioctl(fd, termios.FIONREAD, buf)
     except OSError:
-        return 0
+        return None
     return int.from_bytes(buf, sys.byteorder, signed=True)
