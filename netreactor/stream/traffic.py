@@ -93,7 +93,12 @@ def _tcp_info(fd: int) -> Optional[bytes]:
     # family/type/proto given: socket.socket(fileno=fd) would ask the kernel
     # for each with a getsockopt of its own. The family is only the object's
     # idea of addresses: TCP_INFO is the same on an AF_INET6 socket.
-    sock = _socket.socket(_AF_INET, _SOCK_STREAM, 0, fd)
+    # OSError: the fd is not a socket, or not open (another thread than its
+    # connection's may find it closed meanwhile).
+    try:
+        sock = _socket.socket(_AF_INET, _SOCK_STREAM, 0, fd)
+    except OSError:
+        return None
     try:
         info = sock.getsockopt(_IPPROTO_TCP, _TCP_INFO, _INFO_LEN)  # type: ignore[arg-type]
     except OSError:
