@@ -41,7 +41,7 @@ from .options import Options
 from .reactor import WRITABLE, EventLoop, TimerHandle, new_poller
 from .server.datagram import DatagramConn, DatagramEndpoint
 from .debug import DebugHandler, conn_class
-from .stream import Conn, StreamContext, for_socket
+from .stream import Conn, StreamContext
 from .stream.sockopts import apply_buffer_sizes, tune_tcp
 from .ticker import run_tick
 
@@ -328,8 +328,8 @@ class Client:
             else:
                 if sock.family != socket.AF_UNIX:
                     tune_tcp(sock, self.options)
-                transport = for_socket(sock)
-                conn = self._conn_class(self._contexts[loop], sock.detach(), transport)
+                ctx = self._contexts[loop]
+                conn = self._conn_class(ctx, sock.detach(), ctx.transport_for(sock.family))
                 self._track(conn)
                 if isinstance(callback, _TLSDial):
                     # The dial completes when the handshake does (on_open has run then).

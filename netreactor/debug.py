@@ -46,7 +46,8 @@ LOOP_ONLY = ("read", "peek", "discard", "next", "write", "writev", "flush", "pau
              "resume_reading", "when_drained", "call_later", "set_idle_timeout",
              "set_read_timeout", "abort", "borrow_socket", "set_no_delay", "set_keep_alive",
              "set_linger", "set_read_buffer", "set_write_buffer", "set_transport",
-             "set_addresses", "preamble_done", "preamble_failed", "preamble_wants_write")
+             "set_addresses", "preamble_done", "preamble_failed", "preamble_wants_write",
+             "exclude_received", "hand_counting_to_tls")
 
 
 def _checked(base: Type[Conn], name: str) -> Callable[..., Any]:

@@ -51,7 +51,7 @@ from ..pool import queue_depth
 from ..reactor import EventLoop, new_poller
 from ..runtime import gil_enabled
 from ..spawner import Spawner
-from ..stream import StreamContext, for_socket
+from ..stream import StreamContext
 from ..stream.conn import Preamble
 from ..stream.proxy_preamble import proxy_preamble_factory
 from ..stream.sockopts import tune_tcp
@@ -198,8 +198,7 @@ class Server:
             counts = dict(ctx.counts)  # one C-level copy: the loop may add to it meanwhile
             row = {key: counts.get(key, 0) for key in metrics.LOOP_KEYS}
             row["open"] = ctx.open
-            row["bytes_in"] = ctx.bytes_in
-            row["bytes_out"] = ctx.bytes_out
+            row["bytes_in"], row["bytes_out"] = ctx.traffic()
             row["frames_in"] = ctx.frames_in
             row["frames_out"] = ctx.frames_out
             row["tls_handshakes"] = ctx.tls_handshakes
@@ -588,7 +587,7 @@ class Server:
             if key is not None:
                 self.limits.cancelled(key)  # type: ignore[union-attr]
             return
-        transport = for_socket(sock)
+        transport = slot.ctx.transport_for(sock.family)
         conn = self._conn_class(slot.ctx, sock.detach(), transport)
         if key is not None:
             self.limits.adopted(conn, key)  # type: ignore[union-attr]

@@ -73,9 +73,9 @@ from ..errors import (BufferOverflowError, ClosedError, EngineStoppedError, Idle
                       PeerClosedError, ReadTimeoutError, RefusedError)
 from ..handler import Action
 from ..reactor import EDGE, ERROR, HANGUP, READABLE, WRITABLE
-from . import sockopts
+from . import sockopts, traffic
 from .inbound import Inbound
-from .transport import Transport
+from .transport import PLAIN_TCP, PLAIN_UNCOUNTED, CountingPlain, Transport
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..reactor import EventLoop, TimerHandle
@@ -162,8 +162,11 @@ class StreamContext:
     the loop, the handler, the option values the I/O path reads, and the counters.
 
     Counters (written on the loop's thread only; any thread may read them, they
-    are plain ints): ``bytes_in``/``bytes_out`` (application bytes handed to the
-    handler / taken by the transport), ``frames_in``/``frames_out`` (where a
+    are plain ints): ``bytes_in``/``bytes_out``, application bytes received
+    and sent, but on plain TCP (where :data:`traffic.KERNEL_COUNTS`) only
+    those of closed connections: :meth:`traffic` adds the open ones', which
+    the kernel counts (see :mod:`netreactor.stream.traffic`; a PROXY header is
+    not application bytes, TLS counts plaintext), ``frames_in``/``frames_out`` (where a
     codec or protocol counts them: :meth:`Conn.count_frames`), ``open``
     (connections not yet closed), ``tls_handshakes``/``tls_handshake_failures``
     (TLS handshakes that completed / failed, when the context is the handshake's
@@ -177,7 +180,8 @@ class StreamContext:
                  "write_high_water", "write_low_water", "write_buffer_cap", "close_timeout",
                  "pause_on_high_water", "read_budget", "request_shutdown", "wheel", "idle_ticks",
                  "on_closed", "bytes_in", "bytes_out", "frames_in", "frames_out", "open", "counts",
-                 "tls_handshakes", "tls_handshake_failures", "spawner")
+                 "tls_handshakes", "tls_handshake_failures", "spawner", "_counting", "_reported",
+                 "_traffic_lock")
 
     def __init__(self, loop: EventLoop, handler: Any, options: Any,
                  request_shutdown: Callable[[], None], *, pause_on_high_water: bool = True,
@@ -221,6 +225,47 @@ class StreamContext:
         #: What runs ``conn.spawn`` coroutines (a :class:`netreactor.spawner.Spawner`),
         #: or None when the owner runs no asyncio.
         self.spawner: Any = None
+        self._counting: Optional[CountingPlain] = None
+        self._reported = (0, 0)
+        self._traffic_lock = threading.Lock()
+
+    def transport_for(self, family: int) -> Transport:
+        """The plain transport of a new stream socket of ``family``: the kernel
+        counts TCP's bytes where it can; otherwise the transport counts them."""
+        if family != socket.AF_UNIX and traffic.KERNEL_COUNTS:
+            return PLAIN_TCP
+        counting = self._counting
+        if counting is None:
+            counting = self._counting = CountingPlain(self)
+        return counting
+
+    def traffic(self) -> tuple[int, int]:
+        """``(bytes_in, bytes_out)`` of this context's connections, open ones
+        included, from any thread. The loop moves counts between the
+        connections' kernels and ``bytes_in``/``bytes_out`` while the scan
+        runs: a connection that closes adds its own as it leaves the scan (so
+        the value read before the scan holds them at most once), a PROXY
+        header is taken off as its connection joins the scan (so the value
+        read after it does): the lesser of the two can miss a count once, never
+        hold one twice; and the result is never less than an earlier one:
+        counters must not go back."""
+        before_in, before_out = self.bytes_in, self.bytes_out
+        received = sent = 0
+        for entry in tuple(self.loop.entries()):
+            # Not before a preamble is done: none of those bytes count unless it succeeds.
+            if isinstance(entry, Conn) and entry._ctx is self and entry._transport is PLAIN_TCP \
+                    and OPENING is not entry._state is not CLOSED:
+                counts = traffic.tcp_traffic(entry.fd, None)
+                # Closed meanwhile: the fd may be another socket's already.
+                if counts is not None and entry._state is not CLOSED:
+                    received += counts[0]
+                    sent += counts[1]
+        received += min(before_in, self.bytes_in)
+        sent += min(before_out, self.bytes_out)
+        with self._traffic_lock:
+            last_in, last_out = self._reported
+            self._reported = result = (max(last_in, received), max(last_out, sent))
+        return result
 
     def count_closed(self, err: Optional[BaseException]) -> None:
         """A connection of this context closed (or was refused) with ``err``."""
@@ -497,7 +542,6 @@ class Conn(Inbound):
             return
         else:
             self._seen = self._ctx.wheel.now  # traffic out (handle_io notes what it sends itself)
-            self._ctx.bytes_out += sent
         self._sent(out, sent)
 
     def _sent(self, out: List[Any], sent: int) -> None:
@@ -643,7 +687,6 @@ class Conn(Inbound):
                 self._grow_reads(size)
             self._in = data
             self._iend = n
-            ctx.bytes_in += n
         # The timeouts' note of traffic: one store of the wheel's shared tick.
         self._seen = ctx.wheel.now
         self._flush_pending = True
@@ -668,7 +711,6 @@ class Conn(Inbound):
                 except OSError as exc:
                     self._close_now(exc)
                     return False
-                ctx.bytes_out += sent
                 if sent == self._out_bytes:
                     self._out = None
                     self._out_bytes = 0
@@ -746,6 +788,33 @@ class Conn(Inbound):
         """Put ``transport`` under this connection (a TLS preamble, once its
         handshake is done); loop thread."""
         self._transport = transport
+
+    @property
+    def counters(self) -> StreamContext:
+        """The context whose counters this connection adds to (a transport that
+        counts its own bytes adds to its ``bytes_in``/``bytes_out``)."""
+        return self._ctx
+
+    def exclude_received(self, n: int) -> None:
+        """``n`` bytes received so far are not application bytes (a PROXY
+        protocol header, read by a preamble through the connection's
+        transport): take them out of ``bytes_in``."""
+        self._ctx.bytes_in -= n
+
+    def hand_counting_to_tls(self, held: int) -> None:
+        """From now on a TLS handshake, then the TLS transport (which counts
+        plaintext), carries this connection's bytes: what the kernel counted
+        so far becomes the context's, less what it received that the
+        application did not read (``held``: read and handed to the handshake)."""
+        ctx = self._ctx
+        if self._transport is PLAIN_TCP:
+            counts = traffic.tcp_read_so_far(self.fd)
+            if counts is not None:
+                ctx.bytes_in += counts[0] - held
+                ctx.bytes_out += counts[1]
+            self._transport = PLAIN_UNCOUNTED
+        elif isinstance(self._transport, CountingPlain):  # it counted what it read
+            ctx.bytes_in -= held
 
     def set_addresses(self, remote: Any, local: Any) -> None:
         """What ``remote_addr`` and ``local_addr`` report from now on (a PROXY
@@ -866,7 +935,6 @@ class Conn(Inbound):
         if rest:
             self._in = rest
             self._iend = len(rest)
-            self._ctx.bytes_in += len(rest)
         if extras.upgrading:  # start_tls: the handler met it long ago
             extras.upgrading = False
             self._state = OPEN
@@ -880,10 +948,14 @@ class Conn(Inbound):
         if self._reading:
             self._reading_resumed()  # edge-triggered: look at what waits in the kernel
 
-    def preamble_failed(self, err: Optional[BaseException] = None) -> None:
+    def preamble_failed(self, err: Optional[BaseException] = None, consumed: int = 0) -> None:
         """The running preamble failed (a bad header, a failed handshake): close
-        the connection; its handler never hears of it."""
+        the connection; its handler never hears of it. ``consumed``: the bytes
+        it read through the connection's transport (none of a connection that
+        never opened are application bytes)."""
         if self._state is OPENING:
+            if consumed and isinstance(self._transport, CountingPlain):
+                self._ctx.bytes_in -= consumed  # the kernel's counts are not taken (_close_now)
             extras = self._extras
             if extras is not None and extras.preambles:
                 extras.preambles.pop(0)  # the one failing needs no abandon()
@@ -987,7 +1059,6 @@ class Conn(Inbound):
         if not n:
             self._on_eof()
             return False
-        ctx.bytes_in += n
         return True
 
     def _move_to_block(self, need: int) -> None:
@@ -1011,6 +1082,7 @@ class Conn(Inbound):
     def _linger_read(self) -> None:
         """LINGER: drop what the peer still sends, until its EOF."""
         read = self._transport.read
+        failed = False
         for _ in range(_LINGER_READS):
             try:
                 data = read(self.fd, _LINGER_READ_SIZE)
@@ -1018,8 +1090,10 @@ class Conn(Inbound):
                 return
             except OSError:
                 data = _EMPTY
+                failed = True
             if not data:
-                self._close_now(self._extras.close_err if self._extras is not None else None)
+                self._close_now(self._extras.close_err if self._extras is not None else None,
+                                eof=not failed)
                 return
         self._more_to_linger()
 
@@ -1083,8 +1157,9 @@ class Conn(Inbound):
         """Close at once (loop thread): queued output is dropped, ``on_close(conn, err)``."""
         self._close_now(err)
 
-    def _close_now(self, err: Optional[BaseException]) -> None:
-        """Close at once: unregister, close the fd, drop buffers, call ``on_close``."""
+    def _close_now(self, err: Optional[BaseException], eof: bool = False) -> None:
+        """Close at once: unregister, close the fd, drop buffers, call ``on_close``.
+        ``eof``: a read just returned the peer's EOF."""
         state = self._state
         if state is CLOSED:
             return
@@ -1094,6 +1169,16 @@ class Conn(Inbound):
         loop = ctx.loop
         if loop.remove(self.fd):
             loop.connection_closed()
+        if self._transport is PLAIN_TCP and state is not OPENING:
+            # (A connection whose preamble failed carried no application bytes.)
+            # The kernel's counts become the context's, after remove() (see
+            # StreamContext.traffic) and before the fd closes.
+            extras = self._extras
+            counts = traffic.tcp_traffic(self.fd, eof or isinstance(err, PeerClosedError) or (
+                extras is not None and isinstance(extras.close_err, PeerClosedError)))
+            if counts is not None:
+                ctx.bytes_in += counts[0]
+                ctx.bytes_out += counts[1]
         self._transport.close(self.fd)
         if ctx.on_closed is not None:
             ctx.on_closed(self)

@@ -61,13 +61,14 @@ class ProxyPreamble:
     returned (the proxy's).
     """
 
-    __slots__ = ("_parser", "_allow", "_timeout", "_peer")
+    __slots__ = ("_parser", "_allow", "_timeout", "_peer", "_fed")
 
     def __init__(self, mode: str, allow: AllowList, timeout: float, peer: Any) -> None:
         self._parser: Optional[ProxyParser] = ProxyParser(mode)
         self._allow = allow
         self._timeout = timeout
         self._peer = peer
+        self._fed = 0  # bytes read through the connection's transport (counted there)
 
     # ------------------------------------------------------------------ Preamble
 
@@ -103,6 +104,7 @@ class ProxyPreamble:
     def _feed(self, conn: Conn, data: bytes) -> None:
         parser = self._parser
         assert parser is not None
+        self._fed += len(data)
         try:
             header = parser.feed(data)
         except ProxyProtocolError as exc:
@@ -114,11 +116,12 @@ class ProxyPreamble:
         if header.proxied:
             conn.set_addresses(header.source, header.destination)
         conn.set_proxy(header, self._peer)
+        conn.exclude_received(self._fed - len(parser.rest))  # the header is not application bytes
         conn.preamble_done(parser.rest)
 
     def _fail(self, conn: Conn, err: BaseException) -> None:
         self._parser = None
-        conn.preamble_failed(err)
+        conn.preamble_failed(err, self._fed)
 
     # ------------------------------------------------------------------ the header timeout
 

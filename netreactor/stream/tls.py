@@ -70,12 +70,14 @@ class TLSTransport:
     """A connection's TLS transport, once the handshake is done (see the module docstring)."""
 
     __slots__ = ("_conn", "_sslobj", "_incoming", "_outgoing", "_plain_size", "_more", "_read_size",
-                 "_backlog", "_held", "_shut", "_server_name", "_info")
+                 "_backlog", "_held", "_shut", "_server_name", "_info", "_counters")
     linger = True
 
     def __init__(self, conn: Conn, sslobj: ssl.SSLObject, incoming: ssl.MemoryBIO,
                  outgoing: ssl.MemoryBIO, server_name: Optional[str], read_size: int) -> None:
         self._conn = conn
+        #: bytes_in/bytes_out count plaintext, here (the kernel's counts are records).
+        self._counters = conn.counters
         self._sslobj = sslobj
         self._incoming = incoming
         self._outgoing = outgoing
@@ -139,6 +141,7 @@ class TLSTransport:
                         self._send_protocol_output(fd)
                     if not data:
                         return data  # close_notify: the peer's orderly end
+                    self._counters.bytes_in += len(data)
                     if len(data) == want:
                         # The record may hold more (OpenSSL keeps it decrypted, out of
                         # the BIO's sight), and the next reads should be larger.
@@ -173,6 +176,7 @@ class TLSTransport:
                 raise BlockingIOError
             held, self._held = self._held, 0
             if held:
+                self._counters.bytes_out += held
                 return held  # those bytes went out with the backlog
         taken = len(data)
         if taken > RECORD:
@@ -182,7 +186,9 @@ class TLSTransport:
         if not self._send_ciphertext(fd):
             # Keep the connection writing (see the module docstring).
             self._held = 1
+            self._counters.bytes_out += taken - 1
             return taken - 1
+        self._counters.bytes_out += taken
         return taken
 
     def writev(self, fd: int, buffers: Sequence[Buffer]) -> int:
@@ -303,6 +309,7 @@ class TLSHandshake:
     # ------------------------------------------------------------------ the Preamble protocol
 
     def begin(self, conn: Conn, initial: bytes) -> None:
+        conn.hand_counting_to_tls(len(initial))
         try:
             self._sslobj = self._context_of().wrap_bio(
                 self._incoming, self._outgoing, server_side=self._server_side,

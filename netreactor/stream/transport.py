@@ -24,6 +24,13 @@ The contract, in the kernel's terms (and a TLS transport must keep it):
   kernel's send queue; a Unix peer gets ECONNRESET instead of EOF), so a local
   close shuts the write side down first and drains the input until the
   peer's EOF.
+
+Byte counters (``StreamContext.bytes_in``/``bytes_out``): :data:`PLAIN_TCP`
+counts nothing, the kernel does (:mod:`netreactor.stream.traffic`: the
+connection adds its kernel counts when it closes, ``stats()`` reads the live
+ones). Where the kernel does not count what the counters mean a transport
+counts itself: :class:`CountingPlain` (Unix sockets; TCP where TCP_INFO has no
+byte counts), TLS (plaintext, not the records).
 """
 
 from __future__ import annotations
@@ -32,9 +39,17 @@ import os
 import socket
 from typing import Any, Protocol, Type, Union
 
-__all__ = ["Transport", "PlainTCP", "PlainUnix", "PlainTransport", "PLAIN_TCP", "PLAIN_UNIX", "for_socket"]
+__all__ = ["Transport", "PlainTCP", "PlainUnix", "PlainTransport", "PLAIN_TCP", "PLAIN_UNIX", "PLAIN_UNCOUNTED",
+           "CountingPlain", "Counters", "for_socket"]
 
 Buffer = Union[bytes, bytearray, memoryview]
+
+
+class Counters(Protocol):
+    """What a counting transport adds to (a StreamContext)."""
+
+    bytes_in: int
+    bytes_out: int
 
 
 class Transport(Protocol):
@@ -89,13 +104,58 @@ class PlainUnix(PlainTCP):
     EOF, to a peer whose data we closed on unread."""
 
 
+class PlainUncounted(PlainTCP):
+    """Plain TCP whose kernel counts are not application bytes: a TLS
+    connection's fd before its TLS transport takes over (the TLS transport
+    counts plaintext)."""
+
+
+class CountingPlain:
+    """The kernel's calls, counting the bytes into ``counters`` (one per
+    StreamContext, not per connection): for sockets the kernel keeps no
+    byte counts of (Unix), or where TCP_INFO has none."""
+
+    __slots__ = ("_counters",)
+    linger = True
+    info = None
+
+    def __init__(self, counters: Counters) -> None:
+        self._counters = counters
+
+    def read(self, fd: int, size: int, /) -> bytes:
+        data = os.read(fd, size)
+        self._counters.bytes_in += len(data)
+        return data
+
+    def readv(self, fd: int, buffers: Any, /) -> int:
+        n = os.readv(fd, buffers)
+        self._counters.bytes_in += n
+        return n
+
+    def write(self, fd: int, data: Any, /) -> int:
+        n = os.write(fd, data)
+        self._counters.bytes_out += n
+        return n
+
+    def writev(self, fd: int, buffers: Any, /) -> int:
+        n = os.writev(fd, buffers)
+        self._counters.bytes_out += n
+        return n
+
+    shutdown_write = staticmethod(PlainTCP.shutdown_write)
+    close = staticmethod(PlainTCP.close)
+
+
 PlainTransport = Type[PlainTCP]
 #: TCP and Unix: a local close lingers (see the module docstring).
 PLAIN_TCP: PlainTransport = PlainTCP
 PLAIN_UNIX: PlainTransport = PlainUnix
+PLAIN_UNCOUNTED: PlainTransport = PlainUncounted
 
 
 def for_socket(sock: socket.socket) -> PlainTransport:
-    """The plain transport for an accepted or dialed stream socket."""
+    """The plain transport for an accepted or dialed stream socket. Neither
+    counts bytes, and PLAIN_UNIX has no kernel counts either: an engine's
+    connections get theirs from ``StreamContext.transport_for``."""
     return PLAIN_UNIX if sock.family == socket.AF_UNIX else PLAIN_TCP
 
