@@ -70,6 +70,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional
 
 from .errors import NetreactorError
 from .holds import ReadingHolds
+from .outcomes import deliver
 from .stream.conn import Pause
 
 __all__ = ["WorkerPool", "PoolFullError", "queue_depth"]
@@ -77,7 +78,6 @@ __all__ = ["WorkerPool", "PoolFullError", "queue_depth"]
 #: ``on_result(conn, result, exc)``: ``exc`` is None when the job returned ``result``.
 ResultCallback = Callable[[Any, Any, Optional[BaseException]], Any]
 
-_BYTES_LIKE = (bytes, bytearray, memoryview)
 
 
 #: Every pool alive in this process, for the engine's ``pool_queue`` gauge.
@@ -296,23 +296,9 @@ class WorkerPool(ReadingHolds):
             exc = future.exception()
             if exc is None:
                 result = future.result()
-        callback = job.on_result
-        if callback is not None:
-            try:
-                callback(conn, result, exc)
-            except Exception as cb_exc:
-                self.logger.error("worker pool: on_result callback %r for %r raised",
-                                  callback, conn, exc_info=cb_exc)
-            return
-        if exc is None:
-            if result is None:
-                return
-            if isinstance(result, _BYTES_LIKE):
-                conn.write(result)
-                return
-            exc = TypeError(f"job {_name(job.fn)} returned {type(result).__name__}; without "
-                            "on_result a job must return bytes, bytearray, memoryview or None")
-        if isinstance(exc, concurrent.futures.CancelledError):
+        exc = deliver(conn, result, exc, job.on_result, write=conn.write, logger=self.logger,
+                      owner="worker pool", kind="job", name=_name(job.fn))
+        if exc is None or isinstance(exc, concurrent.futures.CancelledError):
             return
         if isinstance(exc, PoolFullError):
             if not self._drop_warned:

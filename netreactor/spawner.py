@@ -62,6 +62,7 @@ from types import CoroutineType
 from typing import Any, Callable, Coroutine, Dict, List, NoReturn, Optional, Tuple
 
 from .holds import ReadingHolds
+from .outcomes import deliver
 from .stream.conn import Pause
 
 __all__ = ["Spawner", "ResultCallback"]
@@ -69,7 +70,6 @@ __all__ = ["Spawner", "ResultCallback"]
 #: ``on_result(conn, result, exc)``: ``exc`` is None when the coroutine returned ``result``.
 ResultCallback = Callable[[Any, Any, Optional[BaseException]], Any]
 
-_BYTES_LIKE = (bytes, bytearray, memoryview)
 
 
 #: A job: ``[task, on_result, cancel_on_close]`` (a list: made and read on every spawn).
@@ -278,22 +278,9 @@ class Spawner(ReadingHolds):
             exc = task.exception()
             if exc is None:
                 result = task.result()
-        if callback is not None:
-            try:
-                callback(conn, result, exc)
-            except Exception as cb_exc:
-                self.logger.error("conn.spawn: on_result callback %r for %r raised",
-                                  callback, conn, exc_info=cb_exc)
-            return
-        if exc is None:
-            if result is None:
-                return
-            if isinstance(result, _BYTES_LIKE):
-                conn.write_now(result)
-                return
-            exc = TypeError(f"coroutine {_name(task)} returned {type(result).__name__}; without "
-                            "on_result a coroutine must return bytes, bytearray, memoryview or None")
-        if isinstance(exc, asyncio.CancelledError):
+        exc = deliver(conn, result, exc, callback, write=conn.write_now, logger=self.logger,
+                      owner="conn.spawn", kind="coroutine", name=_name(task))
+        if exc is None or isinstance(exc, asyncio.CancelledError):
             return
         self.logger.error("conn.spawn: coroutine %s for %r raised; closing the connection",
                           _name(task), conn, exc_info=exc)
