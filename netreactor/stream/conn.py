@@ -251,10 +251,9 @@ class StreamContext:
         counters must not go back."""
         before_in, before_out = self.bytes_in, self.bytes_out
         received = sent = 0
-        for entry in tuple(self.loop.entries()):
+        for entry in self.connections():
             # Not before a preamble is done: none of those bytes count unless it succeeds.
-            if isinstance(entry, Conn) and entry._ctx is self and entry._transport is PLAIN_TCP \
-                    and OPENING is not entry._state is not CLOSED:
+            if entry._transport is PLAIN_TCP and OPENING is not entry._state is not CLOSED:
                 counts = traffic.tcp_traffic(entry.fd, None)
                 # Closed meanwhile: the fd may be another socket's already.
                 if counts is not None and entry._state is not CLOSED:
@@ -275,7 +274,8 @@ class StreamContext:
         counts[key] = counts.get(key, 0) + 1
 
     def connections(self) -> List[Conn]:
-        """This context's connections on its loop (a moment's view; any thread)."""
+        """This context's connections on its loop (a moment's view; any thread:
+        tuple() copies the fd table in one C call, so no loop code runs meanwhile)."""
         return [e for e in tuple(self.loop.entries()) if isinstance(e, Conn) and e._ctx is self]
 
     def gauges(self) -> tuple[int, int]:
@@ -283,12 +283,10 @@ class StreamContext:
         are not being read now, and the output bytes they have queued. Safe from
         any thread (a moment's view: the loop may be changing them meanwhile)."""
         paused = queued = 0
-        # tuple() copies the fd table in one C call: no loop code runs meanwhile.
-        for entry in tuple(self.loop.entries()):
-            if isinstance(entry, Conn) and entry._ctx is self:
-                if entry._paused:
-                    paused += 1
-                queued += entry._out_bytes
+        for entry in self.connections():
+            if entry._paused:
+                paused += 1
+            queued += entry._out_bytes
         return paused, queued
 
 
